@@ -1,0 +1,337 @@
+package epoch
+
+// PrimaryState is where the primary machine is.
+type PrimaryState uint8
+
+// Primary states.
+const (
+	PIdle         PrimaryState = iota // not started
+	PConnecting                       // first connection not yet made; guest runs unprotected
+	PSyncing                          // initial sync or resync under way
+	PProtected                        // checkpointing; output held until acked
+	PReconnecting                     // connection broke; output held; within Timeout
+	PArbitrating                      // standby lost; waiting for the arbiter before releasing
+	PUnprotected                      // standby lost; output flows; reconnecting if Reprotect
+	PStopping                         // goodbye sent
+	PStopped                          // protection ended cleanly
+	PFenced                           // the arbiter gave the guest to the standby; guest destroyed
+)
+
+var pstateNames = [...]string{"idle", "connecting", "syncing", "protected", "reconnecting",
+	"arbitrating", "unprotected", "stopping", "stopped", "fenced"}
+
+func (s PrimaryState) String() string { return pstateNames[s] }
+
+// Primary is the primary side's machine. It is not safe for concurrent use:
+// one goroutine owns it.
+type Primary struct {
+	cfg   Config
+	state PrimaryState
+
+	next     uint64   // next epoch number to issue
+	acked    uint64   // highest acknowledged epoch
+	inflight []uint64 // issued, unacknowledged checkpoints, ascending
+
+	connected  bool // a connection with hellos exchanged exists
+	connecting bool // an ActConnect is outstanding
+	everSynced bool // a checkpoint of this session was acked at least once
+
+	lastHeard   Duration
+	lastHB      Duration
+	lastAttempt Duration
+	lastCk      Duration // when the last checkpoint was taken
+	due         Duration // epoch mode: next slot on the grid
+	pending     bool     // event mode: output waiting
+	now         Duration
+}
+
+// NewPrimary returns a machine in PIdle; feed it EvStart.
+func NewPrimary(cfg Config) *Primary {
+	return &Primary{cfg: cfg.withDefaults(), next: 1}
+}
+
+// State returns the current state.
+func (p *Primary) State() PrimaryState { return p.state }
+
+// Acked returns the highest acknowledged epoch.
+func (p *Primary) Acked() uint64 { return p.acked }
+
+// Inflight returns the number of unacknowledged checkpoints.
+func (p *Primary) Inflight() int { return len(p.inflight) }
+
+// Deadline returns when the machine next needs an EvTick, or -1 if it
+// needs none (it waits for events only).
+func (p *Primary) Deadline() Duration {
+	d := Duration(-1)
+	at := func(t Duration) {
+		if d < 0 || t < d {
+			d = t
+		}
+	}
+	switch p.state {
+	case PProtected:
+		if len(p.inflight) < p.cfg.Inflight {
+			at(p.nextCheckpoint())
+		}
+		fallthrough
+	case PSyncing, PReconnecting:
+		at(p.lastHeard + p.cfg.Timeout + 1)
+		if p.state == PReconnecting && !p.connecting {
+			at(p.lastAttempt + p.cfg.Heartbeat)
+		}
+		if p.connected {
+			at(p.lastHB + p.cfg.Heartbeat)
+		}
+	case PConnecting, PUnprotected:
+		if !p.connecting && (p.state == PConnecting || p.cfg.Reprotect) {
+			at(p.lastAttempt + p.cfg.Retry)
+		}
+	}
+	return d
+}
+
+// nextCheckpoint is when the next checkpoint is due in PProtected.
+func (p *Primary) nextCheckpoint() Duration {
+	if p.cfg.Mode == ModeEvent {
+		if p.pending {
+			return p.lastCk + p.cfg.MinInterval
+		}
+		return p.lastCk + p.cfg.Interval
+	}
+	return p.due
+}
+
+// Step feeds one event and returns the actions to carry out, in order.
+func (p *Primary) Step(ev Event) []Action {
+	if ev.Now > p.now {
+		p.now = ev.Now
+	}
+	var out []Action
+	switch ev.Kind {
+	case EvStart:
+		if p.state == PIdle {
+			p.state = PConnecting
+			out = p.connect(out)
+			out = append(out, notify("connecting to standby"))
+		}
+	case EvConnected:
+		out = p.onConnected(ev, out)
+	case EvConnectFailed:
+		p.connecting = false
+	case EvSyncDone:
+		if p.state == PSyncing {
+			p.inflight = append(p.inflight, ev.Epoch)
+			p.state = PProtected
+			p.lastCk = p.now
+			p.due = p.now + p.cfg.Interval
+			out = append(out, notify("protected"))
+		}
+	case EvAck:
+		out = p.onAck(ev.Epoch, out)
+	case EvNack:
+		if p.connected {
+			out = p.onBroken("standby discarded epoch", out)
+		}
+	case EvFrame:
+		if p.connected {
+			p.lastHeard = p.now
+		}
+	case EvOutputWaiting:
+		p.pending = true
+	case EvDisconnected:
+		if p.connected {
+			out = p.onBroken("connection lost", out)
+		}
+	case EvGranted:
+		if p.state == PArbitrating {
+			p.state = PUnprotected
+			out = append(out, Action{Kind: ActUnprotect}, notify("standby lost; arbiter granted; running unprotected"))
+		}
+	case EvDenied:
+		if p.state == PArbitrating {
+			p.state = PFenced
+			out = append(out, Action{Kind: ActFence}, notify("arbiter gave the domain to the standby; fenced"))
+		}
+	case EvStop:
+		out = p.onStop(out)
+	case EvStopped:
+		if p.state == PStopping {
+			p.state = PStopped
+			p.connected = false
+			out = append(out, Action{Kind: ActTeardown}, notify("stopped"))
+		}
+	}
+	return p.timers(out)
+}
+
+func (p *Primary) connect(out []Action) []Action {
+	p.connecting = true
+	p.lastAttempt = p.now
+	return append(out, Action{Kind: ActConnect})
+}
+
+func (p *Primary) onConnected(ev Event, out []Action) []Action {
+	p.connecting = false
+	switch p.state {
+	case PConnecting, PReconnecting, PUnprotected:
+	default:
+		// A late connection (e.g. after stop): not wanted.
+		return append(out, Action{Kind: ActDisconnect, Reason: "not reconnecting"})
+	}
+	p.connected = true
+	p.lastHeard = p.now
+	p.lastHB = p.now
+	resync := p.state == PReconnecting && ev.HasReplica && p.everSynced
+	if resync {
+		// The standby committed through ev.Epoch (its acks may have been
+		// lost with the connection): that output may go now.
+		if ev.Epoch > p.acked {
+			out = p.onAck(ev.Epoch, out)
+		}
+		p.inflight = p.inflight[:0]
+		e := p.next
+		p.next++
+		out = append(out, Action{Kind: ActSync, Epoch: e, Since: p.acked})
+	} else {
+		// Nothing to build on: full pre-copy. Output held so far (if any)
+		// stays held until this sync's checkpoint is acked.
+		p.inflight = p.inflight[:0]
+		p.everSynced = false
+		e := p.next
+		p.next++
+		out = append(out, Action{Kind: ActSync, Epoch: e, Full: true})
+	}
+	p.state = PSyncing
+	return append(out, notify("synchronising"))
+}
+
+func (p *Primary) onAck(k uint64, out []Action) []Action {
+	if k <= p.acked || k >= p.next {
+		return out // duplicate, or an epoch never issued: ignore
+	}
+	switch p.state {
+	case PProtected, PSyncing, PReconnecting:
+	default:
+		return out
+	}
+	p.lastHeard = p.now
+	p.acked = k
+	p.everSynced = true
+	i := 0
+	for i < len(p.inflight) && p.inflight[i] <= k {
+		i++
+	}
+	p.inflight = append(p.inflight[:0], p.inflight[i:]...)
+	// Output commit: epoch k's output leaves only now. (I1)
+	return append(out, Action{Kind: ActRelease, Epoch: k})
+}
+
+// onBroken handles a broken stream while protected: reconnect at once and
+// keep holding output; the liveness timeout decides when to give up.
+func (p *Primary) onBroken(why string, out []Action) []Action {
+	p.connected = false
+	out = append(out, Action{Kind: ActDisconnect, Reason: why})
+	switch p.state {
+	case PProtected, PSyncing:
+		p.state = PReconnecting
+		out = append(out, notify(why+"; reconnecting"))
+		if !p.connecting {
+			out = p.connect(out)
+		}
+	case PStopping:
+		p.state = PStopped
+		out = append(out, Action{Kind: ActTeardown}, notify("stopped"))
+	}
+	return out
+}
+
+func (p *Primary) onStop(out []Action) []Action {
+	switch p.state {
+	case PProtected, PSyncing, PReconnecting:
+		if p.connected {
+			p.state = PStopping
+			return append(out, Action{Kind: ActGoodbye}, notify("stopping"))
+		}
+		// No standby to tell: it may still activate on its own timeout;
+		// treat it as lost so the arbiter rule applies before release.
+		out = p.lost("stop requested while disconnected", out)
+		if p.state == PUnprotected {
+			p.state = PStopped
+			out = append(out, Action{Kind: ActTeardown}, notify("stopped"))
+		}
+		return out
+	case PStopping, PStopped, PFenced:
+		return out
+	default:
+		p.state = PStopped
+		p.connected = false
+		return append(out, Action{Kind: ActDisconnect, Reason: "stop"}, Action{Kind: ActTeardown}, notify("stopped"))
+	}
+}
+
+// lost declares the standby lost. With an arbiter, output stays held until
+// the grant (I4); without, the fail-stop assumption lets it flow.
+func (p *Primary) lost(why string, out []Action) []Action {
+	p.connected = false
+	p.inflight = p.inflight[:0]
+	p.everSynced = false
+	out = append(out, Action{Kind: ActDisconnect, Reason: why})
+	if p.cfg.Arbiter {
+		p.state = PArbitrating
+		return append(out, Action{Kind: ActAcquire}, notify("standby lost ("+why+"); asking the arbiter"))
+	}
+	p.state = PUnprotected
+	return append(out, Action{Kind: ActUnprotect}, notify("standby lost ("+why+"); running unprotected"))
+}
+
+// timers fires whatever is due at p.now.
+func (p *Primary) timers(out []Action) []Action {
+	now := p.now
+	switch p.state {
+	case PSyncing, PProtected, PReconnecting:
+		if now-p.lastHeard > p.cfg.Timeout {
+			return p.lost("no frames for the timeout", out)
+		}
+	case PConnecting:
+		if !p.connecting && now >= p.lastAttempt+p.cfg.Retry {
+			out = p.connect(out)
+		}
+		return out
+	case PUnprotected:
+		if p.cfg.Reprotect && !p.connecting && now >= p.lastAttempt+p.cfg.Retry {
+			out = p.connect(out)
+		}
+		return out
+	default:
+		return out
+	}
+	if p.state == PReconnecting && !p.connecting && now >= p.lastAttempt+p.cfg.Heartbeat {
+		// Retry quickly: the standby may be back before the timeout.
+		out = p.connect(out)
+	}
+	if p.connected && now >= p.lastHB+p.cfg.Heartbeat {
+		p.lastHB = now
+		out = append(out, Action{Kind: ActHeartbeat})
+	}
+	if p.state == PProtected && len(p.inflight) < p.cfg.Inflight && now >= p.nextCheckpoint() {
+		e := p.next
+		p.next++
+		p.inflight = append(p.inflight, e)
+		if p.cfg.Mode == ModeEpoch {
+			// Hold the grid: the next slot is one interval after this
+			// one's, not after now, so pause and transmit time do not
+			// stretch the period. Re-anchor only when a whole interval
+			// behind (back-pressure from a slow standby).
+			p.due += p.cfg.Interval
+			if p.due < now-p.cfg.Interval {
+				p.due = now + p.cfg.Interval
+			}
+		}
+		p.lastCk = now
+		p.pending = false
+		out = append(out, Action{Kind: ActCheckpoint, Epoch: e})
+	}
+	return out
+}
+
+func notify(why string) Action { return Action{Kind: ActNotify, Reason: why} }

@@ -1,0 +1,213 @@
+package epoch
+
+// StandbyState is where the standby machine is.
+type StandbyState uint8
+
+// Standby states.
+const (
+	SWaiting     StandbyState = iota // no replica; waiting for a primary
+	SSyncing                         // a replica is being filled; no complete checkpoint yet
+	SReady                           // holds a complete, committed checkpoint; can take over
+	SArbitrating                     // primary lost; waiting for the arbiter
+	SActive                          // failed over: the replica runs here
+	SStopped                         // the primary ended protection; replica discarded
+	SDenied                          // the arbiter gave the domain to the primary; replica discarded
+)
+
+var sstateNames = [...]string{"waiting", "syncing", "ready", "arbitrating", "active", "stopped", "denied"}
+
+func (s StandbyState) String() string { return sstateNames[s] }
+
+// Standby is the standby side's machine. One goroutine owns it.
+type Standby struct {
+	cfg       Config
+	state     StandbyState
+	committed uint64 // highest committed epoch
+	staging   uint64 // epoch being received, 0 if none
+	connected bool
+	lastHeard Duration
+	lastHB    Duration
+	now       Duration
+}
+
+// NewStandby returns a machine waiting for a primary.
+func NewStandby(cfg Config) *Standby { return &Standby{cfg: cfg.withDefaults()} }
+
+// State returns the current state.
+func (s *Standby) State() StandbyState { return s.state }
+
+// Committed returns the highest committed epoch.
+func (s *Standby) Committed() uint64 { return s.committed }
+
+// Deadline returns when the machine next needs an EvTick, or -1.
+func (s *Standby) Deadline() Duration {
+	switch s.state {
+	case SSyncing, SReady:
+		d := s.lastHeard + s.cfg.Timeout + 1
+		if s.connected && s.lastHB+s.cfg.Heartbeat < d {
+			d = s.lastHB + s.cfg.Heartbeat
+		}
+		return d
+	}
+	return -1
+}
+
+// Step feeds one event and returns the actions to carry out, in order.
+func (s *Standby) Step(ev Event) []Action {
+	if ev.Now > s.now {
+		s.now = ev.Now
+	}
+	var out []Action
+	switch ev.Kind {
+	case EvHello:
+		// HasReplica: the hello continues the session whose replica this
+		// standby holds (a resync); otherwise any replica is stale.
+		switch s.state {
+		case SWaiting, SStopped, SSyncing, SReady:
+			if !ev.HasReplica || s.state == SWaiting || s.state == SStopped {
+				if s.state == SSyncing || s.state == SReady {
+					out = append(out, Action{Kind: ActDestroyReplica})
+				}
+				s.state = SSyncing
+				s.committed = 0
+			}
+			s.connected = true
+			s.lastHeard, s.lastHB = s.now, s.now
+			s.staging = 0
+		default:
+			out = append(out, Action{Kind: ActDisconnect, Reason: "not accepting a primary in state " + s.state.String()})
+		}
+	case EvFrame:
+		if s.connected {
+			s.lastHeard = s.now
+		}
+	case EvEpochBegin:
+		if !s.connected {
+			break
+		}
+		s.lastHeard = s.now
+		if s.staging != 0 || ev.Epoch <= s.committed {
+			// Out of order or nested: the stream cannot be trusted. (I2)
+			out = s.reject(ev.Epoch, "epoch out of order", out)
+			break
+		}
+		s.staging = ev.Epoch
+	case EvEpochEnd:
+		if !s.connected {
+			break
+		}
+		s.lastHeard = s.now
+		switch {
+		case s.staging == 0 || ev.Epoch != s.staging:
+			out = s.reject(ev.Epoch, "epoch end without its begin", out)
+		case !ev.Verified:
+			out = s.reject(ev.Epoch, "epoch failed verification", out)
+		default:
+			// Commit, then ack: Ack(k) means k is held, verified, applied.
+			s.committed, s.staging = ev.Epoch, 0
+			out = append(out, Action{Kind: ActCommit, Epoch: ev.Epoch}, Action{Kind: ActAck, Epoch: ev.Epoch})
+			if !ev.Initial && s.state == SSyncing {
+				s.state = SReady
+				out = append(out, notify("replica ready"))
+			}
+		}
+	case EvStreamError:
+		if s.connected {
+			out = s.reject(s.staging, "malformed frame", out)
+		}
+	case EvDisconnected:
+		if s.connected {
+			s.connected = false
+			if s.staging != 0 {
+				out = append(out, Action{Kind: ActDiscard, Epoch: s.staging})
+				s.staging = 0
+			}
+			out = append(out, notify("primary disconnected; waiting for it within the timeout"))
+		}
+	case EvGoodbye:
+		if s.state == SSyncing || s.state == SReady {
+			out = append(out, s.discardStaging()...)
+			s.state = SStopped
+			s.connected = false
+			out = append(out, Action{Kind: ActDestroyReplica}, notify("primary ended protection"))
+		}
+	case EvPromote:
+		if s.state == SReady {
+			out = s.failover("failover requested by hand", out)
+		}
+	case EvGranted:
+		if s.state == SArbitrating {
+			s.state = SActive
+			out = append(out, Action{Kind: ActActivate, Epoch: s.committed}, notify("arbiter granted; activated"))
+		}
+	case EvDenied:
+		if s.state == SArbitrating {
+			s.state = SDenied
+			out = append(out, Action{Kind: ActDestroyReplica}, notify("arbiter kept the domain on the primary"))
+		}
+	case EvStop:
+		if s.state != SActive {
+			out = append(out, s.discardStaging()...)
+			if s.state == SSyncing || s.state == SReady || s.state == SArbitrating {
+				out = append(out, Action{Kind: ActDestroyReplica})
+			}
+			s.state = SStopped
+			s.connected = false
+			out = append(out, Action{Kind: ActDisconnect, Reason: "stop"}, notify("stopped"))
+		}
+	}
+	return s.timers(out)
+}
+
+func (s *Standby) discardStaging() []Action {
+	if s.staging == 0 {
+		return nil
+	}
+	e := s.staging
+	s.staging = 0
+	return []Action{{Kind: ActDiscard, Epoch: e}}
+}
+
+// reject discards the staged epoch, tells the primary and drops the
+// stream; the primary reconnects and resynchronises.
+func (s *Standby) reject(e uint64, why string, out []Action) []Action {
+	out = append(out, s.discardStaging()...)
+	s.connected = false
+	return append(out, Action{Kind: ActNack, Epoch: e, Reason: why},
+		Action{Kind: ActDisconnect, Reason: why})
+}
+
+func (s *Standby) failover(why string, out []Action) []Action {
+	out = append(out, s.discardStaging()...)
+	s.connected = false
+	out = append(out, Action{Kind: ActDisconnect, Reason: why})
+	if s.cfg.Arbiter {
+		s.state = SArbitrating
+		return append(out, Action{Kind: ActAcquire}, notify(why+"; asking the arbiter"))
+	}
+	s.state = SActive
+	return append(out, Action{Kind: ActActivate, Epoch: s.committed}, notify(why+"; activated"))
+}
+
+func (s *Standby) timers(out []Action) []Action {
+	if s.state != SSyncing && s.state != SReady {
+		return out
+	}
+	if s.now-s.lastHeard > s.cfg.Timeout {
+		if s.state == SReady {
+			// Resume at the last acknowledged checkpoint. (I3)
+			return s.failover("primary silent for the timeout", out)
+		}
+		// No complete checkpoint: nothing consistent to resume.
+		out = append(out, s.discardStaging()...)
+		s.state = SWaiting
+		s.connected = false
+		return append(out, Action{Kind: ActDisconnect, Reason: "primary lost during initial sync"},
+			Action{Kind: ActDestroyReplica}, notify("primary lost before the first checkpoint; replica discarded"))
+	}
+	if s.connected && s.now >= s.lastHB+s.cfg.Heartbeat {
+		s.lastHB = s.now
+		out = append(out, Action{Kind: ActHeartbeat})
+	}
+	return out
+}
