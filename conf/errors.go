@@ -27,9 +27,9 @@ var (
 // Pos is a position in a configuration source. Line and Col count from 1;
 // Col counts bytes, as compilers do, so a tab is one column.
 type Pos struct {
-	File string
-	Line int
-	Col  int
+	File string // file name as given, or "<command line>", "<spec>"
+	Line int    // 1-based; 0 when only the file is known
+	Col  int    // 1-based byte column
 }
 
 // String formats p as FILE:LINE:COLUMN, the prefix of every error.
@@ -58,9 +58,9 @@ func (p Pos) before(q Pos) bool {
 // PosError is one problem at one place. Its text is "FILE:LINE:COLUMN: Msg",
 // and it unwraps to the sentinel Err.
 type PosError struct {
-	Pos Pos
-	Msg string
-	Err error
+	Pos Pos    // where the problem is
+	Msg string // what is wrong and what was expected, on one line
+	Err error  // the sentinel: ErrSyntax, ErrUnknownKey, ...
 }
 
 // Error implements error.

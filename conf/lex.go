@@ -1,6 +1,9 @@
 package conf
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // tokKind is a token of the xl.cfg grammar. The set and the character classes
 // follow libxlutil's flex scanner (tools/libs/util/libxlu_cfg_l.l), so that
@@ -168,20 +171,42 @@ func (lx *lexer) next() token {
 		}
 		return lx.lexError(start, "unterminated string: a string must end on the line where it starts")
 	case 'A' <= c && c <= 'Z':
-		return lx.lexError(start, fmt.Sprintf("unexpected character %q: keys are lower case", c))
+		return lx.lexError(start, fmt.Sprintf("unexpected character %q%s", c, lx.upperHint()))
 	case c == '\r':
 		return lx.lexError(start, `unexpected carriage return: the file has DOS (CRLF) line endings, which xl rejects`)
 	case c == 0:
 		return lx.lexError(start, "unexpected NUL byte")
-	case c == '+' || c == '-' || c == '.' || c == '(' || c == ')' || c == ':':
+	case strings.IndexByte("+-.():*%{}", c) >= 0:
 		return lx.lexError(start, fmt.Sprintf("unexpected character %q: xl.cfg is not Python; quote the value (\"...\")", c))
 	}
 	return lx.lexError(start, fmt.Sprintf("unexpected character %q", rune(c)))
 }
 
+// upperHint explains an upper-case letter by what precedes it.
+func (lx *lexer) upperHint() string {
+	i := lx.off - 1
+	if i >= 0 && (isDigit(lx.src[i]) || isLower(lx.src[i])) {
+		return ": xl numbers take no unit suffix (memory is in MiB)"
+	}
+	for ; i >= 0 && (lx.src[i] == ' ' || lx.src[i] == '\t'); i-- {
+	}
+	if i < 0 || lx.src[i] == '\n' || lx.src[i] == ';' {
+		return ": keys are lower case"
+	}
+	return ""
+}
+
 // lexError skips what xl's scanner skips after a bad character (up to the
 // next blank, tab or newline) and returns an error token for it.
 func (lx *lexer) lexError(start Pos, msg string) token {
+	// xl's scanner reports a bad byte only when it has read one more byte
+	// after it; a single bad byte at the very end of the input meets end of
+	// file first and is dropped without a word. Do the same, so that
+	// verdicts agree, except for NUL, which xl cannot take in a string.
+	if lx.off+1 == len(lx.src) && lx.src[lx.off] != 0 {
+		lx.advance(1)
+		return token{kind: tokEOF, pos: lx.pos()}
+	}
 	n := 1
 	for lx.off+n < len(lx.src) {
 		d := lx.src[lx.off+n]

@@ -39,6 +39,7 @@ const (
 // Value is one value of an xl.cfg file as xl sees it: a string (quoted or a
 // bare number) or a list.
 type Value struct {
+	// Kind says which of Str and List is meaningful.
 	Kind Kind
 	// Str is the dequoted string, or a number's text, for KindString.
 	Str string
@@ -92,11 +93,11 @@ func (v *Value) Strings() []string {
 	return out
 }
 
-// Setting is one "KEY = VALUE" or "KEY += VALUE" statement.
-type Setting struct {
-	Key    string
-	KeyPos Pos
-	Op     Op
+// Statement is one "KEY = VALUE" or "KEY += VALUE" statement.
+type Statement struct {
+	Key    string // the key, e.g. "memory"
+	KeyPos Pos    // position of the key's first byte
+	Op     Op     // Assign or Append
 	// Value is the value as written in this statement.
 	Value *Value
 
@@ -105,7 +106,7 @@ type Setting struct {
 
 // Effective returns the value this statement leaves KEY with: Value for
 // Assign, the concatenation for Append.
-func (s *Setting) Effective() *Value {
+func (s *Statement) Effective() *Value {
 	if s.eff == nil {
 		return s.Value
 	}
@@ -117,19 +118,19 @@ func (s *Setting) Effective() *Value {
 type File struct {
 	// Name is the file name used in positions.
 	Name string
-	// Settings lists the statements in the order they appear.
-	Settings []*Setting
+	// Statements lists the statements in the order they appear.
+	Statements []*Statement
 }
 
 // Lookup returns the last setting of key, which is the one that decides its
 // value (as in xl, a later "KEY = ..." overrides an earlier one), or nil.
-func (f *File) Lookup(key string) *Setting {
+func (f *File) Lookup(key string) *Statement {
 	if f == nil {
 		return nil
 	}
-	for i := len(f.Settings) - 1; i >= 0; i-- {
-		if f.Settings[i].Key == key {
-			return f.Settings[i]
+	for i := len(f.Statements) - 1; i >= 0; i-- {
+		if f.Statements[i].Key == key {
+			return f.Statements[i]
 		}
 	}
 	return nil
@@ -147,7 +148,7 @@ func (f *File) Get(key string) *Value {
 func (f *File) Keys() []string {
 	seen := map[string]bool{}
 	var keys []string
-	for _, s := range f.Settings {
+	for _, s := range f.Statements {
 		if !seen[s.Key] {
 			seen[s.Key] = true
 			keys = append(keys, s.Key)
@@ -284,7 +285,7 @@ func (p *parser) assignment() bool {
 	if !ok {
 		return false
 	}
-	s := &Setting{Key: key.text, KeyPos: key.pos, Op: op, Value: v}
+	s := &Statement{Key: key.text, KeyPos: key.pos, Op: op, Value: v}
 	if op == Append {
 		if prev := p.f.Lookup(key.text); prev != nil {
 			pv := prev.Effective()
@@ -296,7 +297,7 @@ func (p *parser) assignment() bool {
 			s.eff = concat(pv, v)
 		}
 	}
-	p.f.Settings = append(p.f.Settings, s)
+	p.f.Statements = append(p.f.Statements, s)
 	return true
 }
 
@@ -327,7 +328,10 @@ func (p *parser) skipNewlines() {
 
 // value parses a string, a number or a list; lists may span lines, may
 // nest, and may end with a comma, as in xl's grammar (libxlu_cfg_y.y).
-func (p *parser) value() (*Value, bool) {
+func (p *parser) value() (*Value, bool) { return p.valueIn(nil) }
+
+// valueIn parses a value inside list, or at the top level if list is nil.
+func (p *parser) valueIn(in *Value) (*Value, bool) {
 	switch p.tok.kind {
 	case tokString:
 		v := &Value{Kind: KindString, Str: p.tok.text, Pos: p.tok.pos, cols: p.tok.cols}
@@ -350,7 +354,7 @@ func (p *parser) value() (*Value, bool) {
 			return list, true
 		}
 		for {
-			v, ok := p.value()
+			v, ok := p.valueIn(list)
 			if !ok {
 				return nil, false
 			}
@@ -373,7 +377,11 @@ func (p *parser) value() (*Value, bool) {
 			}
 		}
 	}
-	p.unexpected(`a value: a quoted string, a number or a [list]`)
+	if in != nil {
+		p.unexpected(fmt.Sprintf(`a value or "]" to close the list opened at %d:%d`, in.Pos.Line, in.Pos.Col))
+	} else {
+		p.unexpected(`a value: a quoted string, a number or a [list]`)
+	}
 	return nil, false
 }
 
@@ -384,7 +392,7 @@ var numberRE = regexp.MustCompile(`^[0-9][0-9a-fx]*$`)
 // to the same settings. Comments and layout are not kept.
 func (f *File) Format() []byte {
 	var b strings.Builder
-	for _, s := range f.Settings {
+	for _, s := range f.Statements {
 		b.WriteString(s.Key)
 		b.WriteString(" ")
 		b.WriteString(s.Op.String())

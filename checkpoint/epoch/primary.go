@@ -120,6 +120,11 @@ func (p *Primary) Step(ev Event) []Action {
 		p.connecting = false
 	case EvSyncDone:
 		if p.state == PSyncing {
+			// A full sync numbers its pre-copy rounds after the epoch it
+			// was given and ends with checkpoint ev.Epoch.
+			if ev.Epoch >= p.next {
+				p.next = ev.Epoch + 1
+			}
 			p.inflight = append(p.inflight, ev.Epoch)
 			p.state = PProtected
 			p.lastCk = p.now

@@ -23,7 +23,8 @@ type Standby struct {
 	cfg       Config
 	state     StandbyState
 	committed uint64 // highest committed epoch
-	staging   uint64 // epoch being received, 0 if none
+	staging   uint64 // epoch being received, 0 if none; ^0 for a pre-copy round
+	initial   bool   // staging a pre-copy round
 	connected bool
 	lastHeard Duration
 	lastHB    Duration
@@ -64,7 +65,7 @@ func (s *Standby) Step(ev Event) []Action {
 		// standby holds (a resync); otherwise any replica is stale.
 		switch s.state {
 		case SWaiting, SStopped, SSyncing, SReady:
-			if !ev.HasReplica || s.state == SWaiting || s.state == SStopped {
+			if !ev.HasReplica || s.state != SReady {
 				if s.state == SSyncing || s.state == SReady {
 					out = append(out, Action{Kind: ActDestroyReplica})
 				}
@@ -86,6 +87,20 @@ func (s *Standby) Step(ev Event) []Action {
 			break
 		}
 		s.lastHeard = s.now
+		if ev.Initial && ev.Epoch == 0 && s.staging == 0 {
+			// A pre-copy round (protocol §7.2). A primary that starts a
+			// full sync over a replica we hold has given up on it: rebuild.
+			if s.state == SReady {
+				s.state, s.committed = SSyncing, 0
+				out = append(out, Action{Kind: ActDestroyReplica}, notify("primary restarted the initial sync; replica rebuilt"))
+			}
+			if s.state != SSyncing {
+				out = s.reject(0, "pre-copy round outside a sync", out)
+				break
+			}
+			s.staging, s.initial = ^uint64(0), true
+			break
+		}
 		if s.staging != 0 || ev.Epoch <= s.committed {
 			// Out of order or nested: the stream cannot be trusted. (I2)
 			out = s.reject(ev.Epoch, "epoch out of order", out)
@@ -97,6 +112,16 @@ func (s *Standby) Step(ev Event) []Action {
 			break
 		}
 		s.lastHeard = s.now
+		if s.initial && ev.Epoch == 0 && s.staging == ^uint64(0) {
+			s.staging, s.initial = 0, false
+			if !ev.Verified {
+				out = s.reject(0, "pre-copy round failed verification", out)
+				break
+			}
+			// Applied, never acknowledged: not a checkpoint.
+			out = append(out, Action{Kind: ActCommit, Epoch: 0})
+			break
+		}
 		switch {
 		case s.staging == 0 || ev.Epoch != s.staging:
 			out = s.reject(ev.Epoch, "epoch end without its begin", out)
@@ -106,7 +131,7 @@ func (s *Standby) Step(ev Event) []Action {
 			// Commit, then ack: Ack(k) means k is held, verified, applied.
 			s.committed, s.staging = ev.Epoch, 0
 			out = append(out, Action{Kind: ActCommit, Epoch: ev.Epoch}, Action{Kind: ActAck, Epoch: ev.Epoch})
-			if !ev.Initial && s.state == SSyncing {
+			if s.state == SSyncing {
 				s.state = SReady
 				out = append(out, notify("replica ready"))
 			}
@@ -164,7 +189,10 @@ func (s *Standby) discardStaging() []Action {
 		return nil
 	}
 	e := s.staging
-	s.staging = 0
+	if s.initial {
+		e = 0
+	}
+	s.staging, s.initial = 0, false
 	return []Action{{Kind: ActDiscard, Epoch: e}}
 }
 

@@ -122,7 +122,7 @@ type Event struct {
 	Epoch      uint64
 	HasReplica bool // EvConnected: the standby still holds a replica of this session
 	Verified   bool // EvEpochEnd: counts, digests and memory digest matched
-	Initial    bool // EvEpochEnd: a pre-copy round, not a complete checkpoint
+	Initial    bool // EvEpochBegin/EvEpochEnd: a pre-copy round (epoch 0), not a checkpoint
 }
 
 // ActionKind says what the driver must do.

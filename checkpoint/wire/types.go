@@ -100,6 +100,10 @@ const (
 	CodecZstd Codec = 2 // zstd at its fastest level, one frame per chunk
 )
 
+// DefaultCodec is the codec chosen by measurement (docs/protocol.md §10.2):
+// the best encode-plus-transmit time on links from 1 to 10 Gbit/s.
+const DefaultCodec = CodecLZ4
+
 // String names the codec.
 func (c Codec) String() string {
 	switch c {

@@ -1,13 +1,12 @@
 #!/bin/bash
 # Layer 2: the bootable artefact. Copies the cached rootfs, installs the dom0
-# init, ssh keys shared by all hosts, the guest kernel and busybox initramfs,
-# and (XENLAB_NETBUF=1) the netbuf-enabled libxenlight; then packs dom0.img
+# init, ssh keys shared by all hosts, the guest kernel and busybox initramfs;
+# then packs dom0.img
 # with mke2fs -d (no loop mount) and extracts the boot files.
 # Idempotent: prints the image directory, building it only if it is missing.
 . "$(dirname "$0")/lib.sh"
 
-NETBUF=${XENLAB_NETBUF:-1}
-IMAGE_KEY=$(printf '%s %s %s\n' "$ROOTFS_KEY" "$NETBUF" "$(hash_of "$XENLAB_DIR/build-image.sh" \
+IMAGE_KEY=$(printf '%s %s\n' "$ROOTFS_KEY" "$(hash_of "$XENLAB_DIR/build-image.sh" \
 	"$XENLAB_DIR"/dom0/* "$XENLAB_DIR"/guest/*)" | sha256sum | cut -c1-16)
 IMAGE=$XENLAB_CACHE/image-$IMAGE_KEY
 if [ -f "$IMAGE/.xenlab-done" ]; then
@@ -17,10 +16,6 @@ fi
 
 t0=$SECONDS
 "$XENLAB_DIR/build-rootfs.sh" >/dev/null
-nb=""
-if [ "$NETBUF" = 1 ]; then
-	nb=$("$XENLAB_DIR/build-netbuf.sh")
-fi
 
 stage=$IMAGE.stage
 tmp=$IMAGE.tmp
@@ -77,29 +72,45 @@ chroot "$stage" /bin/sh -c 'cd /tmp/guest && find . | cpio -o -H newc --quiet | 
 rm -rf "$g"
 cp "$stage/boot/vmlinuz-$kver" "$stage/var/lib/xenlab/vmlinuz"
 
-if [ -n "$nb" ]; then
-	# Upstream Remus network buffering (pitfall 5): swap in the rebuilt
-	# libxenlight and point the symlink at it by hand, keeping the Debian
-	# copy outside the lib dir so ldconfig cannot switch back to it.
-	lib=$stage/usr/lib/x86_64-linux-gnu
-	mkdir -p "$stage/var/lib/xenlab/debian-libxenlight"
-	cp -a "$lib/libxenlight.so.4.17.0" "$stage/var/lib/xenlab/debian-libxenlight/"
-	install -m 0644 "$nb/libxenlight.so.4.17.0" "$lib/libxenlight.so.4.17.0"
-	ln -sfn libxenlight.so.4.17.0 "$lib/libxenlight.so.4.17"
-	install -m 0755 "$nb/remus-netbuf-setup" "$stage/etc/xen/scripts/remus-netbuf-setup"
-	# bookworm's libnl-utils looks for its qdisc modules under libnl/ but
-	# installs them under libnl-3/.
-	ln -sfn libnl-3 "$lib/libnl"
-	echo "$XEN_VERSION" >"$stage/var/lib/xenlab/netbuf"
+# bookworm's libnl-utils looks for its qdisc modules under libnl/ but installs
+# them under libnl-3/; upstream remus-netbuf-setup needs nl-qdisc-add plug.
+ln -sfn libnl-3 "$stage/usr/lib/x86_64-linux-gnu/libnl"
+
+# Checkpointing a PV guest needs log-dirty mode, which Xen implements for PV
+# with shadow paging. Debian's 4.17.7 security build turned
+# CONFIG_SHADOW_PAGING off, so save, migrate and Remus of PV guests fail
+# there ("Failed to enable logdirty: 95"). The dom0 userland stays at
+# $XEN_VERSION (the libxen-dev ABI); only the hypervisor binary comes from the
+# newest 4.17 build that still has shadow paging. The hypercall interface
+# does not change within a stable branch.
+hv_gz=$stage/boot/xen-4.17-amd64.gz
+hv_version=$XEN_VERSION
+if ! grep -q '^CONFIG_SHADOW_PAGING=y' "$stage/boot/xen-4.17-amd64.config"; then
+	hv_version=""
+	for v in ${XENLAB_HV_VERSION:-$(apt-cache madison xen-hypervisor-4.17-amd64 | awk '{ print $3 }' | sort -urV)}; do
+		deb=$XENLAB_CACHE/debs/xen-hypervisor-4.17-amd64_${v//:/%3a}_amd64.deb
+		[ -f "$deb" ] || (cd "$XENLAB_CACHE/debs" && apt-get -q download "xen-hypervisor-4.17-amd64=$v" >/dev/null 2>&1) || continue
+		rm -rf "$stage/tmp/hv"
+		dpkg-deb -x "$deb" "$stage/tmp/hv"
+		if grep -q '^CONFIG_SHADOW_PAGING=y' "$stage/tmp/hv/boot/xen-4.17-amd64.config"; then
+			hv_version=$v
+			hv_gz=$stage/tmp/hv/boot/xen-4.17-amd64.gz
+			break
+		fi
+	done
+	[ -n "$hv_version" ] || die "no xen-hypervisor-4.17-amd64 build with CONFIG_SHADOW_PAGING=y available; set XENLAB_HV_VERSION"
+	log "hypervisor $XEN_VERSION lacks shadow paging (no PV log-dirty); booting hypervisor $hv_version with $XEN_VERSION tools"
 fi
+echo "$hv_version" >"$stage/var/lib/xenlab/hypervisor"
 
 log "packing dom0.img"
-zcat "$stage/boot/xen-4.17-amd64.gz" >"$tmp/boot/xen"
+zcat "$hv_gz" >"$tmp/boot/xen"
+rm -rf "$stage/tmp/hv"
 cp "$stage/boot/vmlinuz-$kver" "$tmp/boot/vmlinuz"
 cp "$stage/boot/initrd.img-$kver" "$tmp/boot/initrd.img"
 truncate -s 3G "$tmp/dom0.img"
 mkfs.ext4 -q -F -L xenlab -d "$stage" "$tmp/dom0.img"
-printf 'xen=%s netbuf=%s kernel=%s rootfs=%s\n' "$XEN_VERSION" "$NETBUF" "$kver" "$ROOTFS_KEY" >"$tmp/info"
+printf 'xen=%s hypervisor=%s kernel=%s rootfs=%s\n' "$XEN_VERSION" "$hv_version" "$kver" "$ROOTFS_KEY" >"$tmp/info"
 rm -rf "$stage"
 touch "$tmp/.xenlab-done"
 rm -rf "$IMAGE"

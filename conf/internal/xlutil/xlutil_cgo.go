@@ -51,18 +51,18 @@ import (
 
 // Value is a value as libxlutil stores it.
 type Value struct {
-	List  bool
-	Str   string
-	Items []Value
+	List  bool    // XLU_LIST rather than XLU_STRING
+	Str   string  // the string, when !List
+	Items []Value // the elements, when List
 }
 
 // Setting is one stored statement. Value is what libxlutil stored for it,
 // which for "+=" is already the concatenation.
 type Setting struct {
-	Name   string
-	Append bool
-	Line   int
-	Value  Value
+	Name   string // the key
+	Append bool   // XLU_OP_ADDITION ("+=")
+	Line   int    // libxlutil's lineno: the line of the value's first token
+	Value  Value  // as stored
 }
 
 // Result is the outcome of one xlu_cfg_readdata call.

@@ -1,0 +1,104 @@
+package checkpoint
+
+import (
+	"sync"
+	"time"
+)
+
+// ObsKind says what an Observation reports.
+type ObsKind uint8
+
+// Observation kinds.
+const (
+	ObsState      ObsKind = iota + 1 // the machine changed state; Msg says why
+	ObsCheckpoint                    // primary: checkpoint Epoch captured (Pause, Pages)
+	ObsRelease                       // primary: output through Epoch released
+	ObsCommit                        // standby: Epoch committed and acknowledged
+	ObsSync                          // primary: initial sync progress (Percent)
+	ObsActivate                      // standby: the replica was activated at Epoch
+	ObsError                         // something failed; Msg says what
+)
+
+// Observation is one event in a driver's life, published to the
+// Observer (tests, logs, `xl kemari status`).
+type Observation struct {
+	Kind    ObsKind
+	Time    time.Time
+	Epoch   uint64
+	State   string
+	Pause   time.Duration
+	Pages   int
+	Bytes   uint64
+	Percent float64
+	Msg     string
+}
+
+// Status is a snapshot of one protection, as `xl kemari status` shows it.
+type Status struct {
+	Role             string    `json:"role"`
+	Domain           string    `json:"domain"`
+	Peer             string    `json:"peer"`
+	State            string    `json:"state"`
+	StateSince       time.Time `json:"state_since"`
+	SyncPercent      float64   `json:"sync_percent"`
+	UnprotectedSince time.Time `json:"unprotected_since,omitzero"`
+	Epoch            uint64    `json:"epoch"` // primary: acked; standby: committed
+	Checkpoints      uint64    `json:"checkpoints"`
+	EpochRate        float64   `json:"epoch_rate_hz"`
+	LastPause        Dur       `json:"last_pause"`
+	AvgPause         Dur       `json:"avg_pause"`
+	MaxPause         Dur       `json:"max_pause"`
+	LastDirty        int       `json:"last_dirty_pages"`
+	AvgDirty         float64   `json:"avg_dirty_pages"`
+	BytesRaw         uint64    `json:"bytes_raw"`
+	BytesWire        uint64    `json:"bytes_wire"`
+	Bandwidth        float64   `json:"bandwidth_bytes_per_s"`
+	Compression      float64   `json:"compression_ratio"`
+	CommitLatency    Dur       `json:"avg_commit_latency"` // barrier → release
+	OutputHeld       uint64    `json:"output_held_frames"`
+	Released         uint64    `json:"output_released_frames"`
+	Discarded        uint64    `json:"epochs_discarded"`
+	ActivatedEpoch   uint64    `json:"activated_epoch,omitempty"`
+	Activation       Dur       `json:"activation_time,omitempty"`
+}
+
+// Dur is a duration that marshals as a string ("1.5ms").
+type Dur time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Dur) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// statusBox publishes a Status across goroutines.
+type statusBox struct {
+	mu sync.Mutex
+	// Protected by mu.
+	st Status
+}
+
+func (b *statusBox) get() Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.st
+}
+
+func (b *statusBox) update(f func(*Status)) {
+	b.mu.Lock()
+	f(&b.st)
+	b.mu.Unlock()
+}
+
+// rateWindow measures an event rate over a sliding window of timestamps.
+type rateWindow struct {
+	t []time.Time
+}
+
+func (r *rateWindow) add(t time.Time) float64 {
+	r.t = append(r.t, t)
+	for len(r.t) > 2 && t.Sub(r.t[0]) > 5*time.Second {
+		r.t = r.t[1:]
+	}
+	if len(r.t) < 2 {
+		return 0
+	}
+	return float64(len(r.t)-1) / t.Sub(r.t[0]).Seconds()
+}

@@ -1,0 +1,207 @@
+package checkpoint
+
+import (
+	"sync"
+	"time"
+
+	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
+	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
+	"github.com/xl-kemari/xl-kemari/diskbuf"
+	"github.com/xl-kemari/xl-kemari/libxl"
+)
+
+type itemKind uint8
+
+const (
+	itemBegin itemKind = iota + 1
+	itemPages
+	itemWrites
+	itemEnd
+	itemHeartbeat
+	itemGoodbye
+)
+
+// sendItem is one unit of work for a connection's sender goroutine.
+type sendItem struct {
+	kind   itemKind
+	epoch  uint64
+	flags  uint32
+	pfns   []libxl.PFN
+	data   []byte
+	states []libxl.State
+	writes []diskbuf.Write
+	digest uint64
+}
+
+// pconn is the primary's end of one connection: a sender goroutine that
+// alone writes to it, and a reader goroutine that turns the standby's
+// records into events.
+type pconn struct {
+	gen    uint64
+	c      Conn
+	w      *wire.Writer
+	r      *wire.Reader
+	enc    *wire.PageEncoder
+	q      chan sendItem
+	closed chan struct{}
+	once   sync.Once
+	hbSeq  uint64
+	wg     sync.WaitGroup
+
+	mu sync.Mutex
+	// Protected by mu.
+	cstats wire.CodecStats
+}
+
+func newPConn(gen uint64, c Conn, codec wire.Codec, cacheBytes, inflight int) *pconn {
+	return &pconn{gen: gen, c: c, w: wire.NewWriter(c), r: wire.NewReader(c, wire.DefaultLimits()),
+		enc: wire.NewPageEncoder(codec, cacheBytes), q: make(chan sendItem, 64+inflight*16),
+		closed: make(chan struct{})}
+}
+
+func (pc *pconn) start(p *Primary) {
+	pc.wg.Add(2)
+	go pc.sender(p)
+	go pc.reader(p)
+}
+
+func (pc *pconn) close() {
+	pc.once.Do(func() {
+		close(pc.closed)
+		pc.c.Close()
+	})
+}
+
+func (pc *pconn) stats() wire.CodecStats {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.cstats
+}
+
+// send queues it for the sender, blocking while the queue is full (back-
+// pressure). Heartbeats never block: one skipped is harmless. It returns
+// false once the connection is closed.
+func (pc *pconn) send(it sendItem) bool {
+	if it.kind == itemHeartbeat {
+		select {
+		case pc.q <- it:
+		default:
+		}
+		return true
+	}
+	select {
+	case pc.q <- it:
+		return true
+	case <-pc.closed:
+		return false
+	}
+}
+
+func (pc *pconn) fail(p *Primary, err error) {
+	select {
+	case <-pc.closed:
+		return // closed on purpose
+	default:
+	}
+	pc.close()
+	p.post(pevent{gen: pc.gen, ev: epoch.Event{Kind: epoch.EvDisconnected}, why: err.Error()})
+}
+
+func (pc *pconn) sender(p *Primary) {
+	defer pc.wg.Done()
+	u64 := make([]uint64, 0, wire.MaxPagesPerRecord)
+	for {
+		var it sendItem
+		select {
+		case it = <-pc.q:
+		case <-pc.closed:
+			return
+		}
+		var err error
+		switch it.kind {
+		case itemBegin:
+			err = pc.w.Write(&wire.EpochBegin{Epoch: it.epoch, Flags: it.flags})
+		case itemPages:
+			u64 = toU64(u64, it.pfns)
+			var rec *wire.Pages
+			if rec, err = pc.enc.Encode(u64, it.data); err == nil {
+				err = pc.w.Write(rec)
+			}
+			pc.mu.Lock()
+			pc.cstats = pc.enc.Stats()
+			pc.mu.Unlock()
+		case itemWrites:
+			err = pc.writeDisk(it.writes)
+		case itemEnd:
+			for _, s := range it.states {
+				if err = pc.w.Write(&wire.State{Kind: uint32(s.Kind), Index: s.Index, Data: s.Data}); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = pc.writeDisk(it.writes)
+			}
+			if err == nil {
+				err = pc.w.Write(&wire.EpochEnd{Epoch: it.epoch, MemDigest: it.digest})
+			}
+			if err == nil {
+				err = pc.w.Flush()
+			}
+		case itemHeartbeat:
+			pc.hbSeq++
+			err = pc.w.Write(&wire.Heartbeat{Seq: pc.hbSeq, SentNanos: time.Now().UnixNano(), Epoch: it.epoch, Flushed: it.epoch})
+			if err == nil {
+				err = pc.w.Flush()
+			}
+		case itemGoodbye:
+			err = pc.w.Write(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "protection stopped"})
+			if err == nil {
+				err = pc.w.Flush()
+			}
+		}
+		if err != nil {
+			pc.fail(p, err)
+			return
+		}
+	}
+}
+
+// writeDisk ships writes as DISK records of at most wire.MaxDiskWrite.
+func (pc *pconn) writeDisk(ws []diskbuf.Write) error {
+	for _, w := range ws {
+		for off := 0; off < len(w.Data); off += wire.MaxDiskWrite {
+			end := min(off+wire.MaxDiskWrite, len(w.Data))
+			if err := pc.w.Write(&wire.Disk{Disk: w.Disk, Sector: w.Sector + uint64(off/diskbuf.SectorSize), Data: w.Data[off:end]}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (pc *pconn) reader(p *Primary) {
+	defer pc.wg.Done()
+	for {
+		rec, err := pc.r.Next()
+		if err != nil {
+			pc.fail(p, err)
+			return
+		}
+		var ev epoch.Event
+		switch r := rec.(type) {
+		case *wire.Ack:
+			ev = epoch.Event{Kind: epoch.EvAck, Epoch: r.Epoch}
+		case *wire.Heartbeat:
+			ev = epoch.Event{Kind: epoch.EvFrame}
+		case *wire.Nack:
+			p.log.Warn("standby discarded an epoch", "epoch", r.Epoch, "code", r.Code, "why", r.Message)
+			ev = epoch.Event{Kind: epoch.EvNack, Epoch: r.Epoch}
+		case *wire.Goodbye:
+			ev = epoch.Event{Kind: epoch.EvStopped}
+		default:
+			pc.fail(p, &wire.FrameError{Type: rec.Type(), Err: ErrPeer})
+			return
+		}
+		p.post(pevent{gen: pc.gen, ev: ev})
+	}
+}

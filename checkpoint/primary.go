@@ -1,0 +1,622 @@
+package checkpoint
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/xl-kemari/xl-kemari/arbiter"
+	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
+	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
+	"github.com/xl-kemari/xl-kemari/diskbuf"
+	"github.com/xl-kemari/xl-kemari/libxl"
+	"github.com/xl-kemari/xl-kemari/netbuf"
+)
+
+// Errors of the drivers.
+var (
+	// ErrFenced: the arbiter gave the domain to the standby; the primary
+	// destroyed its copy.
+	ErrFenced = errors.New("checkpoint: fenced by the arbiter")
+	// ErrPeer: the peer broke the protocol (bad hello, wrong role, ...).
+	ErrPeer = errors.New("checkpoint: peer protocol error")
+	// ErrGuest: the hypervisor failed a call the guest cannot survive
+	// (resume after a checkpoint).
+	ErrGuest = errors.New("checkpoint: guest could not be resumed")
+)
+
+// PrimaryConfig configures a Primary.
+type PrimaryConfig struct {
+	Epoch  epoch.Config
+	Domain libxl.DomID
+	Codec  wire.Codec
+	// CacheBytes bounds the XOR-delta cache of last-sent pages (0: 64 MiB).
+	CacheBytes int
+	// SyncStopPages ends the pre-copy when a round has at most this many
+	// dirty pages (0: 4096, 16 MiB); SyncMaxRounds bounds the rounds (0: 10).
+	SyncStopPages int
+	SyncMaxRounds int
+	// Session identifies this protection; zero picks a random one.
+	Session [16]byte
+	// SharedDisk says the domain's disks are on shared storage.
+	SharedDisk bool
+	Logger     *slog.Logger
+	// Observer, if set, receives every Observation, on the loop goroutine:
+	// it must not block.
+	Observer func(Observation)
+}
+
+// Primary protects one running domain: it drives an epoch.Primary machine
+// against a hypervisor Source, a connection to the standby, the domain's
+// output buffers and its disk path.
+type Primary struct {
+	cfg  PrimaryConfig
+	src  libxl.Source
+	dial Dialer
+	nets []netbuf.Buffer
+	disk *diskbuf.Primary // nil: no disks
+	arb  arbiter.Arbiter
+	log  *slog.Logger
+
+	m      *epoch.Primary
+	t0     time.Time
+	events chan pevent
+	stopC  chan struct{}
+	done   chan struct{}
+	status statusBox
+
+	// Owned by the loop goroutine (and by the sync goroutine while the
+	// machine is in PSyncing, when the loop does not touch them).
+	info     libxl.DomainInfo
+	conn     *pconn
+	gen      uint64
+	dirty    *libxl.Bitmap
+	digest   *memDigest
+	history  []histEntry
+	local    []epoch.Event
+	barriers map[uint64]time.Time
+	rate     rateWindow
+	pauses   struct{ n, sum, max time.Duration }
+	dirtySum uint64
+	lastBW   time.Time
+	bwBytes  uint64
+	syncing  chan struct{} // closed when the running pre-copy goroutine ends
+	byeTimer *time.Timer
+}
+
+type histEntry struct {
+	epoch  uint64
+	pfns   []libxl.PFN
+	writes []diskbuf.Write
+}
+
+type pevent struct {
+	gen  uint64
+	ev   epoch.Event
+	conn  *pconn // EvConnected
+	why   string
+	final uint64      // a full sync's pre-copy ended: take checkpoint final
+	extra []libxl.PFN // ... with these pages too
+}
+
+// NewPrimary builds a primary driver. nets are the domain's output
+// buffers (one per NIC); disk may be nil for a domain without disks.
+func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.Buffer, disk *diskbuf.Primary, arb arbiter.Arbiter) (*Primary, error) {
+	if err := cfg.Epoch.Validate(); err != nil {
+		return nil, err
+	}
+	if arb == nil {
+		arb = arbiter.None{}
+	}
+	cfg.Epoch.Arbiter = arb.Configured()
+	if cfg.CacheBytes == 0 {
+		cfg.CacheBytes = 64 << 20
+	}
+	if cfg.SyncStopPages == 0 {
+		cfg.SyncStopPages = 4096
+	}
+	if cfg.SyncMaxRounds == 0 {
+		cfg.SyncMaxRounds = 10
+	}
+	if cfg.Session == ([16]byte{}) {
+		rand.Read(cfg.Session[:])
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, log: cfg.Logger,
+		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}, 1),
+		done: make(chan struct{}), barriers: map[uint64]time.Time{}}
+	p.status.update(func(s *Status) { s.Role = "primary"; s.Peer = dial.String(); s.State = "idle" })
+	return p, nil
+}
+
+// Session returns the protection session id.
+func (p *Primary) Session() [16]byte { return p.cfg.Session }
+
+// Status returns a snapshot for `xl kemari status`. Safe from any goroutine.
+func (p *Primary) Status() Status { return p.status.get() }
+
+// Stop asks for a clean stop: goodbye to the standby (which discards its
+// replica), then release of all held output. Run returns when done. Safe
+// from any goroutine.
+func (p *Primary) Stop() {
+	select {
+	case p.stopC <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Primary) now() epoch.Duration { return epoch.Duration(time.Since(p.t0)) }
+
+func (p *Primary) post(e pevent) {
+	select {
+	case p.events <- e:
+	case <-p.done:
+	}
+}
+
+// Run protects the domain until Stop (returns nil), fencing (ErrFenced),
+// a fatal guest error, or ctx's end. Cancelling ctx models the death of
+// this process: the connection is dropped without a goodbye and held
+// output is discarded, never released (fail closed).
+func (p *Primary) Run(ctx context.Context) (err error) {
+	p.t0 = time.Now()
+	defer close(p.done)
+	info, err := p.src.Describe(p.cfg.Domain)
+	if err != nil {
+		return fmt.Errorf("checkpoint: describe domain %d: %w", p.cfg.Domain, err)
+	}
+	p.info = info
+	p.status.update(func(s *Status) { s.Domain = info.Name })
+	p.dirty = libxl.NewBitmap(info.Pages)
+	p.digest = newMemDigest(info.Pages)
+	// Until the first checkpoint output flows: there is nothing yet a
+	// standby could resume from.
+	for _, n := range p.nets {
+		if err := n.Unprotect(); err != nil {
+			return fmt.Errorf("checkpoint: output buffer: %w", err)
+		}
+	}
+	if p.disk != nil {
+		if err := p.disk.Unprotect(); err != nil {
+			return err
+		}
+	}
+	waiting := make(chan struct{}, 1)
+	for _, n := range p.nets {
+		if ch := n.Waiting(); ch != nil && p.cfg.Epoch.Mode == epoch.ModeEvent {
+			go func() {
+				for {
+					select {
+					case <-ch:
+						select {
+						case waiting <- struct{}{}:
+						default:
+						}
+					case <-p.done:
+						return
+					}
+				}
+			}()
+		}
+	}
+	defer func() {
+		if p.conn != nil {
+			p.conn.close()
+		}
+		if p.syncing != nil {
+			<-p.syncing
+		}
+		if p.byeTimer != nil {
+			p.byeTimer.Stop()
+		}
+		if ctx.Err() != nil {
+			// Death of the holder: nothing held may leak.
+			for _, n := range p.nets {
+				n.Discard()
+			}
+		}
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	p.local = append(p.local, epoch.Event{Kind: epoch.EvStart})
+	for {
+		for len(p.local) > 0 {
+			ev := p.local[0]
+			p.local = p.local[1:]
+			ev.Now = p.now()
+			if err := p.apply(ctx, p.m.Step(ev)); err != nil {
+				return err
+			}
+		}
+		switch p.m.State() {
+		case epoch.PStopped:
+			return nil
+		case epoch.PFenced:
+			return ErrFenced
+		}
+		if d := p.m.Deadline(); d >= 0 {
+			timer.Reset(time.Duration(d - p.now()))
+		} else {
+			timer.Reset(time.Hour)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.stopC:
+			p.local = append(p.local, epoch.Event{Kind: epoch.EvStop})
+		case e := <-p.events:
+			if e.final != 0 {
+				// The pre-copy converged: the sync's checkpoint, with
+				// output held from its barrier on. EvSyncDone goes in
+				// before any ack of it can be read.
+				if p.conn != nil && e.gen == p.conn.gen && p.m.State() == epoch.PSyncing {
+					if err := p.checkpoint(e.final, 0, true, e.extra, nil); err != nil {
+						return err
+					}
+					p.local = append(p.local, epoch.Event{Kind: epoch.EvSyncDone, Epoch: e.final})
+				}
+				continue
+			}
+			if e.ev.Kind == epoch.EvConnected || e.ev.Kind == epoch.EvConnectFailed {
+				if e.gen != p.gen {
+					if e.conn != nil {
+						e.conn.close()
+					}
+					continue
+				}
+				if e.conn != nil {
+					p.conn = e.conn
+					p.conn.start(p)
+				}
+			} else if e.gen != 0 && (p.conn == nil || e.gen != p.conn.gen) {
+				continue // from a connection already dropped
+			}
+			if e.why != "" {
+				p.log.Info("connection event", "event", e.ev.Kind, "why", e.why)
+			}
+			p.local = append(p.local, e.ev)
+		case <-timer.C:
+			p.local = append(p.local, epoch.Event{Kind: epoch.EvTick})
+		case <-waiting:
+			p.local = append(p.local, epoch.Event{Kind: epoch.EvOutputWaiting})
+		}
+	}
+}
+
+func (p *Primary) observe(o Observation) {
+	o.Time = time.Now()
+	if p.cfg.Observer != nil {
+		p.cfg.Observer(o)
+	}
+}
+
+// apply carries out the machine's actions in order.
+func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
+	for _, a := range acts {
+		switch a.Kind {
+		case epoch.ActConnect:
+			p.gen++
+			go p.connect(ctx, p.gen)
+		case epoch.ActSync:
+			if err := p.startSync(a); err != nil {
+				return err
+			}
+		case epoch.ActCheckpoint:
+			if err := p.checkpoint(a.Epoch, 0, false, nil, nil); err != nil {
+				return err
+			}
+		case epoch.ActRelease:
+			if err := p.release(a.Epoch); err != nil {
+				return err
+			}
+		case epoch.ActUnprotect:
+			if err := p.unprotect(); err != nil {
+				return err
+			}
+			p.status.update(func(s *Status) { s.UnprotectedSince = time.Now() })
+		case epoch.ActFence:
+			for _, n := range p.nets {
+				n.Discard()
+			}
+			if p.disk != nil {
+				p.disk.Discard()
+			}
+			if err := p.src.Destroy(p.cfg.Domain); err != nil {
+				p.log.Error("fencing: destroy failed", "err", err)
+			}
+		case epoch.ActGoodbye:
+			if p.conn != nil {
+				p.conn.send(sendItem{kind: itemGoodbye})
+				gen := p.conn.gen
+				p.byeTimer = time.AfterFunc(time.Duration(p.cfg.Epoch.Timeout), func() {
+					p.post(pevent{gen: gen, ev: epoch.Event{Kind: epoch.EvStopped}})
+				})
+			}
+		case epoch.ActTeardown:
+			if err := p.unprotect(); err != nil {
+				return err
+			}
+		case epoch.ActHeartbeat:
+			if p.conn != nil {
+				p.conn.send(sendItem{kind: itemHeartbeat, epoch: p.m.Acked()})
+			}
+		case epoch.ActDisconnect:
+			if p.conn != nil {
+				p.conn.close()
+				p.conn = nil
+			}
+		case epoch.ActAcquire:
+			go p.acquire(ctx)
+		case epoch.ActNotify:
+			st := p.m.State().String()
+			p.log.Info("state", "state", st, "why", a.Reason)
+			p.status.update(func(s *Status) {
+				s.State = st
+				s.StateSince = time.Now()
+				if st == "protected" {
+					s.UnprotectedSince = time.Time{}
+					s.SyncPercent = 100
+				}
+			})
+			p.observe(Observation{Kind: ObsState, State: st, Msg: a.Reason})
+		}
+	}
+	return nil
+}
+
+func (p *Primary) unprotect() error {
+	for _, n := range p.nets {
+		if err := n.Unprotect(); err != nil {
+			return fmt.Errorf("checkpoint: unprotect output: %w", err)
+		}
+	}
+	if p.disk != nil {
+		if err := p.disk.Unprotect(); err != nil {
+			return err
+		}
+	}
+	p.history = p.history[:0]
+	clear(p.barriers)
+	return nil
+}
+
+func (p *Primary) acquire(ctx context.Context) {
+	for {
+		ok, err := p.arb.Acquire(ctx, p.cfg.Session, arbiter.Primary)
+		if err == nil {
+			k := epoch.EvDenied
+			if ok {
+				k = epoch.EvGranted
+			}
+			p.post(pevent{ev: epoch.Event{Kind: k}})
+			return
+		}
+		p.log.Warn("arbiter unreachable; output stays held", "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return
+		case <-p.done:
+			return
+		}
+	}
+}
+
+// connect dials and exchanges hellos; it runs on its own goroutine.
+func (p *Primary) connect(ctx context.Context, gen uint64) {
+	fail := func(err error) {
+		p.log.Debug("connect failed", "err", err)
+		p.post(pevent{gen: gen, ev: epoch.Event{Kind: epoch.EvConnectFailed}, why: err.Error()})
+	}
+	dctx, cancel := context.WithTimeout(ctx, time.Duration(p.cfg.Epoch.Timeout))
+	defer cancel()
+	c, err := p.dial.Dial(dctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	pc := newPConn(gen, c, p.cfg.Codec, p.cfg.CacheBytes, p.cfg.Epoch.Inflight)
+	hello := &wire.Hello{Version: wire.Version, Role: wire.RolePrimary, Session: p.cfg.Session,
+		Domain: toDesc(p.info), Codec: p.cfg.Codec, Inflight: uint32(p.cfg.Epoch.Inflight)}
+	if p.cfg.SharedDisk {
+		hello.Flags |= wire.HelloSharedDisk
+	}
+	// The hello exchange must not outlive the timeout either.
+	stop := context.AfterFunc(dctx, func() { c.Close() })
+	defer stop()
+	if err := pc.w.WriteHeader(0); err == nil {
+		err = pc.w.Write(hello)
+		if err == nil {
+			err = pc.w.Flush()
+		}
+		if err != nil {
+			c.Close()
+			fail(err)
+			return
+		}
+	}
+	if _, _, err := pc.r.ReadHeader(); err != nil {
+		c.Close()
+		fail(err)
+		return
+	}
+	rec, err := pc.r.Next()
+	if err != nil {
+		c.Close()
+		fail(err)
+		return
+	}
+	sh, ok := rec.(*wire.Hello)
+	if !ok || sh.Role != wire.RoleStandby {
+		c.Close()
+		fail(fmt.Errorf("%w: expected the standby's hello, got %v", ErrPeer, rec.Type()))
+		return
+	}
+	has := sh.Session == p.cfg.Session && sh.Committed > 0
+	if !stop() {
+		c.Close()
+		fail(dctx.Err())
+		return
+	}
+	p.post(pevent{gen: gen, conn: pc, ev: epoch.Event{Kind: epoch.EvConnected, Epoch: sh.Committed, HasReplica: has}})
+}
+
+// checkpoint captures epoch e: suspend, barrier, dirty log, copy, state,
+// resume; then queues it for sending. extra PFNs and writes (resync) are
+// shipped with it. protect turns output holding on at the barrier (the
+// first checkpoint of a sync).
+func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl.PFN, extraWrites []diskbuf.Write) error {
+	dom := p.cfg.Domain
+	t0 := time.Now()
+	if err := p.src.Suspend(dom); err != nil {
+		// The guest keeps running; this epoch cannot be shipped. Drop the
+		// stream: the reconnect resynchronises what it would have carried.
+		p.log.Error("suspend failed", "epoch", e, "err", err)
+		p.observe(Observation{Kind: ObsError, Epoch: e, Msg: "suspend: " + err.Error()})
+		if p.conn != nil {
+			p.local = append(p.local, epoch.Event{Kind: epoch.EvDisconnected})
+		}
+		return nil
+	}
+	if protect {
+		for _, n := range p.nets {
+			n.Protect()
+		}
+	}
+	var berr error
+	for _, n := range p.nets {
+		if err := n.Barrier(e); err != nil && berr == nil {
+			berr = err
+		}
+	}
+	var writes []diskbuf.Write
+	if p.disk != nil {
+		writes = p.disk.Barrier(e)
+	}
+	p.dirty.Reset()
+	derr := p.src.ReadAndClearDirty(dom, p.dirty)
+	pfns := p.dirty.AppendSet(make([]libxl.PFN, 0, p.dirty.Count()))
+	if len(extra) > 0 {
+		seen := libxl.NewBitmap(p.info.Pages)
+		for _, q := range pfns {
+			seen.Set(q)
+		}
+		for _, q := range extra {
+			if !seen.Test(q) {
+				seen.Set(q)
+				pfns = append(pfns, q)
+			}
+		}
+	}
+	pages := make([]byte, len(pfns)*libxl.PageSize)
+	rerr := p.src.ReadPages(dom, pfns, pages)
+	states, serr := p.src.CaptureState(dom, nil)
+	if err := p.src.Resume(dom); err != nil {
+		return fmt.Errorf("%w: epoch %d: %w", ErrGuest, e, err)
+	}
+	pause := time.Since(t0)
+	if err := errors.Join(berr, derr, rerr, serr); err != nil {
+		p.log.Error("capture failed", "epoch", e, "err", err)
+		p.observe(Observation{Kind: ObsError, Epoch: e, Msg: "capture: " + err.Error()})
+		if p.conn != nil {
+			p.local = append(p.local, epoch.Event{Kind: epoch.EvDisconnected})
+		}
+		return nil
+	}
+	p.barriers[e] = time.Now()
+	p.digest.update(pfns, pages)
+	writes = append(extraWrites, writes...)
+	p.history = append(p.history, histEntry{epoch: e, pfns: pfns, writes: writes})
+	// Observed before it is queued, so an observer has seen checkpoint e
+	// before any ack of it can exist.
+	p.recordCheckpoint(e, pause, len(pfns))
+	if p.conn != nil {
+		p.conn.send(sendItem{kind: itemBegin, epoch: e, flags: flags})
+		for i := 0; i < len(pfns); i += wire.MaxPagesPerRecord {
+			j := min(i+wire.MaxPagesPerRecord, len(pfns))
+			p.conn.send(sendItem{kind: itemPages, pfns: pfns[i:j], data: pages[i*libxl.PageSize : j*libxl.PageSize]})
+		}
+		p.conn.send(sendItem{kind: itemEnd, epoch: e, states: states, writes: writes, digest: p.digest.sum})
+	}
+	return nil
+}
+
+func (p *Primary) recordCheckpoint(e uint64, pause time.Duration, n int) {
+	p.pauses.n++
+	p.pauses.sum += pause
+	p.pauses.max = max(p.pauses.max, pause)
+	p.dirtySum += uint64(n)
+	now := time.Now()
+	r := p.rate.add(now)
+	cnt := p.pauses.n
+	avg := p.pauses.sum / cnt
+	mx := p.pauses.max
+	avgDirty := float64(p.dirtySum) / float64(cnt)
+	var raw, wireB uint64
+	if p.conn != nil {
+		st := p.conn.stats()
+		raw, wireB = st.RawBytes, st.WireBytes
+	}
+	p.status.update(func(s *Status) {
+		s.Checkpoints = uint64(cnt)
+		s.EpochRate = r
+		s.LastPause, s.AvgPause, s.MaxPause = Dur(pause), Dur(avg), Dur(mx)
+		s.LastDirty, s.AvgDirty = n, avgDirty
+		if raw > 0 {
+			s.BytesRaw, s.BytesWire = raw, wireB
+			s.Compression = float64(raw) / float64(max(wireB, 1))
+		}
+	})
+	p.observe(Observation{Kind: ObsCheckpoint, Epoch: e, Pause: pause, Pages: n})
+}
+
+// release lets out the output of every epoch <= e (its ack arrived).
+func (p *Primary) release(e uint64) error {
+	for _, n := range p.nets {
+		if err := n.Release(e); err != nil {
+			return fmt.Errorf("checkpoint: release epoch %d: %w", e, err)
+		}
+	}
+	if p.disk != nil {
+		if err := p.disk.Release(e); err != nil {
+			return fmt.Errorf("checkpoint: release disk epoch %d: %w", e, err)
+		}
+	}
+	now := time.Now()
+	var lat time.Duration
+	if t, ok := p.barriers[e]; ok {
+		lat = now.Sub(t)
+	}
+	for k := range p.barriers {
+		if k <= e {
+			delete(p.barriers, k)
+		}
+	}
+	i := 0
+	for i < len(p.history) && p.history[i].epoch <= e {
+		i++
+	}
+	p.history = append(p.history[:0], p.history[i:]...)
+	var held, rel uint64
+	for _, n := range p.nets {
+		st := n.Stats()
+		held += st.HeldFrames
+		rel += st.Released
+	}
+	p.status.update(func(s *Status) {
+		s.Epoch = e
+		if s.CommitLatency == 0 {
+			s.CommitLatency = Dur(lat)
+		} else {
+			s.CommitLatency = Dur((7*time.Duration(s.CommitLatency) + lat) / 8)
+		}
+		s.OutputHeld, s.Released = held, rel
+	})
+	p.observe(Observation{Kind: ObsRelease, Epoch: e})
+	return nil
+}

@@ -1,0 +1,675 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/xl-kemari/xl-kemari/arbiter"
+	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
+	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
+	"github.com/xl-kemari/xl-kemari/diskbuf"
+	"github.com/xl-kemari/xl-kemari/libxl"
+)
+
+// StandbyConfig configures a Standby.
+type StandbyConfig struct {
+	Epoch epoch.Config
+	// DiskMode is how the domain's disks are protected.
+	DiskMode diskbuf.Mode
+	// Disks opens the backing stores for a replica of info (this host's
+	// copies in replicate mode, the shared disks in shared mode).
+	Disks func(info libxl.DomainInfo) ([]diskbuf.Store, error)
+	// OnActivate, if set, runs after the replica was activated (address
+	// announcements, status files); on the loop goroutine.
+	OnActivate func(dom libxl.DomID, info libxl.DomainInfo)
+	// Once: serve one protection session, then return (xl-kemari receive).
+	Once     bool
+	Logger   *slog.Logger
+	Observer func(Observation)
+}
+
+// Standby holds the replica of one protected domain and takes over when
+// the primary dies.
+type Standby struct {
+	cfg  StandbyConfig
+	sink libxl.Sink
+	ln   Listener
+	arb  arbiter.Arbiter
+	log  *slog.Logger
+
+	m      *epoch.Standby
+	t0     time.Time
+	events chan sevent
+	done   chan struct{}
+	status statusBox
+
+	// Owned by the loop goroutine.
+	conn      *sconn
+	gen       uint64
+	session   [16]byte
+	info      libxl.DomainInfo
+	replica   libxl.DomID
+	has       bool // a replica exists
+	disk      *diskbuf.Replica
+	digest    *memDigest
+	stage     stagedEpoch
+	committed time.Time
+	rate      rateWindow
+	commits   uint64
+	discarded uint64
+	promoteC  chan struct{}
+	lostAt    time.Time
+	activated libxl.DomID
+	lastPages int
+	mode      diskbuf.Mode
+}
+
+// stagedEpoch is the epoch under reception.
+type stagedEpoch struct {
+	open    bool // between EPOCH_BEGIN and EPOCH_END
+	epoch   uint64
+	initial bool
+	index   map[libxl.PFN]int // pfn → page slot in data
+	pfns    []libxl.PFN
+	data    []byte
+	states  []libxl.State
+	digest  stagedDigest
+}
+
+func (s *stagedEpoch) reset(e uint64, initial bool, base *memDigest) {
+	s.epoch, s.initial, s.open = e, initial, false
+	if s.index == nil {
+		s.index = map[libxl.PFN]int{}
+	}
+	clear(s.index)
+	s.pfns, s.data, s.states = s.pfns[:0], s.data[:0], s.states[:0]
+	s.digest.reset(base)
+}
+
+func (s *stagedEpoch) put(p libxl.PFN, page []byte) {
+	if i, ok := s.index[p]; ok {
+		copy(s.data[i*libxl.PageSize:], page)
+	} else {
+		s.index[p] = len(s.pfns)
+		s.pfns = append(s.pfns, p)
+		s.data = append(s.data, page...)
+	}
+	s.digest.put(p, page)
+}
+
+type sevent struct {
+	gen  uint64
+	conn *sconn
+	rec  wire.Record
+	err  error
+	ev   epoch.Event // arbiter answers
+	ack  chan struct{}
+}
+
+// NewStandby builds a standby driver that accepts primaries on ln.
+func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arbiter) (*Standby, error) {
+	if err := cfg.Epoch.Validate(); err != nil {
+		return nil, err
+	}
+	if arb == nil {
+		arb = arbiter.None{}
+	}
+	cfg.Epoch.Arbiter = arb.Configured()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Disks == nil {
+		cfg.Disks = func(info libxl.DomainInfo) ([]diskbuf.Store, error) {
+			var st []diskbuf.Store
+			for _, d := range info.Disks {
+				st = append(st, diskbuf.NewMemStore(int64(d.Sectors)*diskbuf.SectorSize))
+			}
+			return st, nil
+		}
+	}
+	s := &Standby{cfg: cfg, sink: sink, ln: ln, arb: arb, log: cfg.Logger, m: epoch.NewStandby(cfg.Epoch),
+		events: make(chan sevent, 16), done: make(chan struct{}), promoteC: make(chan struct{}, 1)}
+	s.status.update(func(st *Status) { st.Role = "standby"; st.Peer = ln.String(); st.State = "waiting" })
+	return s, nil
+}
+
+// Status returns a snapshot. Safe from any goroutine.
+func (s *Standby) Status() Status { return s.status.get() }
+
+// Promote asks for a failover by hand (`xl kemari failover`); it is
+// honoured only with a complete checkpoint, and goes through the arbiter.
+func (s *Standby) Promote() {
+	select {
+	case s.promoteC <- struct{}{}:
+	default:
+	}
+}
+
+// Activated returns the replica's DomID once it runs here.
+func (s *Standby) Activated() (libxl.DomID, bool) {
+	st := s.status.get()
+	return s.activated, st.State == "active"
+}
+
+func (s *Standby) now() epoch.Duration { return epoch.Duration(time.Since(s.t0)) }
+
+func (s *Standby) post(e sevent) bool {
+	select {
+	case s.events <- e:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+// Run serves primaries until ctx ends, the replica is activated (returns
+// nil; the guest runs on), or, with Once, the session ends.
+func (s *Standby) Run(ctx context.Context) error {
+	s.t0 = time.Now()
+	defer close(s.done)
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		for {
+			c, err := s.ln.Accept()
+			if err != nil {
+				return
+			}
+			if !s.post(sevent{conn: &sconn{c: c}}) {
+				c.Close()
+				return
+			}
+		}
+	}()
+	defer func() {
+		s.ln.Close()
+		if s.conn != nil {
+			s.conn.c.Close()
+		}
+		if s.has && s.m.State() != epoch.SActive {
+			s.sink.Destroy(s.replica)
+		}
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		switch st := s.m.State(); {
+		case st == epoch.SActive:
+			return nil
+		case st == epoch.SDenied:
+			return fmt.Errorf("checkpoint: the arbiter kept the domain on the primary")
+		case s.cfg.Once && st == epoch.SStopped:
+			return nil
+		}
+		if d := s.m.Deadline(); d >= 0 {
+			timer.Reset(time.Duration(d - s.now()))
+		} else {
+			timer.Reset(time.Hour)
+		}
+		var acts []epoch.Action
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			acts = s.m.Step(epoch.Event{Kind: epoch.EvTick, Now: s.now()})
+		case <-s.promoteC:
+			acts = s.m.Step(epoch.Event{Kind: epoch.EvPromote, Now: s.now()})
+		case e := <-s.events:
+			var err error
+			acts, err = s.handle(e)
+			if e.ack != nil {
+				close(e.ack)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if err := s.apply(ctx, acts); err != nil {
+			return err
+		}
+	}
+}
+
+// handle turns one input into machine events, doing the staging work
+// records carry.
+func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
+	now := s.now()
+	switch {
+	case e.conn != nil && e.rec == nil && e.err == nil:
+		// A new connection: it replaces the current one (a primary that
+		// reconnected before we noticed its old stream broke).
+		if s.conn != nil {
+			s.conn.c.Close()
+			acts := s.m.Step(epoch.Event{Kind: epoch.EvDisconnected, Now: now})
+			if err := s.apply(context.Background(), acts); err != nil {
+				return nil, err
+			}
+		}
+		s.gen++
+		e.conn.gen = s.gen
+		s.conn = e.conn
+		e.conn.q = make(chan wire.Record, 1024)
+		go e.conn.write(s)
+		go e.conn.read(s)
+		return nil, nil
+	case e.ev.Kind != 0:
+		return s.m.Step(epoch.Event{Kind: e.ev.Kind, Now: now}), nil
+	}
+	if s.conn == nil || e.gen != s.conn.gen {
+		return nil, nil // from a replaced connection
+	}
+	if e.err != nil {
+		var fe *wire.FrameError
+		if errors.As(e.err, &fe) {
+			s.log.Warn("bad frame from primary", "err", e.err)
+			return s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now}), nil
+		}
+		s.log.Info("primary connection closed", "err", e.err)
+		s.conn.c.Close()
+		s.conn = nil
+		return s.m.Step(epoch.Event{Kind: epoch.EvDisconnected, Now: now}), nil
+	}
+	var out []epoch.Action
+	out = append(out, s.m.Step(epoch.Event{Kind: epoch.EvFrame, Now: now})...)
+	switch r := e.rec.(type) {
+	case *wire.Hello:
+		return s.hello(r, now)
+	case *wire.EpochBegin:
+		initial := r.Flags&wire.EpochInitial != 0
+		s.stage.reset(r.Epoch, initial, s.digest)
+		if s.disk != nil {
+			s.disk.Discard()
+		}
+		acts := s.m.Step(epoch.Event{Kind: epoch.EvEpochBegin, Epoch: r.Epoch, Initial: initial, Now: now})
+		for _, a := range acts {
+			if a.Kind == epoch.ActDestroyReplica {
+				s.destroyReplica()
+			}
+		}
+		if err := s.ensureReplica(); err != nil {
+			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		}
+		s.stage.reset(r.Epoch, initial, s.digest)
+		s.stage.open = true
+		return append(out, acts...), nil
+	case *wire.Pages:
+		if err := s.stagePages(r); err != nil {
+			s.log.Warn("bad pages record", "epoch", s.stage.epoch, "err", err)
+			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		}
+	case *wire.State:
+		s.stage.states = append(s.stage.states, libxl.State{Kind: libxl.StateKind(r.Kind), Index: r.Index, Data: append([]byte(nil), r.Data...)})
+	case *wire.Disk:
+		if s.disk == nil {
+			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		}
+		if err := s.disk.Stage(diskbuf.Write{Disk: r.Disk, Sector: r.Sector, Data: r.Data}); err != nil {
+			s.log.Warn("bad disk record", "err", err)
+			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		}
+	case *wire.EpochEnd:
+		ok := r.MemDigest == s.stage.digest.sum()
+		if !ok {
+			s.log.Warn("epoch memory digest mismatch: discarding", "epoch", r.Epoch,
+				"primary", fmt.Sprintf("%016x", r.MemDigest), "replica", fmt.Sprintf("%016x", s.stage.digest.sum()))
+		}
+		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvEpochEnd, Epoch: r.Epoch, Verified: ok, Initial: s.stage.initial && r.Epoch == 0, Now: now})...), nil
+	case *wire.Heartbeat:
+		if s.disk != nil {
+			s.disk.Flushed(r.Flushed)
+		}
+	case *wire.Goodbye:
+		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "replica discarded"})
+		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvGoodbye, Now: now})...), nil
+	default:
+		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+	}
+	return out, nil
+}
+
+func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, error) {
+	if h.Role != wire.RolePrimary {
+		return s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now}), nil
+	}
+	// Only a complete checkpoint of the same session is worth resuming
+	// from (protocol §7.4); anything else is rebuilt by an initial sync.
+	same := s.has && h.Session == s.session && s.m.State() == epoch.SReady
+	acts := s.m.Step(epoch.Event{Kind: epoch.EvHello, HasReplica: same, Now: now})
+	for _, a := range acts {
+		if a.Kind == epoch.ActDestroyReplica {
+			s.destroyReplica()
+		}
+	}
+	if s.m.State() != epoch.SSyncing && s.m.State() != epoch.SReady {
+		return acts, nil
+	}
+	if !same {
+		s.destroyReplica()
+		s.info, s.session = fromDesc(h.Domain), h.Session
+		s.mode = diskbuf.Replicate
+		if h.Flags&wire.HelloSharedDisk != 0 {
+			s.mode = diskbuf.Shared
+		}
+		if s.mode != s.cfg.DiskMode && len(s.info.Disks) > 0 {
+			s.log.Warn("disk mode differs from the primary's; using the primary's", "primary", s.mode, "here", s.cfg.DiskMode)
+		}
+		s.status.update(func(st *Status) { st.Domain = s.info.Name })
+	}
+	if err := s.ensureReplica(); err != nil {
+		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: err.Error()})
+		return append(acts, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+	}
+	reply := &wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: s.session,
+		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum}
+	s.conn.send(reply)
+	return acts, nil
+}
+
+// ensureReplica creates a fresh (zeroed, paused) replica of s.info and
+// opens its disks, if none exists.
+func (s *Standby) ensureReplica() error {
+	if s.has {
+		return nil
+	}
+	dom, err := s.sink.CreateReplica(s.info)
+	if err != nil {
+		s.log.Error("create replica", "err", err)
+		return fmt.Errorf("cannot create replica: %w", err)
+	}
+	stores, err := s.cfg.Disks(s.info)
+	if err != nil {
+		s.sink.Destroy(dom)
+		return fmt.Errorf("cannot open disks: %w", err)
+	}
+	s.replica, s.has = dom, true
+	s.disk = diskbuf.NewReplica(s.mode, stores)
+	s.digest = newMemDigest(s.info.Pages)
+	return nil
+}
+
+func (s *Standby) destroyReplica() {
+	if s.has {
+		if err := s.sink.Destroy(s.replica); err != nil {
+			s.log.Warn("destroy replica", "err", err)
+		}
+		s.has = false
+		s.disk = nil
+	}
+}
+
+// stagePages decodes a PAGES record into the staged epoch. The XOR base
+// of a page is its latest copy: staged in this epoch, else the replica's.
+func (s *Standby) stagePages(r *wire.Pages) error {
+	if !s.has || !s.stage.open {
+		return fmt.Errorf("%w: pages outside an epoch", ErrPeer)
+	}
+	out := make([]byte, len(r.PFNs)*libxl.PageSize)
+	base := func(pfn uint64, dst []byte) error {
+		if i, ok := s.stage.index[libxl.PFN(pfn)]; ok {
+			copy(dst, s.stage.data[i*libxl.PageSize:(i+1)*libxl.PageSize])
+			return nil
+		}
+		return s.sink.ReadPages(s.replica, []libxl.PFN{libxl.PFN(pfn)}, dst)
+	}
+	pfns, err := wire.DecodePages(r, base, out)
+	if err != nil {
+		return err
+	}
+	for i, p := range pfns {
+		if p >= s.info.Pages {
+			return fmt.Errorf("%w: pfn %d beyond the domain's %d pages", ErrPeer, p, s.info.Pages)
+		}
+		s.stage.put(libxl.PFN(p), out[i*libxl.PageSize:(i+1)*libxl.PageSize])
+	}
+	return nil
+}
+
+func (s *Standby) observe(o Observation) {
+	o.Time = time.Now()
+	if s.cfg.Observer != nil {
+		s.cfg.Observer(o)
+	}
+}
+
+func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
+	for _, a := range acts {
+		switch a.Kind {
+		case epoch.ActCommit:
+			if err := s.commit(a.Epoch); err != nil {
+				// The replica may be torn: it can never be activated.
+				s.log.Error("commit failed; discarding the replica", "epoch", a.Epoch, "err", err)
+				s.observe(Observation{Kind: ObsError, Epoch: a.Epoch, Msg: err.Error()})
+				return err
+			}
+		case epoch.ActAck:
+			// Observed before the ack leaves, so an observer knows epoch
+			// k is committed before any output of k can be released.
+			s.observe(Observation{Kind: ObsCommit, Epoch: a.Epoch, Pages: s.lastPages})
+			if s.conn != nil {
+				s.conn.send(&wire.Ack{Epoch: a.Epoch, MemDigest: s.digest.sum})
+			}
+		case epoch.ActDiscard:
+			s.discarded++
+			if s.disk != nil {
+				s.disk.Discard()
+			}
+			s.stage.reset(0, false, s.digest)
+			s.status.update(func(st *Status) { st.Discarded = s.discarded })
+		case epoch.ActNack:
+			if s.conn != nil {
+				s.conn.send(&wire.Nack{Epoch: a.Epoch, Code: wire.NackDigest, Message: a.Reason})
+			}
+		case epoch.ActDisconnect:
+			if s.conn != nil {
+				s.conn.c.Close()
+				s.conn = nil
+			}
+		case epoch.ActHeartbeat:
+			if s.conn != nil {
+				s.conn.send(&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: s.m.Committed()})
+			}
+		case epoch.ActAcquire:
+			go s.acquire(ctx)
+		case epoch.ActActivate:
+			if err := s.activate(); err != nil {
+				return err
+			}
+		case epoch.ActDestroyReplica:
+			s.destroyReplica()
+		case epoch.ActNotify:
+			st := s.m.State().String()
+			s.log.Info("state", "state", st, "why", a.Reason)
+			s.status.update(func(x *Status) { x.State = st; x.StateSince = time.Now() })
+			s.observe(Observation{Kind: ObsState, State: st, Msg: a.Reason})
+		}
+	}
+	return nil
+}
+
+// commit applies the staged epoch to the replica.
+func (s *Standby) commit(e uint64) error {
+	if len(s.stage.pfns) > 0 {
+		if err := s.sink.WritePages(s.replica, s.stage.pfns, s.stage.data); err != nil {
+			return err
+		}
+	}
+	if len(s.stage.states) > 0 {
+		if err := s.sink.RestoreState(s.replica, s.stage.states); err != nil {
+			return err
+		}
+	}
+	if s.disk != nil {
+		if err := s.disk.Commit(e); err != nil {
+			return err
+		}
+	}
+	s.stage.digest.commit()
+	s.lastPages = len(s.stage.pfns)
+	s.commits++
+	now := time.Now()
+	r := s.rate.add(now)
+	n := len(s.stage.pfns)
+	s.status.update(func(st *Status) {
+		st.Epoch = e
+		st.Checkpoints = s.commits
+		st.EpochRate = r
+		st.LastDirty = n
+	})
+	s.lostAt = time.Time{}
+	return nil
+}
+
+func (s *Standby) acquire(ctx context.Context) {
+	for {
+		ok, err := s.arb.Acquire(ctx, s.session, arbiter.Standby)
+		if err == nil {
+			k := epoch.EvDenied
+			if ok {
+				k = epoch.EvGranted
+			}
+			s.post(sevent{ev: epoch.Event{Kind: k}})
+			return
+		}
+		s.log.Warn("arbiter unreachable; replica stays paused", "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// activate resumes the replica at the last committed checkpoint. (I3)
+func (s *Standby) activate() error {
+	t := time.Now()
+	if s.disk != nil {
+		if err := s.disk.Activate(); err != nil {
+			return fmt.Errorf("checkpoint: activate disks: %w", err)
+		}
+	}
+	if err := s.sink.Activate(s.replica); err != nil {
+		return fmt.Errorf("checkpoint: activate replica: %w", err)
+	}
+	s.activated = s.replica
+	took := time.Since(t)
+	e := s.m.Committed()
+	s.status.update(func(st *Status) { st.ActivatedEpoch = e; st.Activation = Dur(took) })
+	s.observe(Observation{Kind: ObsActivate, Epoch: e})
+	if s.cfg.OnActivate != nil {
+		s.cfg.OnActivate(s.replica, s.info)
+	}
+	return nil
+}
+
+// ReplicaDigest recomputes the replica's memory digest from its pages (for
+// checks: it must equal the digest of the last committed epoch).
+func ReplicaDigest(sink libxl.Sink, dom libxl.DomID, pages uint64) (uint64, error) {
+	d := newMemDigest(pages)
+	const batch = 1024
+	buf := make([]byte, batch*libxl.PageSize)
+	pfns := make([]libxl.PFN, 0, batch)
+	for base := uint64(0); base < pages; base += batch {
+		pfns = pfns[:0]
+		for p := base; p < min(base+batch, pages); p++ {
+			pfns = append(pfns, libxl.PFN(p))
+		}
+		if err := sink.ReadPages(dom, pfns, buf[:len(pfns)*libxl.PageSize]); err != nil {
+			return 0, err
+		}
+		d.update(pfns, buf)
+	}
+	return d.sum, nil
+}
+
+// Digest returns the committed replica's memory digest (loop-owned state;
+// call only after Run returned).
+func (s *Standby) Digest() uint64 {
+	if s.digest == nil {
+		return 0
+	}
+	return s.digest.sum
+}
+
+// sconn is the standby's end of one connection. The reader goroutine
+// hands each record to the loop and waits until the loop is done with it
+// (records alias the reader's buffer); a writer goroutine sends what the
+// loop queues, so the loop never blocks on the network.
+type sconn struct {
+	gen  uint64
+	c    Conn
+	q    chan wire.Record
+}
+
+func (c *sconn) read(s *Standby) {
+	r := wire.NewReader(c.c, wire.DefaultLimits())
+	if _, _, err := r.ReadHeader(); err != nil {
+		s.post(sevent{gen: c.gen, conn: c, err: err})
+		return
+	}
+	for {
+		rec, err := r.Next()
+		ack := make(chan struct{})
+		if !s.post(sevent{gen: c.gen, conn: c, rec: rec, err: err, ack: ack}) {
+			return
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-ack:
+		case <-s.done:
+			return
+		}
+	}
+}
+
+func (c *sconn) write(s *Standby) {
+	w := wire.NewWriter(c.c)
+	if err := w.WriteHeader(0); err != nil {
+		c.c.Close()
+		return
+	}
+	for {
+		select {
+		case rec := <-c.q:
+			if err := w.Write(rec); err != nil {
+				c.c.Close()
+				return
+			}
+			if len(c.q) == 0 {
+				if err := w.Flush(); err != nil {
+					c.c.Close()
+					return
+				}
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// send queues one record (loop goroutine only). Records are copied by the
+// caller's construction (fresh values), so the writer may hold them.
+func (c *sconn) send(rec wire.Record) {
+	if c.q == nil {
+		return
+	}
+	if _, hb := rec.(*wire.Heartbeat); hb {
+		select {
+		case c.q <- rec:
+		default:
+		}
+		return
+	}
+	select {
+	case c.q <- rec:
+	default:
+		// The primary stopped reading: it is as good as gone.
+		c.c.Close()
+	}
+}

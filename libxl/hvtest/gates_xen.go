@@ -1,0 +1,5 @@
+//go:build xen
+
+package hvtest
+
+func init() { xenBuild = true }
