@@ -30,6 +30,7 @@ type Observation struct {
 	Pages   int
 	Bytes   uint64
 	Percent float64
+	Digest  uint64 // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
 	Msg     string
 }
 

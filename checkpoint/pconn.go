@@ -46,7 +46,6 @@ type pconn struct {
 	closed chan struct{}
 	once   sync.Once
 	hbSeq  uint64
-	wg     sync.WaitGroup
 
 	mu sync.Mutex
 	// Protected by mu.
@@ -60,9 +59,9 @@ func newPConn(gen uint64, c Conn, codec wire.Codec, cacheBytes, inflight int) *p
 }
 
 func (pc *pconn) start(p *Primary) {
-	pc.wg.Add(2)
-	go pc.sender(p)
-	go pc.reader(p)
+	p.wg.Add(2)
+	go func() { defer p.wg.Done(); pc.sender(p) }()
+	go func() { defer p.wg.Done(); pc.reader(p) }()
 }
 
 func (pc *pconn) close() {
@@ -108,7 +107,6 @@ func (pc *pconn) fail(p *Primary, err error) {
 }
 
 func (pc *pconn) sender(p *Primary) {
-	defer pc.wg.Done()
 	u64 := make([]uint64, 0, wire.MaxPagesPerRecord)
 	for {
 		var it sendItem
@@ -180,7 +178,6 @@ func (pc *pconn) writeDisk(ws []diskbuf.Write) error {
 }
 
 func (pc *pconn) reader(p *Primary) {
-	defer pc.wg.Done()
 	for {
 		rec, err := pc.r.Next()
 		if err != nil {

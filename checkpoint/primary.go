@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
@@ -83,7 +84,8 @@ type Primary struct {
 	dirtySum uint64
 	lastBW   time.Time
 	bwBytes  uint64
-	syncing  chan struct{} // closed when the running pre-copy goroutine ends
+	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
+	wg       sync.WaitGroup // every goroutine started
 	byeTimer *time.Timer
 }
 
@@ -94,8 +96,8 @@ type histEntry struct {
 }
 
 type pevent struct {
-	gen  uint64
-	ev   epoch.Event
+	gen   uint64
+	ev    epoch.Event
 	conn  *pconn // EvConnected
 	why   string
 	final uint64      // a full sync's pre-copy ended: take checkpoint final
@@ -134,9 +136,6 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 	return p, nil
 }
 
-// Session returns the protection session id.
-func (p *Primary) Session() [16]byte { return p.cfg.Session }
-
 // Status returns a snapshot for `xl kemari status`. Safe from any goroutine.
 func (p *Primary) Status() Status { return p.status.get() }
 
@@ -165,6 +164,8 @@ func (p *Primary) post(e pevent) {
 // output is discarded, never released (fail closed).
 func (p *Primary) Run(ctx context.Context) (err error) {
 	p.t0 = time.Now()
+	// Every goroutine the driver starts has ended when Run returns.
+	defer p.wg.Wait()
 	defer close(p.done)
 	info, err := p.src.Describe(p.cfg.Domain)
 	if err != nil {
@@ -189,7 +190,9 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 	waiting := make(chan struct{}, 1)
 	for _, n := range p.nets {
 		if ch := n.Waiting(); ch != nil && p.cfg.Epoch.Mode == epoch.ModeEvent {
+			p.wg.Add(1)
 			go func() {
+				defer p.wg.Done()
 				for {
 					select {
 					case <-ch:
@@ -301,7 +304,8 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 		switch a.Kind {
 		case epoch.ActConnect:
 			p.gen++
-			go p.connect(ctx, p.gen)
+			p.wg.Add(1)
+			go func(gen uint64, sess [16]byte) { defer p.wg.Done(); p.connect(ctx, gen, sess) }(p.gen, p.cfg.Session)
 		case epoch.ActSync:
 			if err := p.startSync(a); err != nil {
 				return err
@@ -318,6 +322,9 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 			if err := p.unprotect(); err != nil {
 				return err
 			}
+			// Re-protection is a new protection session: the arbiter's
+			// grant for the old one stays with whoever won it.
+			rand.Read(p.cfg.Session[:])
 			p.status.update(func(s *Status) { s.UnprotectedSince = time.Now() })
 		case epoch.ActFence:
 			for _, n := range p.nets {
@@ -351,7 +358,8 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 				p.conn = nil
 			}
 		case epoch.ActAcquire:
-			go p.acquire(ctx)
+			p.wg.Add(1)
+			go func() { defer p.wg.Done(); p.acquire(ctx) }()
 		case epoch.ActNotify:
 			st := p.m.State().String()
 			p.log.Info("state", "state", st, "why", a.Reason)
@@ -408,12 +416,14 @@ func (p *Primary) acquire(ctx context.Context) {
 }
 
 // connect dials and exchanges hellos; it runs on its own goroutine.
-func (p *Primary) connect(ctx context.Context, gen uint64) {
+func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 	fail := func(err error) {
 		p.log.Debug("connect failed", "err", err)
 		p.post(pevent{gen: gen, ev: epoch.Event{Kind: epoch.EvConnectFailed}, why: err.Error()})
 	}
-	dctx, cancel := context.WithTimeout(ctx, time.Duration(p.cfg.Epoch.Timeout))
+	// A hello exchange that hangs (a lost record) must give way to a new
+	// attempt well within the standby's timeout.
+	dctx, cancel := context.WithTimeout(ctx, time.Duration(p.cfg.Epoch.Timeout/3))
 	defer cancel()
 	c, err := p.dial.Dial(dctx)
 	if err != nil {
@@ -421,7 +431,7 @@ func (p *Primary) connect(ctx context.Context, gen uint64) {
 		return
 	}
 	pc := newPConn(gen, c, p.cfg.Codec, p.cfg.CacheBytes, p.cfg.Epoch.Inflight)
-	hello := &wire.Hello{Version: wire.Version, Role: wire.RolePrimary, Session: p.cfg.Session,
+	hello := &wire.Hello{Version: wire.Version, Role: wire.RolePrimary, Session: session,
 		Domain: toDesc(p.info), Codec: p.cfg.Codec, Inflight: uint32(p.cfg.Epoch.Inflight)}
 	if p.cfg.SharedDisk {
 		hello.Flags |= wire.HelloSharedDisk
@@ -457,7 +467,7 @@ func (p *Primary) connect(ctx context.Context, gen uint64) {
 		fail(fmt.Errorf("%w: expected the standby's hello, got %v", ErrPeer, rec.Type()))
 		return
 	}
-	has := sh.Session == p.cfg.Session && sh.Committed > 0
+	has := sh.Session == session && sh.Committed > 0
 	if !stop() {
 		c.Close()
 		fail(dctx.Err())
@@ -572,7 +582,7 @@ func (p *Primary) recordCheckpoint(e uint64, pause time.Duration, n int) {
 			s.Compression = float64(raw) / float64(max(wireB, 1))
 		}
 	})
-	p.observe(Observation{Kind: ObsCheckpoint, Epoch: e, Pause: pause, Pages: n})
+	p.observe(Observation{Kind: ObsCheckpoint, Epoch: e, Pause: pause, Pages: n, Digest: p.digest.sum})
 }
 
 // release lets out the output of every epoch <= e (its ack arrived).

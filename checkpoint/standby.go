@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
@@ -26,7 +27,11 @@ type StandbyConfig struct {
 	// announcements, status files); on the loop goroutine.
 	OnActivate func(dom libxl.DomID, info libxl.DomainInfo)
 	// Once: serve one protection session, then return (xl-kemari receive).
-	Once     bool
+	Once bool
+	// Verify recomputes the replica's memory digest from its pages before
+	// activating it and reports whether it equals the last committed
+	// epoch's (costs one pass over guest memory on the failover path).
+	Verify   bool
 	Logger   *slog.Logger
 	Observer func(Observation)
 }
@@ -65,6 +70,7 @@ type Standby struct {
 	activated libxl.DomID
 	lastPages int
 	mode      diskbuf.Mode
+	wg        sync.WaitGroup // every goroutine started
 }
 
 // stagedEpoch is the epoch under reception.
@@ -169,10 +175,11 @@ func (s *Standby) post(e sevent) bool {
 // nil; the guest runs on), or, with Once, the session ends.
 func (s *Standby) Run(ctx context.Context) error {
 	s.t0 = time.Now()
+	defer s.wg.Wait()
 	defer close(s.done)
-	acceptDone := make(chan struct{})
+	s.wg.Add(1)
 	go func() {
-		defer close(acceptDone)
+		defer s.wg.Done()
 		for {
 			c, err := s.ln.Accept()
 			if err != nil {
@@ -252,8 +259,9 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		e.conn.gen = s.gen
 		s.conn = e.conn
 		e.conn.q = make(chan wire.Record, 1024)
-		go e.conn.write(s)
-		go e.conn.read(s)
+		s.wg.Add(2)
+		go func() { defer s.wg.Done(); e.conn.write(s) }()
+		go func() { defer s.wg.Done(); e.conn.read(s) }()
 		return nil, nil
 	case e.ev.Kind != 0:
 		return s.m.Step(epoch.Event{Kind: e.ev.Kind, Now: now}), nil
@@ -472,7 +480,8 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 				s.conn.send(&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: s.m.Committed()})
 			}
 		case epoch.ActAcquire:
-			go s.acquire(ctx)
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); s.acquire(ctx) }()
 		case epoch.ActActivate:
 			if err := s.activate(); err != nil {
 				return err
@@ -547,6 +556,21 @@ func (s *Standby) acquire(ctx context.Context) {
 // activate resumes the replica at the last committed checkpoint. (I3)
 func (s *Standby) activate() error {
 	t := time.Now()
+	var digest uint64
+	verdict := "not verified"
+	if s.cfg.Verify {
+		d, err := ReplicaDigest(s.sink, s.replica, s.info.Pages)
+		switch {
+		case err != nil:
+			verdict = "verification failed: " + err.Error()
+		case d == s.digest.sum:
+			verdict = "verified"
+		default:
+			verdict = fmt.Sprintf("MISMATCH: replica %016x, committed %016x", d, s.digest.sum)
+			s.log.Error("replica differs from the last committed epoch", "replica", d, "committed", s.digest.sum)
+		}
+		digest = d
+	}
 	if s.disk != nil {
 		if err := s.disk.Activate(); err != nil {
 			return fmt.Errorf("checkpoint: activate disks: %w", err)
@@ -559,7 +583,7 @@ func (s *Standby) activate() error {
 	took := time.Since(t)
 	e := s.m.Committed()
 	s.status.update(func(st *Status) { st.ActivatedEpoch = e; st.Activation = Dur(took) })
-	s.observe(Observation{Kind: ObsActivate, Epoch: e})
+	s.observe(Observation{Kind: ObsActivate, Epoch: e, Digest: digest, Msg: verdict})
 	if s.cfg.OnActivate != nil {
 		s.cfg.OnActivate(s.replica, s.info)
 	}
@@ -600,9 +624,9 @@ func (s *Standby) Digest() uint64 {
 // (records alias the reader's buffer); a writer goroutine sends what the
 // loop queues, so the loop never blocks on the network.
 type sconn struct {
-	gen  uint64
-	c    Conn
-	q    chan wire.Record
+	gen uint64
+	c   Conn
+	q   chan wire.Record
 }
 
 func (c *sconn) read(s *Standby) {

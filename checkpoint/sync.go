@@ -45,7 +45,9 @@ func (p *Primary) startSync(a epoch.Action) error {
 	done := make(chan struct{})
 	p.syncing = done
 	pc := p.conn
+	p.wg.Add(1)
 	go func() {
+		defer p.wg.Done()
 		defer close(done)
 		extra, err := p.precopy(pc)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/xl-kemari/xl-kemari/checkpoint"
@@ -57,17 +58,17 @@ type faultConn struct {
 	rng  *rand.Rand
 	prob float64 // per-record probability of a fault
 	log  *FaultLog
-	mu   sync.Mutex
+	mu   sync.Mutex // serialises writers; not held by kill
 	buf  []byte
 	hdr  bool // stream header passed
 	n    int  // records seen
-	dead bool
+	dead atomic.Bool
 }
 
 func (c *faultConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.dead {
+	if c.dead.Load() {
 		return 0, errCut
 	}
 	c.buf = append(c.buf, b...)
@@ -138,8 +139,9 @@ func (c *faultConn) record(rec []byte) error {
 	return c.out(rec)
 }
 
+// kill cuts the link; safe from any goroutine.
 func (c *faultConn) kill() {
-	c.dead = true
+	c.dead.Store(true)
 	c.Conn.Close()
 }
 

@@ -25,7 +25,8 @@ type Factory struct {
 
 	// Touch, optional, writes pages pfns of dom as a guest write would,
 	// in any run state (suspended included). Without it the checks that
-	// need an exact dirty set are skipped.
+	// need an exact dirty set are skipped. It may run on a goroutine of
+	// its own, so it reports problems with t.Error, never t.Fatal.
 	Touch func(t *testing.T, hv libxl.Hypervisor, dom libxl.DomID, pfns []libxl.PFN)
 
 	// Advance lets running guests execute for a while: long enough for

@@ -18,6 +18,7 @@ const (
 	stateDead                      // destroyed
 )
 
+// String names the state in errors.
 func (s runState) String() string {
 	return [...]string{"suspended", "running", "replica", "dead"}[s]
 }

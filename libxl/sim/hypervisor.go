@@ -239,20 +239,20 @@ func (h *Hypervisor) Domains() []libxl.DomID {
 }
 
 // add registers a new domain under a unique name. Preconditions: h.mu held.
-func (h *Hypervisor) add(cfg DomainConfig, st runState) (*Domain, error) {
+func (h *Hypervisor) add(cfg DomainConfig, name string, st runState) (*Domain, error) {
 	if h.closed {
 		return nil, ErrClosed
 	}
 	for _, n := range h.names {
-		if n == cfg.Name {
-			return nil, fmt.Errorf("%w: %q", ErrExists, cfg.Name)
+		if n == name {
+			return nil, fmt.Errorf("%w: %q", ErrExists, name)
 		}
 	}
 	id := h.nextID
 	h.nextID++
 	d := newDomain(h, id, cfg, st)
 	h.doms[id] = d
-	h.names[id] = cfg.Name
+	h.names[id] = name
 	return d, nil
 }
 
@@ -278,18 +278,21 @@ func (h *Hypervisor) CreateDomain(cfg DomainConfig) (libxl.DomID, error) {
 	if err != nil {
 		return libxl.DomIDInvalid, err
 	}
+	var uuid [16]byte
+	if _, err := rand.Read(uuid[:]); err != nil {
+		return libxl.DomIDInvalid, fmt.Errorf("sim: uuid: %w", err)
+	}
+	uuid[6] = uuid[6]&0x0f | 0x40 // RFC 4122 version 4
+	uuid[8] = uuid[8]&0x3f | 0x80
 	h.mu.Lock()
-	d, err := h.add(cfg, stateSuspended)
+	d, err := h.add(cfg, cfg.Name, stateSuspended)
+	if err == nil {
+		d.uuid = uuid
+	}
 	h.mu.Unlock()
 	if err != nil {
 		return libxl.DomIDInvalid, err
 	}
-	if _, err := rand.Read(d.uuid[:]); err != nil {
-		h.remove(d.id)
-		return libxl.DomIDInvalid, fmt.Errorf("sim: uuid: %w", err)
-	}
-	d.uuid[6] = d.uuid[6]&0x0f | 0x40
-	d.uuid[8] = d.uuid[8]&0x3f | 0x80
 	for _, n := range d.nics {
 		if err := n.bind(0); err != nil {
 			h.remove(d.id)
@@ -537,6 +540,9 @@ func ConfigFromInfo(info libxl.DomainInfo) (DomainConfig, error) {
 			cfg.Disks = append(cfg.Disks, DiskConfig{Sectors: k.Sectors})
 		}
 	}
+	if info.Name != "" {
+		cfg.Name = info.Name
+	}
 	var probs []string
 	if cfg.Pages != info.Pages || cfg.VCPUs != info.VCPUs || cfg.Workload != info.Workload {
 		probs = append(probs, fmt.Sprintf("config pages=%d vcpus=%d workload=%q disagree with info %d/%d/%q",
@@ -572,16 +578,15 @@ func (h *Hypervisor) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 	if cfg, err = cfg.withDefaults(h.quantum); err != nil {
 		return libxl.DomIDInvalid, err
 	}
-	name := cfg.Name
-	cfg.Name += replicaSuffix
 	h.mu.Lock()
-	d, err := h.add(cfg, stateReplica)
+	d, err := h.add(cfg, cfg.Name+replicaSuffix, stateReplica)
+	if err == nil {
+		d.uuid = info.UUID
+	}
 	h.mu.Unlock()
 	if err != nil {
-		return libxl.DomIDInvalid, fmt.Errorf("sim: create replica of %q: %w", name, err)
+		return libxl.DomIDInvalid, fmt.Errorf("sim: create replica of %q: %w", cfg.Name, err)
 	}
-	d.cfg.Name = name
-	d.uuid = info.UUID
 	return d.id, nil
 }
 

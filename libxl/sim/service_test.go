@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -169,5 +170,31 @@ func TestActivateAddressInUse(t *testing.T) {
 	}
 	if err := s.Activate(r); err != nil {
 		t.Fatalf("Activate once the address is free: %v", err)
+	}
+}
+
+// TestDestroyReleasesEverything: Destroy of a domain with sockets ends its
+// goroutines and frees its address at once.
+func TestDestroyReleasesEverything(t *testing.T) {
+	base := runtime.NumGoroutine()
+	addr := freeAddr(t)
+	h := newHV(t, nil)
+	dom, _ := create(t, h, serviceConfig(addr))
+	if err := h.Destroy(dom); err != nil {
+		t.Fatal(err)
+	}
+	// The address is free again: a new domain can take it immediately.
+	dom, _ = create(t, h, serviceConfig(addr))
+	if err := h.Destroy(dom); err != nil {
+		t.Fatal(err)
+	}
+	// Exited goroutines may take a scheduling round to be reaped.
+	n := runtime.NumGoroutine()
+	for i := 0; i < 1000 && n > base; i++ {
+		runtime.Gosched()
+		n = runtime.NumGoroutine()
+	}
+	if n > base {
+		t.Errorf("%d goroutines after Destroy, %d before the domain", n, base)
 	}
 }

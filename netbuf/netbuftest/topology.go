@@ -220,7 +220,7 @@ type Capture struct {
 
 	mu     sync.Mutex
 	tags   []Tag
-	times  []time.Time // arrival (read) time of tags[i]
+	times  []time.Time   // arrival (read) time of tags[i]
 	change chan struct{} // closed and replaced on every new tag
 }
 

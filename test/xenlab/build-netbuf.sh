@@ -29,14 +29,15 @@ if [ ! -f "$BROOT/.xenlab-done" ]; then
 	chroot_umount "$BROOT"
 	rm -rf "$BROOT"
 	log "debootstrap build chroot $BROOT"
-	debootstrap --variant=minbase --cache-dir="$XENLAB_CACHE/debs" --include="$BUILD_PKGS" \
+	mkdir -p "$XENLAB_CACHE/debs-build"
+	debootstrap --variant=minbase --cache-dir="$XENLAB_CACHE/debs-build" --include="$BUILD_PKGS" \
 		"$SUITE" "$BROOT" "$MIRROR" >"$XENLAB_CACHE/debootstrap-build.log" 2>&1 ||
 		{ tail -n 30 "$XENLAB_CACHE/debootstrap-build.log" >&2; die "build chroot debootstrap failed"; }
 	write_sources "$BROOT" deb-src
 	touch "$BROOT/.xenlab-done"
 	log "build chroot took $((SECONDS - t0)) s"
 fi
-chroot_mount "$BROOT"
+chroot_mount "$BROOT" "$XENLAB_CACHE/debs-build"
 
 blog=$XENLAB_CACHE/netbuf-build.log
 : >"$blog"

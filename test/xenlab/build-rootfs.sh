@@ -27,7 +27,7 @@ debootstrap --variant=minbase --cache-dir="$XENLAB_CACHE/debs" \
 log "debootstrap took $((SECONDS - t0)) s"
 
 write_sources "$tmp"
-chroot_mount "$tmp"
+chroot_mount "$tmp" "$XENLAB_CACHE/debs"
 pkgs=""
 for p in xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common libxenmisc4.17 libxenstore4 \
 	libxenhypfs1 libxencall1 libxendevicemodel1 libxenevtchn1 \

@@ -1,7 +1,7 @@
 # Common settings for the xenlab build scripts; sourced, never run.
 #
 # Layout (all under $XENLAB_CACHE, default /var/cache/xenlab):
-#   debs/                  .deb cache shared by debootstrap and the chroots' apt
+#   debs/  debs-build/     .deb caches of the rootfs and of the build chroot
 #   rootfs-<key>/          debootstrapped dom0 rootfs, Xen upgraded to $XEN_VERSION
 #   buildroot-<key>/       build chroot for the netbuf-enabled libxenlight (optional)
 #   netbuf-<xenver>/       its output: libxenlight.so.4.17.0 + remus-netbuf-setup
@@ -18,6 +18,8 @@ XENLAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 XENLAB_CACHE=${XENLAB_CACHE:-/var/cache/xenlab}
 XENLAB_RUN=${XENLAB_RUN:-$XENLAB_CACHE/run}
 SUITE=bookworm
+
+mkdir -p "$XENLAB_CACHE"
 
 log() { printf '[xenlab %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,15 +76,18 @@ ROOTFS_KEY=$(hash_of "$XENLAB_DIR/build-rootfs.sh")
 ROOTFS=$XENLAB_CACHE/rootfs-$ROOTFS_KEY
 NETBUF_DIR=$XENLAB_CACHE/netbuf-$XEN_VERSION-$(hash_of "$XENLAB_DIR/build-netbuf.sh" | cut -c1-8)
 
-# with_chroot_mounts DIR CMD... runs CMD with proc/sys/dev mounted in DIR and
-# unmounts them afterwards, even on failure.
+# chroot_mount DIR DEBS mounts proc, sys and dev in the chroot DIR and binds
+# the .deb cache DEBS over its apt archive; chroot_umount undoes it. Each
+# chroot has its own .deb cache, because the rootfs and the netbuf build
+# chroot are bootstrapped at the same time and must not download into one
+# directory together.
 chroot_mount() {
-	local r=$1
+	local r=$1 debs=$2
 	mountpoint -q "$r/proc" || mount -t proc proc "$r/proc"
 	mountpoint -q "$r/sys" || mount -t sysfs sys "$r/sys"
 	mountpoint -q "$r/dev" || mount --bind /dev "$r/dev"
-	mkdir -p "$r/var/cache/apt/archives" "$XENLAB_CACHE/debs"
-	mountpoint -q "$r/var/cache/apt/archives" || mount --bind "$XENLAB_CACHE/debs" "$r/var/cache/apt/archives"
+	mkdir -p "$r/var/cache/apt/archives" "$debs"
+	mountpoint -q "$r/var/cache/apt/archives" || mount --bind "$debs" "$r/var/cache/apt/archives"
 }
 chroot_umount() {
 	local r=$1 m

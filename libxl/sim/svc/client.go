@@ -30,11 +30,11 @@ type Client struct {
 	server netip.AddrPort
 	conn   *net.UDPConn
 
-	tryTimeout atomic.Int64 // nanoseconds
+	tryTimeout atomic.Int64  // nanoseconds
+	seq        atomic.Uint64 // last sequence number used; written under mu
 
 	mu sync.Mutex
 	// Protected by mu.
-	seq    uint64
 	rec    *Recorder
 	closed bool
 	buf    [512]byte
@@ -82,18 +82,15 @@ func (c *Client) SetRecorder(r *Recorder) {
 	c.mu.Unlock()
 }
 
-// Seq returns the last sequence number used.
-func (c *Client) Seq() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.seq
-}
+// Seq returns the last sequence number used (that of the request in
+// flight, during Do).
+func (c *Client) Seq() uint64 { return c.seq.Load() }
 
 // SetSeq makes the next automatically numbered request use seq+1, for a
 // client restarted under an id the service already knows.
 func (c *Client) SetSeq(seq uint64) {
 	c.mu.Lock()
-	c.seq = seq
+	c.seq.Store(seq)
 	c.mu.Unlock()
 }
 
@@ -124,9 +121,9 @@ func (c *Client) Do(ctx context.Context, req Request) (Reply, error) {
 	}
 	req.Client = c.id
 	if req.Seq == 0 {
-		req.Seq = c.seq + 1
+		req.Seq = c.seq.Load() + 1
 	}
-	c.seq = max(c.seq, req.Seq)
+	c.seq.Store(max(c.seq.Load(), req.Seq))
 	msg, err := EncodeRequest(req)
 	if err != nil {
 		return Reply{}, err

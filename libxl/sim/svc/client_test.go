@@ -8,14 +8,16 @@ import (
 	"time"
 )
 
-// server answers requests on loopback, dropping the first n datagrams.
-func server(t *testing.T, drop int) string {
+// server answers requests on loopback, dropping the first n datagrams;
+// it signals every datagram it receives on the returned channel.
+func server(t *testing.T, drop int) (string, <-chan struct{}) {
 	t.Helper()
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	got := make(chan struct{}, 1)
 	go func() {
 		buf := make([]byte, 512)
 		var counter uint64
@@ -23,6 +25,10 @@ func server(t *testing.T, drop int) string {
 			n, from, err := conn.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
+			}
+			select {
+			case got <- struct{}{}:
+			default:
 			}
 			if drop > 0 {
 				drop--
@@ -39,11 +45,12 @@ func server(t *testing.T, drop int) string {
 			conn.WriteToUDPAddrPort(b, from)
 		}
 	}()
-	return conn.LocalAddr().String()
+	return conn.LocalAddr().String(), got
 }
 
 func TestClientRetries(t *testing.T) {
-	c, err := NewClient(server(t, 2), 5)
+	addr, _ := server(t, 2)
+	c, err := NewClient(addr, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +75,8 @@ func TestClientRetries(t *testing.T) {
 }
 
 func TestClientContext(t *testing.T) {
-	c, err := NewClient(server(t, 1<<30), 5)
+	addr, got := server(t, 1<<30)
+	c, err := NewClient(addr, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +85,7 @@ func TestClientContext(t *testing.T) {
 	c.SetRecorder(rec)
 	ctx, cancel := context.WithCancel(t.Context())
 	go func() {
-		// Cancel once the first try is out (the record is not yet written).
-		for c.Seq() == 0 {
-			time.Sleep(time.Millisecond)
-		}
+		<-got // the first try reached the server
 		cancel()
 	}()
 	if _, err := c.Do(ctx, Request{Op: OpGet}); !errors.Is(err, context.Canceled) {

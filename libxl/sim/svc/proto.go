@@ -44,6 +44,7 @@ const (
 	OpGetKey Op = 4 // reply value = kv[Key], StatusNotFound if absent
 )
 
+// String returns the operation's name, e.g. "INCR".
 func (o Op) String() string {
 	switch o {
 	case OpIncr:
@@ -70,6 +71,7 @@ const (
 	StatusIOError  Status = 5 // the journal write failed; not applied
 )
 
+// String returns the status's name, e.g. "not-found".
 func (s Status) String() string {
 	switch s {
 	case StatusOK:

@@ -33,19 +33,19 @@ def has_ifb():
 
 
 def plug_cycle():
-    # A free ifb is a device no guest uses, so the test disturbs nothing.
-    dev = "ifb3" if os.path.isdir("/sys/class/net/ifb3") else "ifb0"
-    steps = ["ip link set %s up" % dev,
+    # A scratch ifb of its own, deleted afterwards: a used ifb keeps a
+    # qdisc that makes remus-netbuf-setup think it is taken.
+    dev = "xlabplug0"
+    sh("ip link del %s" % dev)
+    steps = ["ip link add %s type ifb" % dev, "ip link set %s up" % dev,
              "tc qdisc add dev %s root plug limit 10000" % dev,
              "tc qdisc change dev %s root plug block" % dev,
              "tc qdisc change dev %s root plug release" % dev,
              "tc qdisc change dev %s root plug release_indefinite" % dev,
              "tc qdisc del dev %s root" % dev]
-    for s in steps:
-        if sh(s)[0] != 0:
-            sh("tc qdisc del dev %s root" % dev)
-            return False
-    return True
+    ok = all(sh(s)[0] == 0 for s in steps)
+    sh("ip link del %s" % dev)
+    return ok
 
 
 def nfqueue():

@@ -39,7 +39,7 @@ import time
 GUEST = "192.0.2.100"
 STATE = "/run/xenlab/remus.json"
 NETBUF_SRC = "/mnt/netbuf"
-NETBUF_LIB = "/run/xenlab/netbuf"
+NETBUF_LIB = "/var/lib/xenlab/netbuf"  # not /run: initramfs-tools mounts it noexec
 DONE = re.compile(r"Checkpointed save: (\d+)/(\d+)\s+100%")
 
 
@@ -150,6 +150,20 @@ def log_tail(log, n=15):
     return lines[-n:]
 
 
+def free_ifbs():
+    """Returns every ifb device to the state remus-netbuf-setup calls free.
+
+    A sender that dies skips the script's teardown and leaves a plug qdisc
+    on its ifb; deleting that qdisc is not enough, because the default
+    qdisc the kernel then attaches also counts as "in use" to the script.
+    A recreated device has no qdisc until it is brought up. Only call this
+    when no Remus is running.
+    """
+    for dev in sorted(os.listdir("/sys/class/net")):
+        if dev.startswith("ifb") and "noop" not in sh("tc qdisc show dev %s" % dev)[1]:
+            sh("ip link del %s && ip link add %s type ifb" % (dev, dev))
+
+
 def emit(obj, ok=True):
     obj["ok"] = ok
     print(json.dumps(obj, sort_keys=True))
@@ -192,6 +206,7 @@ def cmd_start(a):
         shutil.copy(os.path.join(NETBUF_SRC, "remus-netbuf-setup"), "/etc/xen/scripts/remus-netbuf-setup")
         os.chmod("/etc/xen/scripts/remus-netbuf-setup", 0o755)
         env["LD_LIBRARY_PATH"] = NETBUF_LIB
+        free_ifbs()
     else:
         opts.append("-n")
     tag = "i%d-%s-%s" % (a.interval, "netbuf" if a.netbuf else "nonetbuf", a.target)
@@ -254,6 +269,10 @@ def cmd_measure(a):
 
 def cmd_failover(a):
     st = load()
+    if not alive(st["pid"]) or domid("domu--incoming") is None:
+        # Without a live replica, destroying the primary would only lose the guest.
+        return emit({"error": "no Remus pair to fail over (xl remus alive: %s)" % alive(st["pid"]),
+                     "domains": domains(), "log_tail": log_tail(st["log"])}, False)
     q0 = query()
     before = domains()
     t0 = now()
@@ -280,6 +299,8 @@ def cmd_failover(a):
         r["error"] = "no failover within %d s" % a.timeout
         return emit(r, False)
     r["failover_ms"] = el
+    if st["netbuf"]:
+        free_ifbs()
     same = q0 is not None and q1.get("boot") == q0.get("boot")
     # Output is released ahead of the last checkpoint by at most an interval
     # without netbuf, so the tick may step back by one, never to zero.
