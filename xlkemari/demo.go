@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -252,9 +251,11 @@ func countViolations(err error) int {
 	return 1
 }
 
+// protected reports whether the first checkpoint was acknowledged (a
+// release): only from then on can the standby take over.
 func protected(path string) bool {
 	for _, l := range readEvents(path) {
-		if l.Kind == "state" && l.State == "protected" {
+		if l.Kind == "release" {
 			return true
 		}
 	}
@@ -309,5 +310,3 @@ func outputCommitViolations(pev, sev []eventLine) int {
 	}
 	return bad
 }
-
-var _ = strconv.Itoa
