@@ -48,3 +48,4 @@ install: build
 
 clean:
 	rm -rf bin
+include test/xenlab/xenlab.mk

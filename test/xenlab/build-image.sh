@@ -1,8 +1,8 @@
 #!/bin/bash
-# Layer 2: the bootable artefact. Copies the cached rootfs, installs the dom0
+# Layer 2: the bootable artefact. Copies the cached rootfs; installs the dom0
 # init, ssh keys shared by all hosts, the guest kernel and busybox initramfs;
-# then packs dom0.img
-# with mke2fs -d (no loop mount) and extracts the boot files.
+# picks a hypervisor that can checkpoint PV guests; packs dom0.img with
+# mke2fs -d (no loop mount) and extracts the boot files.
 # Idempotent: prints the image directory, building it only if it is missing.
 . "$(dirname "$0")/lib.sh"
 
@@ -115,5 +115,10 @@ rm -rf "$stage"
 touch "$tmp/.xenlab-done"
 rm -rf "$IMAGE"
 mv "$tmp" "$IMAGE"
+# Older images go, unless a running host still boots from one.
+for old in "$XENLAB_CACHE"/image-*; do
+	[ "$old" = "$IMAGE" ] && continue
+	grep -qsxF "$old" "$XENLAB_RUN"/host*.image || rm -rf "$old"
+done
 log "image ready: $IMAGE ($((SECONDS - t0)) s)"
 echo "$IMAGE"

@@ -47,5 +47,12 @@ trap - EXIT
 touch "$tmp/.xenlab-done"
 rm -rf "$ROOTFS"
 mv "$tmp" "$ROOTFS"
+# Older rootfs builds go; unmount first in case an interrupted build left
+# its chroot mounts, so rm cannot reach through them into /dev or /proc.
+for old in "$XENLAB_CACHE"/rootfs-*; do
+	[ "$old" = "$ROOTFS" ] && continue
+	chroot_umount "$old"
+	grep -q " $old/" /proc/mounts || rm -rf "$old"
+done
 log "rootfs ready: $ROOTFS (Xen $XEN_VERSION, $((SECONDS - t0)) s)"
 echo "$ROOTFS"

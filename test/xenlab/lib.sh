@@ -4,8 +4,8 @@
 #   debs/  debs-build/     .deb caches of the rootfs and of the build chroot
 #   rootfs-<key>/          debootstrapped dom0 rootfs, Xen upgraded to $XEN_VERSION
 #   buildroot-<key>/       build chroot for the netbuf-enabled libxenlight (optional)
-#   netbuf-<xenver>/       its output: libxenlight.so.4.17.0 + remus-netbuf-setup
-#   image-<key>/           dom0.img, boot/{xen,vmlinuz,initrd.img}, guest/ (the finished artefact)
+#   netbuf-<xenver>-<key>/ its output: libxenlight.so.4.17.0 + remus-netbuf-setup
+#   image-<key>/           dom0.img, boot/{xen,vmlinuz,initrd.img}, info (the finished artefact)
 #   run/                   runtime state: overlays, sockets, pid files, console logs
 #
 # Keys are hashes of the scripts and files that built a layer plus the package

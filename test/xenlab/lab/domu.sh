@@ -7,8 +7,6 @@
 #                                    backup host of a two-host run needs it)
 #   domu.sh query                    one status line from the guest's port 7
 #   domu.sh wait TIMEOUT             wait until the service answers
-#   domu.sh watch TIMEOUT            wait until a running "domu" (not
-#                                    domu--incoming) answers; prints JSON
 #   domu.sh stop                     destroy domu and any domu--incoming
 #
 # DISK=1 gives the guest /dev/xvda backed by a file in dom0; the disk
@@ -60,29 +58,13 @@ query)
 wait)
 	wait_service "${1:-120}"
 	;;
-watch)
-	limit=${1:-60}
-	t0=$(now_ms)
-	while :; do
-		el=$(($(now_ms) - t0))
-		if xl domid domu >/dev/null 2>&1 && st=$(query 2>/dev/null); then
-			printf '{"recovered": true, "after_ms": %d, "status": "%s", "domains": "%s"}\n' "$el" "$st" "$(domains)"
-			exit 0
-		fi
-		if [ "$el" -gt $((limit * 1000)) ]; then
-			printf '{"recovered": false, "after_ms": %d, "domains": "%s"}\n' "$el" "$(domains)"
-			exit 1
-		fi
-		sleep 0.5
-	done
-	;;
 stop)
 	for d in domu domu--incoming; do
 		while id=$(xl domid "$d" 2>/dev/null); do xl destroy "$id"; done
 	done
 	;;
 *)
-	echo "usage: domu.sh start|prepare|query|wait|watch|stop" >&2
+	echo "usage: domu.sh start|prepare|query|wait|stop" >&2
 	exit 2
 	;;
 esac

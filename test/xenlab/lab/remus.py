@@ -324,17 +324,23 @@ def cmd_peerwatch(a):
 
 
 def cmd_eof(a):
-    rc, out = sh("pgrep -f 'xl migrate-receive'")
-    pids = [int(x) for x in out.split()] if rc == 0 else []
+    rc, out = sh("pgrep -x xl")
     killed = []
-    for pid in pids:
-        with open("/proc/%d/stat" % pid) as f:
-            ppid = int(f.read().split(")")[-1].split()[1])
-        with open("/proc/%d/cmdline" % ppid, "rb") as f:
-            parent = f.read().replace(b"\0", b" ").decode()
+    for pid in (int(x) for x in out.split()) if rc == 0 else []:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode()
+            if "migrate-receive" not in cmd:
+                continue
+            with open("/proc/%d/stat" % pid) as f:
+                ppid = int(f.read().split(")")[-1].split()[1])
+            with open("/proc/%d/cmdline" % ppid, "rb") as f:
+                parent = f.read().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError, IndexError):
+            continue
         if "sshd" in parent:
             os.kill(ppid, signal.SIGKILL)
-            killed.append({"sshd": ppid, "cmd": parent.strip(), "receiver": pid})
+            killed.append({"sshd": ppid, "sshd_cmd": parent, "receiver": pid, "receiver_cmd": cmd.strip()})
     return emit({"killed": killed}, bool(killed))
 
 
