@@ -31,6 +31,7 @@ type sendItem struct {
 	states []libxl.State
 	writes []diskbuf.Write
 	digest uint64
+	stage  []byte // itemEnd: the epoch's staging buffer, free once sent
 }
 
 // pconn is the primary's end of one connection: a sender goroutine that
@@ -144,6 +145,9 @@ func (pc *pconn) sender(p *Primary) {
 			}
 			if err == nil {
 				err = pc.w.Flush()
+			}
+			if it.stage != nil && err == nil {
+				p.unstage(it.stage)
 			}
 		case itemHeartbeat:
 			pc.hbSeq++

@@ -86,6 +86,7 @@ type Primary struct {
 	bwBytes  uint64
 	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
 	wg       sync.WaitGroup // every goroutine started
+	stages   chan []byte    // staging buffers for reuse: no page faults in the pause
 	byeTimer *time.Timer
 }
 
@@ -114,6 +115,9 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 		arb = arbiter.None{}
 	}
 	cfg.Epoch.Arbiter = arb.Configured()
+	if cfg.Epoch.Inflight <= 0 {
+		cfg.Epoch.Inflight = 1
+	}
 	if cfg.CacheBytes == 0 {
 		cfg.CacheBytes = 64 << 20
 	}
@@ -131,7 +135,7 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 	}
 	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, log: cfg.Logger,
 		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}, 1),
-		done: make(chan struct{}), barriers: map[uint64]time.Time{}}
+		done: make(chan struct{}), barriers: map[uint64]time.Time{}, stages: make(chan []byte, cfg.Epoch.Inflight+2)}
 	p.status.update(func(s *Status) { s.Role = "primary"; s.Peer = dial.String(); s.State = "idle" })
 	return p, nil
 }
@@ -523,7 +527,7 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 			}
 		}
 	}
-	pages := make([]byte, len(pfns)*libxl.PageSize)
+	pages := p.stage(len(pfns) * libxl.PageSize)
 	rerr := p.src.ReadPages(dom, pfns, pages)
 	states, serr := p.src.CaptureState(dom, nil)
 	if err := p.src.Resume(dom); err != nil {
@@ -551,7 +555,9 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 			j := min(i+wire.MaxPagesPerRecord, len(pfns))
 			p.conn.send(sendItem{kind: itemPages, pfns: pfns[i:j], data: pages[i*libxl.PageSize : j*libxl.PageSize]})
 		}
-		p.conn.send(sendItem{kind: itemEnd, epoch: e, states: states, writes: writes, digest: p.digest.sum})
+		p.conn.send(sendItem{kind: itemEnd, epoch: e, states: states, writes: writes, digest: p.digest.sum, stage: pages})
+	} else {
+		p.unstage(pages)
 	}
 	return nil
 }
@@ -629,4 +635,30 @@ func (p *Primary) release(e uint64) error {
 	})
 	p.observe(Observation{Kind: ObsRelease, Epoch: e})
 	return nil
+}
+
+// stage returns a staging buffer of n bytes, reusing one whose pages are
+// already faulted in when it can: the copy in the pause must cost a
+// memcpy, not page faults.
+func (p *Primary) stage(n int) []byte {
+	for {
+		select {
+		case b := <-p.stages:
+			if cap(b) >= n {
+				return b[:n]
+			}
+			continue // too small: drop it
+		default:
+		}
+		return make([]byte, n)
+	}
+}
+
+// unstage returns a buffer once its epoch is on the wire. Safe from the
+// sender goroutine.
+func (p *Primary) unstage(b []byte) {
+	select {
+	case p.stages <- b:
+	default:
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -71,6 +72,8 @@ type Standby struct {
 	lastPages int
 	mode      diskbuf.Mode
 	wg        sync.WaitGroup // every goroutine started
+	decodeBuf []byte
+	pfnBuf    []libxl.PFN
 }
 
 // stagedEpoch is the epoch under reception.
@@ -319,7 +322,11 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
 		}
 	case *wire.EpochEnd:
-		ok := r.MemDigest == s.stage.digest.sum()
+		want := s.stage.digest.sum()
+		if s.stage.initial {
+			want = s.digest.sum // applied directly
+		}
+		ok := r.MemDigest == want
 		if !ok {
 			s.log.Warn("epoch memory digest mismatch: discarding", "epoch", r.Epoch,
 				"primary", fmt.Sprintf("%016x", r.MemDigest), "replica", fmt.Sprintf("%016x", s.stage.digest.sum()))
@@ -414,7 +421,16 @@ func (s *Standby) stagePages(r *wire.Pages) error {
 	if !s.has || !s.stage.open {
 		return fmt.Errorf("%w: pages outside an epoch", ErrPeer)
 	}
-	out := make([]byte, len(r.PFNs)*libxl.PageSize)
+	if !s.stage.initial {
+		if done, err := s.stageDirect(r); done {
+			return err
+		}
+	}
+	n := len(r.PFNs) * libxl.PageSize
+	if cap(s.decodeBuf) < n {
+		s.decodeBuf = make([]byte, n)
+	}
+	out := s.decodeBuf[:n]
 	base := func(pfn uint64, dst []byte) error {
 		if i, ok := s.stage.index[libxl.PFN(pfn)]; ok {
 			copy(dst, s.stage.data[i*libxl.PageSize:(i+1)*libxl.PageSize])
@@ -426,13 +442,73 @@ func (s *Standby) stagePages(r *wire.Pages) error {
 	if err != nil {
 		return err
 	}
-	for i, p := range pfns {
+	for _, p := range pfns {
 		if p >= s.info.Pages {
 			return fmt.Errorf("%w: pfn %d beyond the domain's %d pages", ErrPeer, p, s.info.Pages)
 		}
+	}
+	if s.stage.initial {
+		// A pre-copy round goes straight into the replica, which cannot
+		// run before the sync's checkpoint commits: no staging copy of a
+		// whole guest. A round that then fails verification costs the
+		// replica (it is rebuilt by the next sync).
+		s.pfnBuf = s.pfnBuf[:0]
+		for _, p := range pfns {
+			s.pfnBuf = append(s.pfnBuf, libxl.PFN(p))
+		}
+		if err := s.sink.WritePages(s.replica, s.pfnBuf, out); err != nil {
+			return err
+		}
+		s.digest.update(s.pfnBuf, out)
+		return nil
+	}
+	for i, p := range pfns {
 		s.stage.put(libxl.PFN(p), out[i*libxl.PageSize:(i+1)*libxl.PageSize])
 	}
 	return nil
+}
+
+// stageDirect decodes r straight into the staging area when none of its
+// pages is staged already (the common case: a capture has each page
+// once), saving a copy per page. It reports false, having done nothing,
+// when it cannot.
+func (s *Standby) stageDirect(r *wire.Pages) (bool, error) {
+	for _, p := range r.PFNs {
+		if _, dup := s.stage.index[libxl.PFN(p)]; dup || p >= s.info.Pages {
+			return false, nil
+		}
+	}
+	st := &s.stage
+	off := len(st.data)
+	n := len(r.PFNs) * libxl.PageSize
+	st.data = slices.Grow(st.data, n)[:off+n]
+	base := func(pfn uint64, dst []byte) error {
+		if i, ok := st.index[libxl.PFN(pfn)]; ok {
+			copy(dst, st.data[i*libxl.PageSize:(i+1)*libxl.PageSize])
+			return nil
+		}
+		return s.sink.ReadPages(s.replica, []libxl.PFN{libxl.PFN(pfn)}, dst)
+	}
+	pfns, err := wire.DecodePages(r, base, st.data[off:])
+	if err != nil {
+		st.data = st.data[:off]
+		return true, err
+	}
+	for i, p := range pfns {
+		if _, dup := st.index[libxl.PFN(p)]; dup {
+			// Duplicates inside the record itself: undo, take the slow path.
+			for _, q := range pfns[:i] {
+				delete(st.index, libxl.PFN(q))
+			}
+			st.pfns = st.pfns[:off/libxl.PageSize]
+			st.data = st.data[:off]
+			return false, nil
+		}
+		st.index[libxl.PFN(p)] = len(st.pfns)
+		st.pfns = append(st.pfns, libxl.PFN(p))
+		st.digest.put(libxl.PFN(p), st.data[off+i*libxl.PageSize:off+(i+1)*libxl.PageSize])
+	}
+	return true, nil
 }
 
 func (s *Standby) observe(o Observation) {
@@ -461,6 +537,10 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			}
 		case epoch.ActDiscard:
 			s.discarded++
+			if s.stage.initial {
+				// Part of a pre-copy round is in the replica already.
+				s.destroyReplica()
+			}
 			if s.disk != nil {
 				s.disk.Discard()
 			}

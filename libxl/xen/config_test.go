@@ -1,0 +1,52 @@
+package xen
+
+import (
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/xl-kemari/xl-kemari/libxl"
+)
+
+func TestParseConfig(t *testing.T) {
+	js, err := os.ReadFile("testdata/domu-pv.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info libxl.DomainInfo
+	if err := parseConfig(js, 3, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Type != libxl.TypePV || info.Name != "domu" || info.VCPUs != 1 {
+		t.Errorf("type %q name %q vcpus %d", info.Type, info.Name, info.VCPUs)
+	}
+	if len(info.NICs) != 1 {
+		t.Fatalf("%d nics", len(info.NICs))
+	}
+	n := info.NICs[0]
+	if n.MAC.String() != "00:16:3e:00:00:64" || n.Bridge != "xenbr0" || n.Backend != "vif3.0" {
+		t.Errorf("nic %+v", n)
+	}
+	if len(n.Addrs) != 2 || n.Addrs[0] != netip.MustParseAddr("192.0.2.100") || n.Addrs[1] != netip.MustParseAddr("2001:db8::64") {
+		t.Errorf("nic addrs %v", n.Addrs)
+	}
+	if len(info.Disks) != 1 || !info.Disks[0].Writable || info.Disks[0].Target != "/var/lib/xenlab/domu-disk.img" {
+		t.Errorf("disks %+v", info.Disks)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for name, js := range map[string]string{
+		"not json":     `{`,
+		"no type":      `{"c_info":{"name":"x"}}`,
+		"bad type":     `{"c_info":{"type":"pvm"}}`,
+		"bad mac":      `{"c_info":{"type":"pv"},"nics":[{"mac":"zz"}]}`,
+		"bad ip":       `{"c_info":{"type":"hvm"},"nics":[{"ip":"192.0.2.300"}]}`,
+		"wrong shapes": `{"c_info":{"type":"pv"},"disks":{"a":1}}`,
+	} {
+		var info libxl.DomainInfo
+		if err := parseConfig([]byte(js), 1, &info); err == nil {
+			t.Errorf("%s: parsed without error: %+v", name, info)
+		}
+	}
+}

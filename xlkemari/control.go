@@ -1,0 +1,378 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/xl-kemari/xl-kemari/checkpoint"
+)
+
+// The control sockets: every protector (a primary's `start`, a standby's
+// `receive` or `listen`) listens on a unix socket in the run directory,
+// root-only, through which `status`, `stop` and `failover` talk to it.
+// One request per connection, one JSON object per line each way.
+
+// defaultRunDir is where control sockets live; --run-dir or
+// KEMARI_RUN_DIR override it (tests run unprivileged in a temp dir).
+const defaultRunDir = "/run/xen/kemari"
+
+// Errors of the control channel.
+var (
+	errNoProtector = errors.New("xl-kemari: no such protector")
+	errControl     = errors.New("xl-kemari: control socket")
+)
+
+// Control operations.
+const (
+	opStatus   = "status"
+	opStop     = "stop"
+	opFailover = "failover"
+)
+
+// ctlRequest is what a client sends.
+type ctlRequest struct {
+	Op     string `json:"op"`
+	Domain string `json:"domain,omitempty"`
+	Force  bool   `json:"force,omitempty"`
+}
+
+// ctlResponse is the protector's answer.
+type ctlResponse struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// Code is the exit code the client should return when !OK.
+	Code       int                 `json:"code,omitempty"`
+	PID        int                 `json:"pid"`
+	Protectors []checkpoint.Status `json:"protectors"`
+}
+
+// ctlError is a refusal with the exit code it maps to.
+type ctlError struct {
+	code int
+	msg  string
+}
+
+func (e *ctlError) Error() string { return e.msg }
+
+// ctlHandlers are what a protector lets its control socket do; nil
+// entries answer "not supported by this protector".
+type ctlHandlers struct {
+	Status func() []checkpoint.Status
+	// Stop ends protection of domain and returns when it has ended.
+	Stop func(ctx context.Context, domain string) error
+	// Failover promotes the replica of domain and returns its state.
+	Failover func(ctx context.Context, domain string, force bool) error
+}
+
+// resolveRunDir picks the run directory: flag, then KEMARI_RUN_DIR, then
+// the default.
+func resolveRunDir(e *env, flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if d := e.Getenv("KEMARI_RUN_DIR"); d != "" {
+		return d
+	}
+	return defaultRunDir
+}
+
+// ensureRunDir creates dir with mode 0700 (control sockets are root-only)
+// and tightens it if it exists and is ours.
+func ensureRunDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("%w: %w", errControl, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errControl, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Geteuid() && fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", errControl, err)
+		}
+	}
+	return nil
+}
+
+// socketName maps a protector to its socket file name: primary-DOMAIN
+// for a primary (one per domain on a host), ROLE-PID otherwise (a standby
+// learns its domain only from the primary's hello).
+func socketName(role, domain string, pid int) string {
+	if role == "primary" {
+		return "primary-" + escapeName(domain) + ".sock"
+	}
+	return fmt.Sprintf("%s-%d.sock", role, pid)
+}
+
+// escapeName keeps a domain name usable as one file name component.
+func escapeName(s string) string {
+	var b strings.Builder
+	for i := range len(s) {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.' && i > 0:
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// maxSocketPath is the longest path a unix socket address holds.
+const maxSocketPath = 107
+
+// ctlServer serves one protector's control socket.
+type ctlServer struct {
+	path string
+	ln   *net.UnixListener
+	h    ctlHandlers
+	wg   sync.WaitGroup
+
+	mu sync.Mutex
+	// Protected by mu.
+	closed bool
+}
+
+// listenControl creates the control socket at dir/name. A socket left by a
+// protector that died is replaced; one whose owner answers is not.
+func listenControl(dir, name string, h ctlHandlers) (*ctlServer, error) {
+	if err := ensureRunDir(dir); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, name)
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("%w: path %q is longer than %d bytes; use a shorter --run-dir", errControl, path, maxSocketPath)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s is in use: another protector runs (see xl kemari status)", errControl, path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errControl, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("%w: %w", errControl, err)
+	}
+	s := &ctlServer{path: path, ln: ln, h: h}
+	s.wg.Add(1)
+	go s.serve()
+	return s, nil
+}
+
+func (s *ctlServer) serve() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
+	}
+}
+
+// peerAllowed admits root and the protector's own user: the socket's
+// mode already says so; this holds if the directory was made wider.
+func peerAllowed(c *net.UnixConn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	raw.Control(func(fd uintptr) { cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED) })
+	if cerr != nil || cred == nil {
+		return false
+	}
+	return cred.Uid == 0 || int(cred.Uid) == os.Geteuid()
+}
+
+func (s *ctlServer) handle(c *net.UnixConn) {
+	resp := ctlResponse{PID: os.Getpid()}
+	defer func() {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		b, _ := json.Marshal(resp)
+		c.Write(append(b, '\n'))
+	}()
+	if !peerAllowed(c) {
+		resp.Error, resp.Code = "permission denied", exitFailure
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		resp.Error, resp.Code = "no request: "+err.Error(), exitUsage
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	var req ctlRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		resp.Error, resp.Code = "bad request: "+err.Error(), exitUsage
+		return
+	}
+	// A client that goes away (Ctrl-C on `stop`) does not cancel the
+	// operation: a half-done stop is worse than a finished one.
+	ctx := context.Background()
+	err = nil
+	switch req.Op {
+	case opStatus:
+	case opStop:
+		if s.h.Stop == nil {
+			err = &ctlError{exitFailure, "this protector is not a primary; stop the domain's primary"}
+		} else {
+			err = s.h.Stop(ctx, req.Domain)
+		}
+	case opFailover:
+		if s.h.Failover == nil {
+			err = &ctlError{exitFailure, "this protector is not a standby; run failover on the standby host"}
+		} else {
+			err = s.h.Failover(ctx, req.Domain, req.Force)
+		}
+	default:
+		err = &ctlError{exitUsage, fmt.Sprintf("unknown operation %q", req.Op)}
+	}
+	if s.h.Status != nil {
+		resp.Protectors = s.h.Status()
+	}
+	if err != nil {
+		resp.Error, resp.Code = err.Error(), exitFailure
+		var ce *ctlError
+		if errors.As(err, &ce) {
+			resp.Code = ce.code
+		}
+		return
+	}
+	resp.OK = true
+}
+
+// Close removes the socket and stops accepting; requests under way are
+// answered first.
+func (s *ctlServer) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.mu.Unlock()
+	os.Remove(s.path)
+	s.ln.Close()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// controlSockets lists the sockets in dir, primaries first.
+func controlSockets(dir string) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(dir, "*.sock"))
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(m, func(a, b string) int {
+		pa, pb := strings.HasPrefix(filepath.Base(a), "primary-"), strings.HasPrefix(filepath.Base(b), "primary-")
+		switch {
+		case pa && !pb:
+			return -1
+		case pb && !pa:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	return m, nil
+}
+
+// ask sends req to the socket at path and waits up to timeout for the
+// answer.
+func ask(path string, req ctlRequest, timeout time.Duration) (*ctlResponse, error) {
+	c, err := net.DialTimeout("unix", path, min(timeout, 5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errControl, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	b, _ := json.Marshal(req)
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", errControl, path, err)
+	}
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: no answer: %w", errControl, path, err)
+	}
+	var resp ctlResponse
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return nil, fmt.Errorf("%w: %s: bad answer: %w", errControl, path, err)
+	}
+	return &resp, nil
+}
+
+// protector is one answering control socket and what it protects.
+type protector struct {
+	Socket string
+	PID    int
+	Status []checkpoint.Status
+}
+
+// survey asks every socket in dir for its status. Sockets nobody answers
+// (left by a protector that was killed) are skipped: the next protector of
+// that name replaces them.
+func survey(dir string, timeout time.Duration) ([]protector, error) {
+	socks, err := controlSockets(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []protector
+	for _, s := range socks {
+		r, err := ask(s, ctlRequest{Op: opStatus}, timeout)
+		if err != nil {
+			continue
+		}
+		out = append(out, protector{Socket: s, PID: r.PID, Status: r.Protectors})
+	}
+	return out, nil
+}
+
+// find returns the protectors in dir whose role is role and that protect
+// domain.
+func find(dir, role, domain string, timeout time.Duration) ([]protector, error) {
+	all, err := survey(dir, timeout)
+	if err != nil {
+		return nil, err
+	}
+	var out []protector
+	for _, p := range all {
+		for _, st := range p.Status {
+			if st.Role == role && st.Domain == domain {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out, nil
+}
