@@ -440,5 +440,5 @@ func dbgLog(role string) *slog.Logger {
 	if os.Getenv("BENCH_DEBUG") == "" {
 		return nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("role", role)
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", role)
 }

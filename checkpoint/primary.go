@@ -512,6 +512,7 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 	if p.disk != nil {
 		writes = p.disk.Barrier(e)
 	}
+	tBarrier := time.Now()
 	p.dirty.Reset()
 	derr := p.src.ReadAndClearDirty(dom, p.dirty)
 	pfns := p.dirty.AppendSet(make([]libxl.PFN, 0, p.dirty.Count()))
@@ -528,12 +529,18 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 		}
 	}
 	pages := p.stage(len(pfns) * libxl.PageSize)
+	tRead := time.Now()
 	rerr := p.src.ReadPages(dom, pfns, pages)
+	tState := time.Now()
 	states, serr := p.src.CaptureState(dom, nil)
+	tResume := time.Now()
 	if err := p.src.Resume(dom); err != nil {
 		return fmt.Errorf("%w: epoch %d: %w", ErrGuest, e, err)
 	}
 	pause := time.Since(t0)
+	p.log.Debug("pause", "epoch", e, "pages", len(pfns), "suspend+barrier", tBarrier.Sub(t0),
+		"dirty", tRead.Sub(tBarrier), "copy", tState.Sub(tRead), "state", tResume.Sub(tState),
+		"resume", pause-tResume.Sub(t0), "total", pause)
 	if err := errors.Join(berr, derr, rerr, serr); err != nil {
 		p.log.Error("capture failed", "epoch", e, "err", err)
 		p.observe(Observation{Kind: ObsError, Epoch: e, Msg: "capture: " + err.Error()})

@@ -1,0 +1,502 @@
+//go:build xen
+
+package xen
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/xl-kemari/xl-kemari/libxl"
+)
+
+func init() {
+	libxl.Register("xen", func(opts libxl.Options) (libxl.Hypervisor, error) {
+		return Open(opts)
+	})
+}
+
+// Hypervisor is the "xen" backend: libxl.Hypervisor over a Context.
+type Hypervisor struct {
+	ctx *Context
+
+	mu sync.Mutex
+	// doms is the backend's own per-domain state. Protected by mu.
+	doms map[libxl.DomID]*domState
+}
+
+// domState is what Xen does not keep for us.
+type domState struct {
+	logDirty bool // we enabled log-dirty mode
+	// markAll: the next ReadAndClearDirty reports every page, because the
+	// contract says enabling the log marks all pages, and Xen's freshly
+	// enabled log is empty.
+	markAll bool
+	// p2m is a PV guest's pfn->mfn table, read while the domain was last
+	// suspended; nil when it must be read again.
+	p2m []uint64
+}
+
+// Open opens the Xen backend. It takes no options yet; unknown ones are an
+// error so a typo is not silently ignored.
+func Open(opts libxl.Options) (*Hypervisor, error) {
+	for k := range opts {
+		return nil, fmt.Errorf("xen: unknown backend option %q", k)
+	}
+	ctx, err := NewContext()
+	if err != nil {
+		return nil, err
+	}
+	return &Hypervisor{ctx: ctx, doms: map[libxl.DomID]*domState{}}, nil
+}
+
+// Context returns the backend's binding, for callers that need calls the
+// contract does not have (tests, the command's diagnostics).
+func (h *Hypervisor) Context() *Context { return h.ctx }
+
+// Name implements libxl.Hypervisor.
+func (h *Hypervisor) Name() string { return "xen" }
+
+// Capabilities implements libxl.Hypervisor. Types is empty until a replica
+// can be built (Sink) and a PV capture is complete: the engine must refuse
+// to protect a domain with this backend rather than fail mid-epoch. See the
+// package documentation for what works.
+func (h *Hypervisor) Capabilities() libxl.Capabilities {
+	return libxl.Capabilities{SuspendCancel: true, LogDirty: true}
+}
+
+// Lookup implements libxl.Hypervisor: a decimal id is checked with
+// xc_domain_getinfolist, a name resolved with libxl_name_to_domid.
+func (h *Hypervisor) Lookup(name string) (libxl.DomID, error) {
+	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+		if _, err := h.ctx.DomainGetInfo(Domid(n)); err != nil {
+			return libxl.DomIDInvalid, err
+		}
+		return libxl.DomID(n), nil
+	}
+	id, err := h.ctx.NameToDomid(name)
+	if err != nil {
+		return libxl.DomIDInvalid, err
+	}
+	return libxl.DomID(id), nil
+}
+
+// Source implements libxl.Hypervisor.
+func (h *Hypervisor) Source() libxl.Source { return (*source)(h) }
+
+// Sink implements libxl.Hypervisor.
+func (h *Hypervisor) Sink() libxl.Sink { return (*sink)(h) }
+
+// Close implements libxl.Hypervisor: it turns off the log-dirty mode this
+// backend enabled (so a PV guest leaves shadow mode) and closes the
+// Context.
+func (h *Hypervisor) Close() error {
+	h.mu.Lock()
+	var errs []error
+	for d, st := range h.doms {
+		if st.logDirty {
+			if err := h.ctx.ShadowControl(Domid(d), ShadowOpOff); err != nil && !errors.Is(err, libxl.ErrNoDomain) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	h.doms = map[libxl.DomID]*domState{}
+	h.mu.Unlock()
+	errs = append(errs, h.ctx.Close())
+	return errors.Join(errs...)
+}
+
+// state returns the backend state of dom, creating it. Callers hold mu.
+func (h *Hypervisor) state(dom libxl.DomID) *domState {
+	st := h.doms[dom]
+	if st == nil {
+		st = &domState{}
+		h.doms[dom] = st
+	}
+	return st
+}
+
+// domain is what one getinfo tells about dom.
+type domain struct {
+	xc        *XcDominfo
+	typ       libxl.DomainType
+	suspended bool // shut down with reason suspend
+}
+
+// lookupDomain fails with libxl.ErrNoDomain for an absent or dying domain.
+func (h *Hypervisor) lookupDomain(dom libxl.DomID) (domain, error) {
+	xi, err := h.ctx.DomainGetInfo(Domid(dom))
+	if err != nil {
+		h.forget(dom, err)
+		return domain{}, err
+	}
+	if xi.Flags&DominfDying != 0 {
+		h.forget(dom, libxl.ErrNoDomain)
+		return domain{}, fmt.Errorf("%w: domain %d is dying", libxl.ErrNoDomain, dom)
+	}
+	d := domain{xc: xi, typ: libxl.TypePV}
+	if xi.Flags&DominfHVMGuest != 0 {
+		// HVM and PVH look alike to the hypervisor; libxl knows.
+		d.typ = libxl.TypeHVM
+		if li, err := h.ctx.DomainInfo(Domid(dom)); err == nil && li.DomainType == DomainTypePVH {
+			d.typ = libxl.TypePVH
+		}
+	}
+	d.suspended = xi.Flags&DominfShutdown != 0 && xi.ShutdownReason() == ShutdownReasonSuspend
+	return d, nil
+}
+
+// forget drops the state of a domain that no longer exists, so a reused
+// domid starts clean.
+func (h *Hypervisor) forget(dom libxl.DomID, err error) {
+	if errors.Is(err, libxl.ErrNoDomain) {
+		h.mu.Lock()
+		delete(h.doms, dom)
+		h.mu.Unlock()
+	}
+}
+
+// pages is the number of guest frames the dirty bitmap and ReadPages cover:
+// the highest gfn plus one.
+func (h *Hypervisor) pages(dom libxl.DomID) (uint64, error) {
+	g, err := h.ctx.DomainMaximumGpfn(Domid(dom))
+	if err != nil {
+		return 0, err
+	}
+	return g + 1, nil
+}
+
+// source is the primary side of the backend.
+type source Hypervisor
+
+// Describe implements libxl.Source from libxl_domain_info and the libxl
+// JSON config (libxl_retrieve_domain_configuration).
+func (s *source) Describe(dom libxl.DomID) (libxl.DomainInfo, error) {
+	h := (*Hypervisor)(s)
+	d, err := h.lookupDomain(dom)
+	if err != nil {
+		return libxl.DomainInfo{}, err
+	}
+	li, err := h.ctx.DomainInfo(Domid(dom))
+	if err != nil {
+		return libxl.DomainInfo{}, err
+	}
+	pages, err := h.pages(dom)
+	if err != nil {
+		return libxl.DomainInfo{}, err
+	}
+	info := libxl.DomainInfo{
+		Name:  h.ctx.DomidToName(Domid(dom)),
+		UUID:  li.Uuid,
+		Type:  d.typ,
+		Pages: pages,
+		VCPUs: int(li.VcpuMaxId) + 1,
+	}
+	js, err := h.ctx.RetrieveDomainConfiguration(Domid(dom))
+	if err != nil {
+		return libxl.DomainInfo{}, err
+	}
+	if err := parseConfig(js, dom, &info); err != nil {
+		return libxl.DomainInfo{}, err
+	}
+	info.Type = d.typ // the hypervisor's word over the config's
+	info.Config = js
+	return info, nil
+}
+
+// Suspend implements libxl.Source with libxl_domain_suspend_only.
+func (s *source) Suspend(dom libxl.DomID) error {
+	h := (*Hypervisor)(s)
+	d, err := h.lookupDomain(dom)
+	if err != nil {
+		return err
+	}
+	if d.suspended {
+		return fmt.Errorf("xen: Suspend(%d): %w: already suspended", dom, libxl.ErrBadState)
+	}
+	if err := h.ctx.DomainSuspendOnly(Domid(dom)); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.state(dom).p2m = nil // the guest may have changed its p2m while it ran
+	h.mu.Unlock()
+	return nil
+}
+
+// Resume implements libxl.Source with libxl_domain_resume(suspend_cancel=1).
+func (s *source) Resume(dom libxl.DomID) error {
+	h := (*Hypervisor)(s)
+	d, err := h.lookupDomain(dom)
+	if err != nil {
+		return err
+	}
+	if !d.suspended {
+		return fmt.Errorf("xen: Resume(%d): %w: not suspended", dom, libxl.ErrBadState)
+	}
+	return h.ctx.DomainResume(Domid(dom), true)
+}
+
+// SetLogDirty implements libxl.Source with xc_shadow_control
+// (OP_ENABLE_LOGDIRTY, OP_OFF). For a PV guest this needs a hypervisor
+// built with shadow paging (see the package documentation). For HVM the
+// device model's own dirty log (QMP xen-set-global-dirty-log) is not
+// switched yet.
+func (s *source) SetLogDirty(dom libxl.DomID, on bool) error {
+	h := (*Hypervisor)(s)
+	if _, err := h.lookupDomain(dom); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.state(dom)
+	switch {
+	case on && !st.logDirty:
+		if err := h.ctx.ShadowControl(Domid(dom), ShadowOpEnableLogDirty); err != nil {
+			return fmt.Errorf("xen: SetLogDirty(%d, on): %w", dom, err)
+		}
+		st.logDirty, st.markAll = true, true
+	case on:
+		st.markAll = true
+	case st.logDirty:
+		if err := h.ctx.ShadowControl(Domid(dom), ShadowOpOff); err != nil {
+			return fmt.Errorf("xen: SetLogDirty(%d, off): %w", dom, err)
+		}
+		st.logDirty, st.markAll = false, false
+	}
+	return nil
+}
+
+// ReadAndClearDirty implements libxl.Source with xc_logdirty_control
+// (OP_CLEAN), which reads and clears Xen's log in one hypercall.
+func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
+	h := (*Hypervisor)(s)
+	if _, err := h.lookupDomain(dom); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.state(dom)
+	if !st.logDirty {
+		return fmt.Errorf("xen: ReadAndClearDirty(%d): %w: log-dirty is off", dom, libxl.ErrBadState)
+	}
+	pages, err := h.pages(dom)
+	if err != nil {
+		return err
+	}
+	if dst.Len() < pages {
+		return fmt.Errorf("xen: ReadAndClearDirty(%d): bitmap of %d bits for %d pages: %w", dom, dst.Len(), pages, libxl.ErrRange)
+	}
+	if _, err := h.ctx.LogDirtyControl(Domid(dom), ShadowOpClean, pages, dst.Words()); err != nil {
+		return err
+	}
+	if st.markAll {
+		for p := range pages {
+			dst.Set(libxl.PFN(p))
+		}
+		st.markAll = false
+	}
+	return nil
+}
+
+// ReadPages implements libxl.Source by mapping the frames with
+// xenforeignmemory_map. For a PV guest the PFNs are first translated
+// through the guest's own p2m; the pages come out as the guest holds them,
+// so page-table pages contain machine frame numbers of this host.
+func (s *source) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
+	return (*Hypervisor)(s).readPages(dom, pfns, dst)
+}
+
+func (h *Hypervisor) readPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
+	d, err := h.lookupDomain(dom)
+	if err != nil {
+		return err
+	}
+	if len(dst) < len(pfns)*libxl.PageSize {
+		return fmt.Errorf("xen: ReadPages(%d): %d bytes for %d pages: %w", dom, len(dst), len(pfns), libxl.ErrRange)
+	}
+	if len(pfns) == 0 {
+		return nil
+	}
+	pages, err := h.pages(dom)
+	if err != nil {
+		return err
+	}
+	frames := make([]uint64, len(pfns))
+	for i, p := range pfns {
+		if uint64(p) >= pages {
+			return fmt.Errorf("xen: ReadPages(%d): pfn %d of %d: %w", dom, p, pages, libxl.ErrRange)
+		}
+		frames[i] = uint64(p)
+	}
+	if d.typ == libxl.TypePV {
+		p2m, err := h.p2m(dom, d)
+		if err != nil {
+			return err
+		}
+		for i, p := range pfns {
+			if uint64(p) >= uint64(len(p2m)) {
+				frames[i] = invalidMFN
+			} else {
+				frames[i] = p2m[p]
+			}
+		}
+	}
+	errs := make([]int32, len(frames))
+	// Holes (no frame behind the pfn) read as zeros, as a fresh replica's.
+	var mapped []uint64
+	var slots []int
+	for i, f := range frames {
+		if f == invalidMFN {
+			clear(dst[i*libxl.PageSize : (i+1)*libxl.PageSize])
+			continue
+		}
+		mapped = append(mapped, f)
+		slots = append(slots, i)
+	}
+	if len(slots) == len(frames) {
+		err = h.ctx.ForeignCopy(Domid(dom), mapped, dst, false, errs)
+	} else {
+		tmp := make([]byte, len(mapped)*libxl.PageSize)
+		if err = h.ctx.ForeignCopy(Domid(dom), mapped, tmp, false, errs); err == nil {
+			for j, i := range slots {
+				copy(dst[i*libxl.PageSize:(i+1)*libxl.PageSize], tmp[j*libxl.PageSize:])
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("xen: ReadPages(%d): %w", dom, err)
+	}
+	for j, e := range errs[:len(mapped)] {
+		if e != 0 {
+			return fmt.Errorf("xen: ReadPages(%d): pfn %d (frame %#x): mapping error %d", dom, pfns[slots[j]], mapped[j], e)
+		}
+	}
+	return nil
+}
+
+// p2m returns the PV guest's pfn->mfn table, cached while it stays
+// suspended; a running guest's table is read afresh each call (pre-copy
+// reads may then see a page move, which the dirty log reports again).
+func (h *Hypervisor) p2m(dom libxl.DomID, d domain) ([]uint64, error) {
+	h.mu.Lock()
+	st := h.state(dom)
+	cached := st.p2m
+	h.mu.Unlock()
+	if cached != nil && d.suspended {
+		return cached, nil
+	}
+	var p2m []uint64
+	var err error
+	// The guest bumps p2m_generation around changes; retry a torn read.
+	for range 3 {
+		var a, b p2mAnchor
+		if a, err = h.ctx.p2mAnchor(Domid(dom), d.xc.SharedInfoFrame); err != nil {
+			return nil, err
+		}
+		if p2m, err = readP2M(pvFrames{h.ctx, Domid(dom)}, a); err != nil {
+			continue
+		}
+		if b, err = h.ctx.p2mAnchor(Domid(dom), d.xc.SharedInfoFrame); err != nil {
+			return nil, err
+		}
+		if a.Generation == b.Generation {
+			break
+		}
+		err = fmt.Errorf("%w: p2m changed while read (generation %d -> %d)", ErrP2M, a.Generation, b.Generation)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("xen: domain %d: %w", dom, err)
+	}
+	if d.suspended {
+		h.mu.Lock()
+		h.state(dom).p2m = p2m
+		h.mu.Unlock()
+	}
+	return p2m, nil
+}
+
+// CaptureState implements libxl.Source. HVM/PVH: the Xen-side context
+// (xc_domain_hvm_getcontext) split into a platform blob and one blob per
+// vCPU; the device model's state of an HVM guest is not captured yet. PV:
+// libxl.ErrUnsupported, because PV vCPU state and page tables hold machine
+// frame numbers that mean nothing on the standby (see the package
+// documentation for the route that completes it).
+func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State, error) {
+	h := (*Hypervisor)(s)
+	d, err := h.lookupDomain(dom)
+	if err != nil {
+		return dst, err
+	}
+	if !d.suspended {
+		return dst, fmt.Errorf("xen: CaptureState(%d): %w: not suspended", dom, libxl.ErrBadState)
+	}
+	if d.typ == libxl.TypePV {
+		return dst, fmt.Errorf("xen: CaptureState(%d): %w: PV state capture needs MFN canonicalisation (libxenguest stream route), not implemented yet", dom, libxl.ErrUnsupported)
+	}
+	ctx, err := h.ctx.HVMGetContext(Domid(dom))
+	if err != nil {
+		return dst, err
+	}
+	return splitHVM(ctx, int(d.xc.MaxVCPUID)+1, dst)
+}
+
+// Destroy implements libxl.Source with libxl_domain_destroy.
+func (s *source) Destroy(dom libxl.DomID) error {
+	return (*Hypervisor)(s).destroy(dom)
+}
+
+func (h *Hypervisor) destroy(dom libxl.DomID) error {
+	if _, err := h.lookupDomain(dom); err != nil {
+		return err
+	}
+	err := h.ctx.DomainDestroy(Domid(dom))
+	h.mu.Lock()
+	delete(h.doms, dom)
+	h.mu.Unlock()
+	return err
+}
+
+// sink is the standby side of the backend. Building a replica is not
+// implemented yet: every method but ReadPages and Destroy says so with
+// libxl.ErrUnsupported.
+type sink Hypervisor
+
+var errNoReplica = fmt.Errorf("%w: the xen backend cannot build a replica yet (libxl_domain_create_restore route pending)", libxl.ErrUnsupported)
+
+// CreateReplica implements libxl.Sink: not yet implemented.
+func (s *sink) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
+	return libxl.DomIDInvalid, fmt.Errorf("xen: CreateReplica(%s %q): %w", info.Type, info.Name, errNoReplica)
+}
+
+// WritePages implements libxl.Sink: not yet implemented.
+func (s *sink) WritePages(dom libxl.DomID, pfns []libxl.PFN, data []byte) error {
+	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
+		return err
+	}
+	return fmt.Errorf("xen: WritePages(%d): %w", dom, errNoReplica)
+}
+
+// ReadPages implements libxl.Sink like Source.ReadPages.
+func (s *sink) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
+	return (*Hypervisor)(s).readPages(dom, pfns, dst)
+}
+
+// RestoreState implements libxl.Sink: not yet implemented.
+func (s *sink) RestoreState(dom libxl.DomID, st []libxl.State) error {
+	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
+		return err
+	}
+	return fmt.Errorf("xen: RestoreState(%d): %w", dom, errNoReplica)
+}
+
+// Activate implements libxl.Sink: not yet implemented.
+func (s *sink) Activate(dom libxl.DomID) error {
+	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
+		return err
+	}
+	return fmt.Errorf("xen: Activate(%d): %w", dom, errNoReplica)
+}
+
+// Destroy implements libxl.Sink with libxl_domain_destroy.
+func (s *sink) Destroy(dom libxl.DomID) error { return (*Hypervisor)(s).destroy(dom) }

@@ -1,0 +1,257 @@
+//go:build xen && integration
+
+package xen_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/xl-kemari/xl-kemari/libxl"
+	"github.com/xl-kemari/xl-kemari/libxl/hvtest"
+	"github.com/xl-kemari/xl-kemari/libxl/xen"
+)
+
+// These tests run in a Xen dom0 (the xenlab; test/xenlab/kemari/README.md)
+// against PV guests they create from the xl config named by KEMARI_XEN_CFG:
+// a guest that keeps writing its memory once booted, such as the lab's.
+//
+//	go test -c -tags 'xen integration' -o bin/xen.test ./libxl/xen
+//	KEMARI_XEN_CFG=/run/xenlab/hvtest.cfg /mnt/host/xen.test -test.v
+
+var guestSeq atomic.Int64
+
+func openXen(t *testing.T) libxl.Hypervisor {
+	t.Helper()
+	hvtest.RequiresXen(t)
+	hvtest.RequiresRoot(t)
+	hv, err := libxl.Open("xen", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hv.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return hv
+}
+
+// createGuest xl-creates a guest from KEMARI_XEN_CFG under a fresh name and
+// waits until its kernel has connected its first vif (the guest's
+// workload starts right after), destroying it at cleanup.
+func createGuest(t *testing.T, hv libxl.Hypervisor) libxl.DomID {
+	t.Helper()
+	cfg := os.Getenv("KEMARI_XEN_CFG")
+	if cfg == "" {
+		t.Skip("KEMARI_XEN_CFG (an xl config of a guest that writes its memory) is not set")
+	}
+	name := fmt.Sprintf("hvtest-%d-%d", os.Getpid(), guestSeq.Add(1))
+	out, err := exec.Command("xl", "create", "-q", cfg, `name="`+name+`"`).CombinedOutput()
+	if err != nil {
+		t.Fatalf("xl create %s: %v\n%s", cfg, err, out)
+	}
+	dom, err := hv.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("xl", "destroy", name).Run() })
+	key := fmt.Sprintf("/local/domain/0/backend/vif/%d/0/state", dom)
+	deadline := time.Now().Add(240 * time.Second)
+	for tick := time.NewTicker(500 * time.Millisecond); ; <-tick.C {
+		st, _ := exec.Command("xenstore-read", key).Output()
+		if strings.TrimSpace(string(st)) == "4" {
+			tick.Stop()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest %s: vif backend not connected after 240 s (%s = %q)", name, key, st)
+		}
+	}
+	// The workload starts after the network: let it run.
+	<-time.After(3 * time.Second)
+	return dom
+}
+
+// TestContract runs the shared contract suite. Its domains are
+// hvtest.Pages pages, far smaller than any bootable PV guest, so the checks
+// that compare sizes fail here; the report in test/xenlab/kemari records
+// which.
+func TestContract(t *testing.T) {
+	hvtest.RequiresXen(t)
+	hvtest.Run(t, hvtest.Factory{
+		Open: openXen,
+		Create: func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID {
+			return createGuest(t, hv)
+		},
+		Advance: func(t *testing.T) { <-time.After(time.Second) },
+	})
+}
+
+// TestPrimitives checks the Source operations that work on a PV guest, at
+// the guest's real size, and logs what they cost.
+func TestPrimitives(t *testing.T) {
+	hv := openXen(t)
+	dom := createGuest(t, hv)
+	src := hv.Source()
+
+	info, err := src.Describe(dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Describe: name %q type %s pages %d vcpus %d nics %+v disks %+v", info.Name, info.Type, info.Pages, info.VCPUs, info.NICs, info.Disks)
+	t.Logf("libxl config JSON: %s", info.Config)
+	if info.Type != libxl.TypePV || info.Pages < 1024 || info.VCPUs < 1 || len(info.Config) == 0 {
+		t.Fatalf("Describe = %+v", info)
+	}
+	pages := info.Pages
+
+	t0 := time.Now()
+	if err := src.Suspend(dom); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Suspend (libxl_domain_suspend_only): %v", time.Since(t0))
+	if err := src.Suspend(dom); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("Suspend(suspended) = %v, want ErrBadState", err)
+	}
+	t0 = time.Now()
+	if err := src.Resume(dom); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Resume (libxl_domain_resume, suspend_cancel): %v", time.Since(t0))
+	if err := src.Resume(dom); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("Resume(running) = %v, want ErrBadState", err)
+	}
+
+	bm := libxl.NewBitmap(pages)
+	if err := src.ReadAndClearDirty(dom, bm); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("ReadAndClearDirty(log-dirty off) = %v, want ErrBadState", err)
+	}
+	if err := src.SetLogDirty(dom, true); err != nil {
+		t.Fatal(err)
+	}
+	defer src.SetLogDirty(dom, false)
+	if err := src.ReadAndClearDirty(dom, libxl.NewBitmap(pages-1)); !errors.Is(err, libxl.ErrRange) {
+		t.Errorf("ReadAndClearDirty(short bitmap) = %v, want ErrRange", err)
+	}
+	if err := src.Suspend(dom); err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	if err := src.ReadAndClearDirty(dom, bm); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("first ReadAndClearDirty: %v in %v", bm, time.Since(t0))
+	if bm.Count() != pages {
+		t.Errorf("first read after SetLogDirty(true) = %v, want all %d", bm, pages)
+	}
+	bm.Reset()
+	if err := src.ReadAndClearDirty(dom, bm); err != nil {
+		t.Fatal(err)
+	}
+	if bm.Count() != 0 {
+		t.Errorf("second read while suspended = %v, want empty", bm)
+	}
+
+	all := make([]libxl.PFN, pages)
+	for i := range all {
+		all[i] = libxl.PFN(i)
+	}
+	mem := make([]byte, pages*libxl.PageSize)
+	t0 = time.Now()
+	if err := src.ReadPages(dom, all, mem); err != nil {
+		t.Fatal(err)
+	}
+	d := time.Since(t0)
+	t.Logf("ReadPages(all %d pages, p2m walk included): %v, %.0f MB/s", pages, d, float64(len(mem))/d.Seconds()/1e6)
+	again := make([]byte, len(mem))
+	if err := src.ReadPages(dom, all, again); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mem, again) {
+		t.Error("two reads of a suspended guest's memory differ")
+	}
+	if err := src.ReadPages(dom, []libxl.PFN{libxl.PFN(pages)}, again); !errors.Is(err, libxl.ErrRange) {
+		t.Errorf("ReadPages(pfn == pages) = %v, want ErrRange", err)
+	}
+	if _, err := src.CaptureState(dom, nil); !errors.Is(err, libxl.ErrUnsupported) {
+		t.Errorf("CaptureState(PV) = %v, want ErrUnsupported", err)
+	}
+	if _, err := hv.Sink().CreateReplica(info); !errors.Is(err, libxl.ErrUnsupported) {
+		t.Errorf("CreateReplica = %v, want ErrUnsupported", err)
+	}
+
+	// The engine's property: every page whose content changed between two
+	// checkpoints was reported dirty in between.
+	for round := range 3 {
+		if err := src.Resume(dom); err != nil {
+			t.Fatal(err)
+		}
+		seen := libxl.NewBitmap(pages)
+		<-time.After(time.Second)
+		if err := src.ReadAndClearDirty(dom, seen); err != nil {
+			t.Fatal(err)
+		}
+		running := seen.Count()
+		<-time.After(time.Second)
+		t0 = time.Now()
+		if err := src.Suspend(dom); err != nil {
+			t.Fatal(err)
+		}
+		ts := time.Since(t0)
+		t0 = time.Now()
+		if err := src.ReadAndClearDirty(dom, seen); err != nil {
+			t.Fatal(err)
+		}
+		tr := time.Since(t0)
+		if err := src.ReadPages(dom, all, again); err != nil {
+			t.Fatal(err)
+		}
+		changed, missed := 0, 0
+		for p := range pages {
+			o := p * libxl.PageSize
+			if !bytes.Equal(mem[o:o+libxl.PageSize], again[o:o+libxl.PageSize]) {
+				changed++
+				if !seen.Test(libxl.PFN(p)) {
+					missed++
+					if missed <= 5 {
+						t.Errorf("round %d: pfn %d changed but was never reported dirty", round, p)
+					}
+				}
+			}
+		}
+		t.Logf("round %d: dirty %d (running read %d), changed %d, missed %d; suspend %v, read-and-clear %v", round, seen.Count(), running, changed, missed, ts, tr)
+		if changed == 0 {
+			t.Errorf("round %d: the guest changed no page in 2 s", round)
+		}
+		mem, again = again, mem
+	}
+	if err := src.Resume(dom); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.SetLogDirty(dom, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.ReadAndClearDirty(dom, bm); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("ReadAndClearDirty after SetLogDirty(false) = %v, want ErrBadState", err)
+	}
+	if err := src.Destroy(dom); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Describe(dom); !errors.Is(err, libxl.ErrNoDomain) {
+		t.Errorf("Describe(destroyed) = %v, want ErrNoDomain", err)
+	}
+}
+
+// TestErrorsMatchContract: libxl codes compare with the contract sentinels.
+func TestErrorsMatchContract(t *testing.T) {
+	if !errors.Is(fmt.Errorf("x: %w", xen.ErrorDomainNotfound), libxl.ErrNoDomain) {
+		t.Error("ErrorDomainNotfound is not libxl.ErrNoDomain")
+	}
+}
