@@ -1,0 +1,40 @@
+#!/bin/bash
+# Runs inside a xenlab dom0 from the read-only share /mnt/host (run.sh copies
+# it there as kemari-lab.sh): the xen build of xl-kemari and the libxl/xen
+# integration tests against PV guests made from the lab's guest image.
+#
+#   kemari-lab.sh version          xl-kemari version, ldd
+#   kemari-lab.sh test [REGEX]     /mnt/host/xen.test -test.run REGEX
+set -u
+cfg=/run/xenlab/hvtest.cfg
+mkdir -p /run/xenlab
+# The lab guest (lab/domu.sh) without its shared disk, so that several can
+# run at once; the tests give each a name of its own.
+cat >"$cfg" <<CFG
+kernel = "/var/lib/xenlab/vmlinuz"
+ramdisk = "/var/lib/xenlab/domu-initrd.gz"
+extra = "console=hvc0 rdinit=/init quiet xenlab.dirty_mb=8"
+memory = 192
+vcpus = 1
+on_crash = "preserve"
+vif = [ "bridge=xenbr0" ]
+CFG
+case ${1:-} in
+version)
+	/mnt/host/xl-kemari version
+	rc=$?
+	ldd /mnt/host/xl-kemari | grep -E 'xen|not found'
+	exit $rc
+	;;
+test)
+	cd /tmp || exit 1
+	KEMARI_XEN_CFG=$cfg /mnt/host/xen.test -test.v -test.timeout 30m -test.run "${2:-.}" 2>&1
+	rc=$?
+	xl list
+	exit $rc
+	;;
+*)
+	echo "usage: kemari-lab.sh version|test [REGEX]" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Host-side driver: builds the xen binaries into bin/ (shared at /mnt/host in
+# the lab's dom0), then runs dom0.sh there on host 1, which must be up
+# (make xenlab-up). Output goes to stdout and results/<what>.log.
+#
+#   test/xenlab/kemari/run.sh version
+#   test/xenlab/kemari/run.sh test 'TestPrimitives'
+set -eu
+cd "$(dirname "$0")/../../.."
+what=${1:-test}
+regex=${2:-.}
+go build -tags xen -o bin/xl-kemari ./xlkemari
+go test -c -tags 'xen integration' -o bin/xen.test ./libxl/xen
+install -m 0755 test/xenlab/kemari/dom0.sh bin/kemari-lab.sh
+mkdir -p test/xenlab/kemari/results
+log=test/xenlab/kemari/results/$what.log
+[ "$what" = test ] && log=test/xenlab/kemari/results/test-$(echo "$regex" | tr -c 'A-Za-z0-9\n' _).log
+set +e
+python3 test/xenlab/xenlab.py run 1 "/mnt/host/kemari-lab.sh $what '$regex'" --timeout "${KEMARI_LAB_TIMEOUT:-1800}" | tee "$log"
+rc=${PIPESTATUS[0]}
+echo "rc=$rc" >>"$log"
+exit "$rc"

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Background protectors, as xl runs its own daemons: `start` re-executes
+// itself in a new session with its output on a log file, and waits on a
+// pipe for the child to say how far it got (ready, sync progress,
+// protected, or why it failed) before returning.
+
+// envNotifyFD names, in the daemon child's environment, the descriptor of
+// the pipe to the waiting parent.
+const envNotifyFD = "XL_KEMARI_NOTIFY_FD"
+
+// defaultLogDir is where background protectors log.
+const defaultLogDir = "/var/log/xen"
+
+// notifier is the daemon child's end of the pipe; nil outside one. Safe
+// for concurrent use.
+type notifier struct {
+	mu sync.Mutex
+	// Protected by mu.
+	f *os.File
+}
+
+// childNotifier returns the pipe to the parent if this process is a
+// daemon child, and hides it from the processes it starts.
+func childNotifier(getenv func(string) string) *notifier {
+	s := getenv(envNotifyFD)
+	if s == "" {
+		return nil
+	}
+	os.Unsetenv(envNotifyFD)
+	fd, err := strconv.Atoi(s)
+	if err != nil || fd < 3 {
+		return nil
+	}
+	syscall.CloseOnExec(fd)
+	return &notifier{f: os.NewFile(uintptr(fd), "notify")}
+}
+
+func (n *notifier) send(format string, args ...any) {
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.f != nil {
+		// One line, whatever the message holds.
+		msg := strings.ReplaceAll(fmt.Sprintf(format, args...), "\n", " ")
+		n.f.WriteString(msg + "\n")
+	}
+}
+
+// fail reports the reason and exit code of a failure, then closes.
+func (n *notifier) fail(code int, msg string) {
+	n.send("fail %d %s", code, msg)
+	n.close()
+}
+
+func (n *notifier) close() {
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	if n.f != nil {
+		n.f.Close()
+		n.f = nil
+	}
+	n.mu.Unlock()
+}
+
+// daemonize starts `xl-kemari start args...` in the background, logging to
+// logPath, and follows its progress on e.Stderr until it is protected,
+// unprotected (it keeps trying), or failed. wait false returns as soon as
+// the child is ready.
+func daemonize(e *env, args []string, domain, logPath string, wait bool) int {
+	self, err := os.Executable()
+	if err != nil {
+		e.errorf("start: %v", err)
+		return exitFailure
+	}
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o750); err != nil {
+		e.errorf("start: log: %v", err)
+		return exitFailure
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		e.errorf("start: log: %v", err)
+		return exitFailure
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		e.errorf("start: %v", err)
+		return exitFailure
+	}
+	cmd := exec.Command(self, append([]string{"start"}, args...)...)
+	cmd.Env = append(os.Environ(), envNotifyFD+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	logf.Close()
+	if err != nil {
+		r.Close()
+		e.errorf("start: %v", err)
+		return exitFailure
+	}
+	defer r.Close()
+	pid := cmd.Process.Pid
+	bar := newProgress(e.Stderr)
+	ready := false
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		word, rest, _ := strings.Cut(sc.Text(), " ")
+		switch word {
+		case "ready":
+			ready = true
+			fmt.Fprintf(e.Stderr, "xl-kemari: protecting %s in the background (pid %d, log %s)\n", domain, pid, logPath)
+			if !wait {
+				cmd.Process.Release()
+				return exitOK
+			}
+		case "sync":
+			if pct, err := strconv.ParseFloat(rest, 64); err == nil {
+				bar.update(pct)
+			}
+		case "state":
+			st, why, _ := strings.Cut(rest, " ")
+			switch st {
+			case "protected":
+				bar.finish()
+				fmt.Fprintf(e.Stderr, "xl-kemari: %s is protected\n", domain)
+				cmd.Process.Release()
+				return exitOK
+			case "unprotected":
+				bar.finish()
+				fmt.Fprintf(e.Stderr, "xl-kemari: %s is NOT protected yet (%s); the protector keeps trying: see xl kemari status %s\n", domain, why, domain)
+				cmd.Process.Release()
+				return exitOK
+			}
+		case "fail":
+			bar.finish()
+			codeS, msg, _ := strings.Cut(rest, " ")
+			code, err := strconv.Atoi(codeS)
+			if err != nil || code == 0 {
+				code = exitFailure
+			}
+			fmt.Fprintf(e.Stderr, "xl-kemari: %s\n", msg)
+			cmd.Wait()
+			return code
+		}
+	}
+	// The child closed the pipe without a verdict: it died.
+	bar.finish()
+	err = cmd.Wait()
+	code := exitFailure
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() > 0 {
+		code = ee.ExitCode()
+	}
+	if ready {
+		e.errorf("start: the protector of %s ended before protection was established (%v); see %s", domain, err, logPath)
+	} else {
+		e.errorf("start: the protector of %s did not start (%v); see %s", domain, err, logPath)
+	}
+	return code
+}
+
+// progress shows the initial synchronisation: a bar on a terminal,
+// a plain line every 10% otherwise.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	last  float64
+	drawn bool
+}
+
+func newProgress(w io.Writer) *progress {
+	return &progress{w: w, tty: isTerminal(w), last: -1}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func (p *progress) update(pct float64) {
+	pct = min(max(pct, 0), 100)
+	if p.tty {
+		const width = 40
+		n := int(pct / 100 * width)
+		fmt.Fprintf(p.w, "\rinitial sync [%s%s] %3.0f%%", strings.Repeat("#", n), strings.Repeat(" ", width-n), pct)
+		p.drawn = true
+		return
+	}
+	if p.last < 0 || pct >= p.last+10 || (pct >= 100 && p.last < 100) {
+		fmt.Fprintf(p.w, "initial sync %.0f%%\n", pct)
+		p.last = pct
+	}
+}
+
+func (p *progress) finish() {
+	if p.tty && p.drawn {
+		fmt.Fprintln(p.w)
+		p.drawn = false
+	}
+}
