@@ -44,12 +44,12 @@ func TestSharedHoldsUntilRelease(t *testing.T) {
 	}
 	// The standby got both epochs; the primary dies after flushing 1.
 	r := NewReplica(Shared, []Store{shared})
-	for _, ws := range [][]Write{w1, w2} {
+	for i, ws := range [][]Write{w1, w2} {
 		for _, w := range ws {
 			r.Stage(w)
 		}
+		r.Commit(uint64(i + 1))
 	}
-	r.Commit(2)
 	r.Flushed(1)
 	if r.Pending() != 1 {
 		t.Fatalf("pending %d, want 1", r.Pending())
