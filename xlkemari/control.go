@@ -269,24 +269,33 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 	resp.OK = true
 }
 
-// Close removes the socket and stops accepting; requests under way are
-// answered first.
-func (s *ctlServer) Close() {
+// Shutdown removes the socket and stops accepting; requests under way go
+// on.
+func (s *ctlServer) Shutdown() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
 		return
 	}
 	s.closed = true
-	s.mu.Unlock()
 	os.Remove(s.path)
 	s.ln.Close()
+}
+
+// Wait waits (a bounded time) for the requests under way to be answered.
+func (s *ctlServer) Wait() {
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
 	}
+}
+
+// Close is Shutdown then Wait.
+func (s *ctlServer) Close() {
+	s.Shutdown()
+	s.Wait()
 }
 
 // controlSockets lists the sockets in dir, primaries first.

@@ -12,6 +12,7 @@ import (
 	"github.com/xl-kemari/xl-kemari/checkpoint"
 	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
 	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
+	"github.com/xl-kemari/xl-kemari/conf"
 	"github.com/xl-kemari/xl-kemari/libxl"
 )
 
@@ -60,8 +61,11 @@ func (f *engineFlags) epochConfig() (epoch.Config, error) {
 	return c, c.Validate()
 }
 
-func (f *engineFlags) codec() (wire.Codec, error) {
-	switch f.compress {
+func (f *engineFlags) codec() (wire.Codec, error) { return codecByName(f.compress) }
+
+// codecByName maps a compress setting to the wire codec.
+func codecByName(name string) (wire.Codec, error) {
+	switch name {
 	case "none":
 		return wire.CodecNone, nil
 	case "lz4":
@@ -69,7 +73,18 @@ func (f *engineFlags) codec() (wire.Codec, error) {
 	case "zstd":
 		return wire.CodecZstd, nil
 	}
-	return 0, fmt.Errorf("--compress %q: want none, lz4 or zstd", f.compress)
+	return 0, fmt.Errorf("--compress %q: want none, lz4 or zstd", name)
+}
+
+// epochFromProtection is the epoch machine's configuration for the
+// effective protection settings of a domain.
+func epochFromProtection(p conf.Protection) (epoch.Config, error) {
+	c := epoch.Config{Interval: epoch.Duration(p.Interval), MinInterval: epoch.Duration(p.MinInterval),
+		Timeout: epoch.Duration(p.Timeout), Inflight: p.Inflight, Reprotect: p.Reprotect}
+	if p.Mode == "event" {
+		c.Mode = epoch.ModeEvent
+	}
+	return c, c.Validate()
 }
 
 func (f *engineFlags) logger(e *env, role string) *slog.Logger {

@@ -4,20 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/pflag"
 	"github.com/xl-kemari/xl-kemari/arbiter"
 	"github.com/xl-kemari/xl-kemari/checkpoint"
+	"github.com/xl-kemari/xl-kemari/conf"
 	"github.com/xl-kemari/xl-kemari/libxl"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
 	register(&command{
 		Name:    "receive",
 		Summary: "the standby end: hold a replica and take over when the primary dies",
-		Usage:   "receive [options] --listen ADDR",
+		Usage:   "receive [options] (--stdio | --listen ADDR)",
 		Run:     runReceive,
 	})
 }
@@ -26,12 +32,19 @@ func runReceive(e *env, args []string) int {
 	fs := pflag.NewFlagSet("receive", pflag.ContinueOnError)
 	fs.SetOutput(e.Stderr)
 	var f engineFlags
+	var t transportFlags
 	f.register(fs)
-	listen := fs.String("listen", "127.0.0.1:8011", "address to accept the primary on (loopback only for the tcp transport)")
+	t.register(fs, false)
+	listen := fs.String("listen", "127.0.0.1:8011", "address to accept one primary on (tcp: loopback only)")
+	stdio := fs.Bool("stdio", false, "serve the primary on standard input and output (run by the primary over ssh)")
+	kind := fs.String("transport", transportTCP, "transport of --listen: tcp (loopback only) or tls")
+	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
 	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
 	verify := fs.Bool("verify", true, "recompute the replica's memory digest before activating it")
+	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
+	logFile := fs.String("log-file", "", "log to this `file` as well as to standard error")
 	fs.Usage = func() {
-		fmt.Fprintf(e.Stderr, "Usage: xl kemari receive [options]\n\nHold the replica of a protected domain; activate it when the primary is\nsilent for --timeout.\n\nOptions:\n%s", fs.FlagUsages())
+		fmt.Fprintf(e.Stderr, "Usage: xl kemari receive [options] (--stdio | --listen ADDR)\n\nHold the replica of a protected domain; activate it when the primary is\nsilent for --timeout. The primary runs it over ssh with --stdio, as xl\nmigrate runs migrate-receive; see also listen.\n\nOptions:\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -39,52 +52,194 @@ func runReceive(e *env, args []string) int {
 		}
 		return exitUsage
 	}
+	if fs.NArg() != 0 {
+		e.errorf("receive: unexpected argument %q", fs.Arg(0))
+		return exitUsage
+	}
+	if *stdio && fs.Changed("listen") {
+		e.errorf("receive: --stdio and --listen exclude each other")
+		return exitUsage
+	}
 	ecfg, err := f.epochConfig()
 	if err != nil {
-		e.errorf("%v", err)
+		e.errorf("receive: %v", err)
 		return exitUsage
 	}
 	a, err := arbiter.Open(*arb)
 	if err != nil {
-		e.errorf("%v", err)
+		e.errorf("receive: %v", err)
 		return exitUsage
+	}
+
+	var conn *eofConn
+	var ln checkpoint.Listener
+	stderr := e.Stderr
+	if *stdio {
+		// The stream is stdin/stdout. Keep stray writes to stdout off it,
+		// and survive the primary's end: a broken pipe or a hangup from
+		// sshd must not kill the replica the standby may have to run.
+		signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+		out, err := privateStdout()
+		if err != nil {
+			e.errorf("receive: %v", err)
+			return exitFailure
+		}
+		conn = &eofConn{Conn: checkpoint.StdioConn{R: os.Stdin, W: out}, eof: make(chan struct{})}
+		ln = checkpoint.NewOneConnListener(conn, "stdio")
+	}
+	if *logFile != "" {
+		lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			e.errorf("receive: log: %v", err)
+			return exitFailure
+		}
+		defer lf.Close()
+		stderr = io.MultiWriter(lf, stderrWriter{e.Stderr})
+	}
+	log := f.loggerTo(stderr, "standby")
+	if !*stdio {
+		switch *kind {
+		case transportTCP:
+			l, err := checkpoint.ListenTCP(*listen)
+			if err != nil {
+				e.errorf("receive: listen: %v", err)
+				return exitFailure
+			}
+			ln = l
+		case transportTLS:
+			host, err := conf.LoadHost(*tomlPath)
+			if err != nil {
+				printConfigErrors(e.Stderr, err)
+				return exitConfig
+			}
+			cfg, err := t.tlsConfig(host)
+			if err != nil {
+				e.errorf("receive: %v", err)
+				return exitConfig
+			}
+			l, err := checkpoint.ListenTLS(*listen, cfg, func(addr net.Addr, err error) {
+				log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+			})
+			if err != nil {
+				e.errorf("receive: listen: %v", err)
+				return exitFailure
+			}
+			ln = l
+		default:
+			e.errorf("receive: --transport %q: want tcp or tls", *kind)
+			return exitUsage
+		}
 	}
 	hv, err := libxl.Open(f.hv, nil)
 	if err != nil {
-		e.errorf("%v", err)
+		ln.Close()
+		e.errorf("receive: %v", err)
 		return exitFailure
 	}
 	defer hv.Close()
 	ev, err := openEventLog(f.events)
 	if err != nil {
-		e.errorf("%v", err)
+		ln.Close()
+		e.errorf("receive: %v", err)
 		return exitFailure
 	}
-	ln, err := checkpoint.ListenTCP(*listen)
+	ss := &standbySession{arbiter: a.Configured(), timeout: f.timeout, done: make(chan struct{})}
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log, Once: *stdio,
+		Observer: func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, hv.Sink(), ln, a)
 	if err != nil {
-		e.errorf("listen: %v", err)
-		return exitFailure
-	}
-	log := f.logger(e, "standby")
-	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log,
-		Observer: ev.observe}, hv.Sink(), ln, a)
-	if err != nil {
-		e.errorf("%v", err)
+		ln.Close()
+		e.errorf("receive: %v", err)
 		return exitUsage
 	}
+	ss.s = s
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	if err := s.Run(ctx); err != nil {
+	srv, err := listenControl(resolveRunDir(e, *runDir), socketName("standby", "", os.Getpid()), ctlHandlers{
+		Status: func() []checkpoint.Status { return []checkpoint.Status{s.Status()} },
+		Failover: func(ctx context.Context, d string, force bool) error {
+			if st := s.Status(); d != "" && st.Domain != d {
+				return &ctlError{exitNotFound, fmt.Sprintf("this standby holds %s, not %s", dash(st.Domain), d)}
+			}
+			return ss.failover(ctx, force)
+		},
+	})
+	if err != nil {
+		ln.Close()
+		e.errorf("receive: %v", err)
+		return exitFailure
+	}
+	defer srv.Close()
+	if conn != nil {
+		go endWithStream(ctx, cancel, conn, ss)
+	}
+	if err := ss.run(ctx); err != nil {
 		if errors.Is(err, context.Canceled) {
 			return exitOK
 		}
-		e.errorf("%v", err)
+		e.errorf("receive: %v", err)
 		return exitFailure
 	}
 	if _, ok := s.Activated(); ok {
-		// The guest runs here now; it lives as long as this process.
+		// The guest runs here now; on the simulator it lives as long as
+		// this process.
 		log.Info("replica active; serving until signalled")
 		<-ctx.Done()
 	}
 	return exitOK
+}
+
+// endWithStream ends a --stdio receiver whose primary went away leaving
+// nothing to hold: no replica, or one the primary said goodbye to. A
+// replica with a complete checkpoint stays, for the failover.
+func endWithStream(ctx context.Context, cancel context.CancelFunc, c *eofConn, ss *standbySession) {
+	select {
+	case <-c.eof:
+	case <-ctx.Done():
+		return
+	}
+	if _, ok := ss.waitFor(ctx, func(st checkpoint.Status) bool {
+		return st.State == "waiting" || st.State == "stopped" || st.State == "denied"
+	}); ok {
+		cancel()
+	}
+}
+
+// eofConn notes when its reader hits the end of the stream.
+type eofConn struct {
+	checkpoint.Conn
+	eof  chan struct{}
+	once sync.Once
+}
+
+func (c *eofConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.once.Do(func() { close(c.eof) })
+	}
+	return n, err
+}
+
+// privateStdout moves standard output to a descriptor of its own and
+// points descriptor 1 at standard error, so that nothing but the protocol
+// reaches the primary.
+func privateStdout() (*os.File, error) {
+	fd, err := unix.Dup(1)
+	if err != nil {
+		return nil, fmt.Errorf("stdio: %w", err)
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.Dup2(2, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stdio: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "stdio-out"), nil
+}
+
+// stderrWriter ignores write errors: standard error may be a pipe to a
+// primary that died, and the log file must still get every line.
+type stderrWriter struct{ w io.Writer }
+
+func (s stderrWriter) Write(p []byte) (int, error) {
+	s.w.Write(p)
+	return len(p), nil
 }

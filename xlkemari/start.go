@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/pflag"
 	"github.com/xl-kemari/xl-kemari/arbiter"
 	"github.com/xl-kemari/xl-kemari/checkpoint"
+	"github.com/xl-kemari/xl-kemari/conf"
 	"github.com/xl-kemari/xl-kemari/diskbuf"
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/sim"
@@ -22,19 +26,49 @@ func init() {
 	register(&command{
 		Name:    "start",
 		Summary: "protect a running domain with a hot standby",
-		Usage:   "start [options] <Domain> <host:port>",
+		Usage:   "start [options] <Domain> [<host>]",
 		Run:     runStart,
 	})
 }
 
+// startFlags are start's command line.
+type startFlags struct {
+	engineFlags
+	transportFlags
+	config     string
+	toml       string
+	sets       []string
+	arbiter    string
+	foreground bool
+	background bool
+	noWait     bool
+	logFile    string
+	runDir     string
+}
+
+// engineToConf maps the engine flags that are also protection settings
+// to their kemari keys: given on the command line, they override xl.cfg
+// and kemari.toml like --set does.
+var engineToConf = [][2]string{{"mode", "mode"}, {"interval", "interval"}, {"min-interval", "min-interval"},
+	{"timeout", "timeout"}, {"inflight", "inflight"}, {"compress", "compress"}, {"reprotect", "reprotect"}, {"arbiter", "arbiter"}}
+
 func runStart(e *env, args []string) int {
 	fs := pflag.NewFlagSet("start", pflag.ContinueOnError)
 	fs.SetOutput(e.Stderr)
-	var f engineFlags
-	f.register(fs)
-	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH (a lease directory on storage both hosts share)")
+	var f startFlags
+	f.engineFlags.register(fs)
+	f.transportFlags.register(fs, true)
+	fs.StringVarP(&f.config, "config", "C", "", "the domain's xl.cfg `file`: its kemari entries give the settings and the standby")
+	fs.StringVar(&f.toml, "toml", "", "host configuration `file` (default "+conf.DefaultHostPath+", which may be absent)")
+	fs.StringArrayVar(&f.sets, "set", nil, "override a protection setting (`KEY=VALUE`, repeatable; see xl-kemari.cfg(5))")
+	fs.StringVar(&f.arbiter, "arbiter", "none", "arbiter: none or file:PATH (a lease directory on storage both hosts share)")
+	fs.BoolVarP(&f.foreground, "foreground", "F", false, "stay in the foreground, logging to standard error (default with --hypervisor=sim)")
+	fs.BoolVar(&f.background, "background", false, "run in the background even with --hypervisor=sim")
+	fs.BoolVar(&f.noWait, "no-wait", false, "in the background: return once the protector runs, without waiting for the initial sync")
+	fs.StringVar(&f.logFile, "log-file", "", "log to this `file` (background default "+defaultLogDir+"/xl-kemari-DOMAIN.log)")
+	fs.StringVar(&f.runDir, "run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	fs.Usage = func() {
-		fmt.Fprintf(e.Stderr, "Usage: xl kemari start [options] <Domain> <host:port>\n\nProtect a running domain: replicate it to the standby epoch by epoch\nand release its output only after the standby acknowledges.\n\nOptions:\n%s", fs.FlagUsages())
+		fmt.Fprintf(e.Stderr, "Usage: xl kemari start [options] <Domain> [<host>]\n\nProtect a running domain: replicate it to the standby <host> epoch by epoch\nand release its output only after the standby acknowledges. Without <host>,\nthe standby named by the domain's kemari entry (-C) or kemari.toml is used.\nRuns in the background like xl's daemons unless -F.\n\nOptions:\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -42,97 +76,288 @@ func runStart(e *env, args []string) int {
 		}
 		return exitUsage
 	}
-	if fs.NArg() != 2 {
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		e.errorf("start: want <Domain> [<host>], got %d arguments", fs.NArg())
 		fs.Usage()
 		return exitUsage
 	}
-	domName, standby := fs.Arg(0), fs.Arg(1)
-	ecfg, err := f.epochConfig()
-	if err != nil {
-		e.errorf("%v", err)
+	if f.foreground && f.background {
+		e.errorf("start: --foreground and --background exclude each other")
 		return exitUsage
 	}
-	codec, err := f.codec()
-	if err != nil {
-		e.errorf("%v", err)
-		return exitUsage
+	domName := fs.Arg(0)
+	notify := childNotifier(e.Getenv)
+	fail := func(code int, format string, a ...any) int {
+		msg := fmt.Sprintf(format, a...)
+		if notify != nil {
+			notify.fail(code, msg)
+		} else {
+			e.errorf("%s", msg)
+		}
+		return code
 	}
-	a, err := arbiter.Open(*arb)
+
+	// Configuration: command line > xl.cfg > kemari.toml > defaults.
+	host, err := conf.LoadHost(f.toml)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitUsage
+		printConfigErrors(e.Stderr, err)
+		return fail(exitConfig, "start: bad host configuration")
 	}
-	log := f.logger(e, "primary")
+	over := conf.Overrides{Args: f.sets}
+	for _, m := range engineToConf {
+		if fs.Changed(m[0]) {
+			over.Set(m[1], fs.Lookup(m[0]).Value.String())
+		}
+	}
+	if f.kind == transportSSH || f.kind == transportTLS {
+		over.Set("transport", f.kind)
+	} else if f.kind != "" && f.kind != transportTCP {
+		return fail(exitUsage, "start: --transport %q: want ssh, tls or tcp", f.kind)
+	}
+	var dom *conf.Domain
+	if f.config != "" {
+		dom, err = conf.LoadDomain(f.config, host, over)
+	} else {
+		// No xl.cfg: the host's defaults and the command line alone.
+		dom, err = conf.ParseDomain(conf.CommandLineFile, []byte("name = "+conf.Quote(domName)+"\n"), host, over)
+	}
+	if err != nil {
+		printConfigErrors(e.Stderr, err)
+		return fail(exitConfig, "start: bad configuration")
+	}
+	if dom.Name != domName {
+		return fail(exitConfig, "start: %s configures domain %q, not %q", f.config, dom.Name, domName)
+	}
+	prot, peer, err := pickProtection(dom, fs.Arg(1))
+	if err != nil {
+		return fail(exitUsage, "start: %v", err)
+	}
+	ecfg, err := epochFromProtection(prot)
+	if err != nil {
+		return fail(exitConfig, "start: %v", err)
+	}
+	codec, err := codecByName(prot.Compress)
+	if err != nil {
+		return fail(exitConfig, "start: %v", err)
+	}
+	kind := f.kind
+	if kind == "" {
+		kind = prot.Transport
+		if f.hv == sim.BackendName && prot.Origin(conf.FieldTransport).Source == conf.SourceDefault {
+			kind = transportTCP
+		}
+	}
+	remote := []string{"receive", "--stdio", "--hypervisor=" + f.hv, "--mode=" + prot.Mode,
+		"--interval=" + prot.Interval.String(), "--min-interval=" + prot.MinInterval.String(),
+		"--timeout=" + prot.Timeout.String(), fmt.Sprintf("--inflight=%d", prot.Inflight),
+		"--arbiter=" + prot.Arbiter, "--log-level=" + f.logLevel}
+	dialer, err := f.dialer(kind, peer, host, remote, e.Stderr)
+	if err != nil {
+		return fail(exitUsage, "start: %v", err)
+	}
+	a, err := arbiter.Open(prot.Arbiter)
+	if err != nil {
+		return fail(exitConfig, "start: %v", err)
+	}
+
+	// Everything that can be checked without the domain is: now go to the
+	// background, unless told not to or on the simulator (whose domain
+	// lives in this process; the demo and tests watch it).
+	if notify == nil && !f.foreground && (f.background || f.hv != sim.BackendName) {
+		logPath := f.logFile
+		if logPath == "" {
+			logPath = filepath.Join(defaultLogDir, "xl-kemari-"+escapeName(domName)+".log")
+		}
+		return daemonize(e, args, domName, logPath, !f.noWait)
+	}
+	stderr := e.Stderr
+	if f.logFile != "" && notify == nil {
+		lf, err := os.OpenFile(f.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return fail(exitFailure, "start: log: %v", err)
+		}
+		defer lf.Close()
+		stderr = lf
+	}
+	log := f.loggerTo(stderr, "primary").With("domain", domName)
 	if !a.Configured() {
 		log.Warn("no arbiter configured: a standby that loses contact takes over; this is safe only if a silent primary is a dead one (fail-stop). See xl-kemari(1), ARBITER.")
 	}
 	hv, err := libxl.Open(f.hv, nil)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFailure
+		return fail(exitFailure, "start: %v", err)
 	}
 	defer hv.Close()
 	ev, err := openEventLog(f.events)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFailure
+		return fail(exitFailure, "start: %v", err)
 	}
-	var nets []netbuf.Buffer
-	var disk *diskbuf.Primary
-	var dom libxl.DomID
-	switch h := hv.(type) {
-	case *sim.Hypervisor:
-		// The simulator's domain lives in this process: create it, and
-		// put the in-process output buffer between its NICs and the wire.
-		cfg, err := sim.DomainConfigFromOptions(f.simOptions())
-		if err != nil {
-			e.errorf("--sim: %v", err)
-			return exitUsage
-		}
-		if cfg.Name == "" {
-			cfg.Name = domName
-		}
-		if dom, err = h.CreateDomain(cfg); err != nil {
-			e.errorf("%v", err)
-			return exitFailure
-		}
-		d, _ := h.Domain(dom)
-		var stores []diskbuf.Store
-		for i := range cfg.Disks {
-			stores = append(stores, diskbuf.NewMemStore(int64(cfg.Disks[i].Sectors)*diskbuf.SectorSize))
-		}
-		disk = diskbuf.NewPrimary(diskbuf.Replicate, stores)
-		for i := range cfg.Disks {
-			d.Disk(i).SetBackend(disk.Device(i))
-		}
-		for i := range cfg.NICs {
-			nic := d.NIC(i)
-			b := mem.New(func(fr []byte) { nic.Transmit(fr) })
-			nic.SetEgress(b.Send)
-			nets = append(nets, b)
-		}
-	default:
-		if dom, err = hv.Lookup(domName); err != nil {
-			e.errorf("%v", err)
-			return exitNotFound
-		}
-		e.errorf("protecting %s domains needs the output-buffer wiring of a later release", hv.Name())
-		return exitFailure
-	}
-	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: codec,
-		Logger: log, Observer: ev.observe}, hv.Source(), checkpoint.TCPDialer{Addr: standby}, nets, disk, a)
+	dom0, nets, disk, code, err := attachDomain(hv, domName, &f.engineFlags, dom)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitUsage
+		return fail(code, "start: %v", err)
 	}
+	bar := newProgress(stderr)
+	observe := func(o checkpoint.Observation) {
+		ev.observe(o)
+		switch o.Kind {
+		case checkpoint.ObsSync:
+			if notify != nil {
+				notify.send("sync %.1f", o.Percent)
+			} else {
+				bar.update(o.Percent)
+			}
+		case checkpoint.ObsState:
+			if notify != nil {
+				notify.send("state %s %s", o.State, o.Msg)
+				if o.State == "protected" {
+					notify.close()
+				}
+			} else if o.State != "syncing" {
+				bar.finish()
+			}
+		}
+	}
+	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom0, Codec: codec,
+		SharedDisk: prot.Disk == "shared", Logger: log, Observer: observe}, hv.Source(), dialer, nets, disk, a)
+	if err != nil {
+		return fail(exitConfig, "start: %v", err)
+	}
+
+	finished := make(chan struct{})
+	var runErr error
+	status := func() []checkpoint.Status {
+		st := p.Status()
+		if st.Domain == "" {
+			st.Domain = domName
+		}
+		return []checkpoint.Status{st}
+	}
+	srv, err := listenControl(resolveRunDir(e, f.runDir), socketName("primary", domName, 0), ctlHandlers{
+		Status: status,
+		Stop: func(ctx context.Context, d string) error {
+			if d != "" && d != domName {
+				return &ctlError{exitNotFound, fmt.Sprintf("this protector protects %s, not %s", domName, d)}
+			}
+			p.Stop()
+			<-finished
+			return runErr
+		},
+	})
+	if err != nil {
+		return fail(exitFailure, "start: %v", err)
+	}
+	defer srv.Close()
+	log.Info("protecting", "standby", dialer.String(), "mode", prot.Mode, "interval", prot.Interval, "timeout", prot.Timeout, "control", srv.path)
+	notify.send("ready")
+
+	// SIGTERM and `stop`: a clean stop (goodbye, output released). SIGINT
+	// models the death of the protector: held output is discarded.
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT)
 	defer cancel()
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
-	go func() { <-term; p.Stop() }()
-	if err := p.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		e.errorf("%v", err)
-		return exitFailure
+	defer signal.Stop(term)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	go func() {
+		select {
+		case <-term:
+			p.Stop()
+		case <-finished:
+		}
+	}()
+	err = p.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		err = nil
 	}
+	runErr = err
+	srv.Shutdown()
+	close(finished)
+	srv.Wait()
+	if err != nil {
+		return fail(exitFailure, "start: %v", err)
+	}
+	notify.close()
+	log.Info("protection ended")
 	return exitOK
+}
+
+// pickProtection chooses the kemari entry toward arg (or the only entry,
+// when arg is empty) and returns it with the standby to reach.
+func pickProtection(dom *conf.Domain, arg string) (conf.Protection, string, error) {
+	if arg != "" {
+		for _, p := range dom.Kemari {
+			if p.Standby != "" && (p.Standby == arg || sshHost(p.Standby) == sshHost(arg)) {
+				return p, arg, nil
+			}
+		}
+		p := dom.Kemari[0]
+		if len(dom.Kemari) > 1 {
+			return p, "", fmt.Errorf("%s has %d kemari entries and none names standby %s", dom.Name, len(dom.Kemari), arg)
+		}
+		return p, arg, nil
+	}
+	if len(dom.Kemari) > 1 {
+		return dom.Kemari[0], "", fmt.Errorf("%s has %d kemari entries: name the standby (start %s HOST)", dom.Name, len(dom.Kemari), dom.Name)
+	}
+	p := dom.Kemari[0]
+	if p.Standby == "" {
+		return p, "", fmt.Errorf("no standby for %s: name it (start %s HOST) or set standby= in its kemari entry (-C) or in kemari.toml", dom.Name, dom.Name)
+	}
+	return p, p.Standby, nil
+}
+
+// attachDomain finds or (on the simulator) creates the domain and puts
+// the output buffers between it and the world. code is the exit code of
+// a failure.
+func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, dom *conf.Domain) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
+	h, ok := hv.(*sim.Hypervisor)
+	if !ok {
+		if _, err := hv.Lookup(name); err != nil {
+			return 0, nil, nil, exitNotFound, err
+		}
+		return 0, nil, nil, exitFailure, fmt.Errorf("protecting %s domains needs the output-buffer wiring of a later release", hv.Name())
+	}
+	// The simulator's domain lives in this process: create it, and put
+	// the in-process output buffer between its NICs and the wire.
+	opts := f.simOptions()
+	if _, set := opts["memory_mib"]; !set && dom.File != nil && dom.File.Get("memory") != nil {
+		opts["memory_mib"] = fmt.Sprint(dom.MemoryMiB)
+	}
+	cfg, err := sim.DomainConfigFromOptions(opts)
+	if err != nil {
+		return 0, nil, nil, exitUsage, fmt.Errorf("--sim: %w", err)
+	}
+	if cfg.Name == "" {
+		cfg.Name = name
+	}
+	id, err := h.CreateDomain(cfg)
+	if err != nil {
+		return 0, nil, nil, exitFailure, err
+	}
+	d, _ := h.Domain(id)
+	var stores []diskbuf.Store
+	for i := range cfg.Disks {
+		stores = append(stores, diskbuf.NewMemStore(int64(cfg.Disks[i].Sectors)*diskbuf.SectorSize))
+	}
+	disk := diskbuf.NewPrimary(diskbuf.Replicate, stores)
+	for i := range cfg.Disks {
+		d.Disk(i).SetBackend(disk.Device(i))
+	}
+	var nets []netbuf.Buffer
+	for i := range cfg.NICs {
+		nic := d.NIC(i)
+		b := mem.New(func(fr []byte) { nic.Transmit(fr) })
+		nic.SetEgress(b.Send)
+		nets = append(nets, b)
+	}
+	return id, nets, disk, exitOK, nil
+}
+
+// loggerTo is logger with its output on w.
+func (f *engineFlags) loggerTo(w io.Writer, role string) *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})).With("role", role)
 }

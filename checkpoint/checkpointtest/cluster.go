@@ -76,6 +76,8 @@ type Options struct {
 type Report struct {
 	Seed       uint64
 	Scenario   Scenario
+	Mode       epoch.Mode
+	DiskMode   diskbuf.Mode
 	Violations []string
 	Faults     []string
 	Log        []string
@@ -90,8 +92,8 @@ func (r *Report) OK() bool { return len(r.Violations) == 0 }
 
 func (r *Report) String() string {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "seed %d scenario %s: %d violations, %d faults, %d acked, %d commits, activated=%v@%d\n",
-		r.Seed, r.Scenario, len(r.Violations), len(r.Faults), r.Acked, r.Commits, r.Activated, r.Epoch)
+	fmt.Fprintf(&b, "seed %d scenario %s (%s mode, %s disk): %d violations, %d faults, %d acked, %d commits, activated=%v@%d\n",
+		r.Seed, r.Scenario, r.Mode, r.DiskMode, len(r.Violations), len(r.Faults), r.Acked, r.Commits, r.Activated, r.Epoch)
 	for _, v := range r.Violations {
 		fmt.Fprintf(&b, "  VIOLATION: %s\n", v)
 	}
@@ -203,9 +205,12 @@ func Run(opts Options) *Report {
 	}
 	if !opts.ScenarioSet {
 		opts.Scenario = Scenario(rng.IntN(4))
+		// The seed also picks the trigger and the disk mode.
+		opts.Mode = epoch.Mode(rng.IntN(2))
+		opts.DiskMode = diskbuf.Mode(rng.IntN(2))
 	}
 	c := &cluster{opts: opts, rng: rng, snaps: map[uint64]*snapshot{}, replies: make(chan svc.Reply, 64)}
-	c.rep.Seed, c.rep.Scenario = opts.Seed, opts.Scenario
+	c.rep.Seed, c.rep.Scenario, c.rep.Mode, c.rep.DiskMode = opts.Seed, opts.Scenario, opts.Mode, opts.DiskMode
 	c.run()
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -174,7 +174,20 @@ func TestPrimitives(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(mem, again) {
-		t.Error("two reads of a suspended guest's memory differ")
+		// Name the pages, and whether the log saw the writes: Xen and the
+		// dom0 backends may still write into a suspended guest.
+		var diff []libxl.PFN
+		for p := range pages {
+			o := p * libxl.PageSize
+			if !bytes.Equal(mem[o:o+libxl.PageSize], again[o:o+libxl.PageSize]) {
+				diff = append(diff, libxl.PFN(p))
+			}
+		}
+		bm.Reset()
+		if err := src.ReadAndClearDirty(dom, bm); err != nil {
+			t.Fatal(err)
+		}
+		t.Errorf("two reads of a suspended guest's memory differ in pfns %v; dirty log since: %v %v", diff, bm, bm.AppendSet(nil))
 	}
 	if err := src.ReadPages(dom, []libxl.PFN{libxl.PFN(pages)}, again); !errors.Is(err, libxl.ErrRange) {
 		t.Errorf("ReadPages(pfn == pages) = %v, want ErrRange", err)

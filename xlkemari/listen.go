@@ -1,0 +1,383 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/xl-kemari/xl-kemari/arbiter"
+	"github.com/xl-kemari/xl-kemari/checkpoint"
+	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
+	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
+	"github.com/xl-kemari/xl-kemari/conf"
+	"github.com/xl-kemari/xl-kemari/libxl"
+)
+
+func init() {
+	register(&command{
+		Name:    "listen",
+		Summary: "the standby service: hold replicas for every primary that connects over tls",
+		Usage:   "listen [options]",
+		Run:     runListen,
+	})
+}
+
+// helloTimeout bounds how long a connected primary may take to send its
+// hello, which names the domain.
+const helloTimeout = 10 * time.Second
+
+func runListen(e *env, args []string) int {
+	fs := pflag.NewFlagSet("listen", pflag.ContinueOnError)
+	fs.SetOutput(e.Stderr)
+	var f engineFlags
+	var t transportFlags
+	f.register(fs)
+	t.register(fs, false)
+	addr := fs.String("listen", "", "address to accept primaries on (default kemari.toml listen, \":8011\")")
+	tomlPath := fs.String("toml", "", "host configuration `file` (default "+conf.DefaultHostPath+", which may be absent)")
+	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
+	verify := fs.Bool("verify", true, "recompute a replica's memory digest before activating it")
+	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
+	logFile := fs.String("log-file", "", "log to this `file` instead of standard error (default kemari.toml log.file)")
+	fs.Usage = func() {
+		fmt.Fprintf(e.Stderr, "Usage: xl kemari listen [options]\n\nThe standby service: accept primaries over TLS 1.3 with mutual certificate\nauthentication and hold a replica for each domain; activate a domain's\nreplica when its primary is silent for --timeout. Runs in the foreground\n(systemd Type=notify: xl-kemari-listen.service).\n\nOptions:\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() != 0 {
+		e.errorf("listen: unexpected argument %q", fs.Arg(0))
+		return exitUsage
+	}
+	host, err := conf.LoadHost(*tomlPath)
+	if err != nil {
+		printConfigErrors(e.Stderr, err)
+		return exitConfig
+	}
+	// The host's [defaults] give the timings unless the command line does.
+	d := host.Defaults
+	if !fs.Changed("interval") {
+		f.interval = d.Interval
+	}
+	if !fs.Changed("min-interval") {
+		f.minInt = d.MinInterval
+	}
+	if !fs.Changed("timeout") {
+		f.timeout = d.Timeout
+	}
+	if !fs.Changed("mode") {
+		f.mode = d.Mode
+	}
+	if !fs.Changed("arbiter") {
+		*arb = d.Arbiter
+	}
+	if !fs.Changed("log-level") && host.LogLevel != "" {
+		f.logLevel = host.LogLevel
+	}
+	ecfg, err := f.epochConfig()
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitUsage
+	}
+	a, err := arbiter.Open(*arb)
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitConfig
+	}
+	cfg, err := t.tlsConfig(host)
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitConfig
+	}
+	stderr := io.Writer(e.Stderr)
+	if lf := orDefault(*logFile, host.LogFile); lf != "" {
+		w, err := os.OpenFile(lf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			e.errorf("listen: log: %v", err)
+			return exitFailure
+		}
+		defer w.Close()
+		stderr = w
+	}
+	log := f.loggerTo(stderr, "standby")
+	hv, err := libxl.Open(f.hv, nil)
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitFailure
+	}
+	defer hv.Close()
+	ev, err := openEventLog(f.events)
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitFailure
+	}
+	ln, err := checkpoint.ListenTLS(orDefault(*addr, host.Listen), cfg, func(addr net.Addr, err error) {
+		log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+	})
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitFailure
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	svc := &listenService{ctx: ctx, log: log, hv: hv, arb: a, verify: *verify, ecfg: ecfg, timeout: f.timeout,
+		observe: ev.observe, getenv: e.Getenv, sessions: map[string]*domainStandby{}}
+	srv, err := listenControl(resolveRunDir(e, *runDir), socketName("listen", "", os.Getpid()), ctlHandlers{
+		Status:   svc.status,
+		Failover: svc.failover,
+	})
+	if err != nil {
+		ln.Close()
+		e.errorf("listen: %v", err)
+		return exitFailure
+	}
+	defer srv.Close()
+	log.Info("standby service listening", "addr", ln.Addr(), "control", srv.path)
+	if err := sdNotify(e.Getenv, "READY=1\nSTATUS=listening on "+ln.Addr()); err != nil {
+		log.Warn("could not tell the service manager", "err", err)
+	}
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			break
+		}
+		go svc.route(c)
+	}
+	sdNotify(e.Getenv, "STOPPING=1")
+	log.Info("standby service stopping")
+	svc.wait()
+	return exitOK
+}
+
+// listenService routes each primary's connection, by the domain its hello
+// names, to that domain's Standby: a reconnecting primary finds its
+// replica again.
+type listenService struct {
+	ctx     context.Context
+	log     *slog.Logger
+	hv      libxl.Hypervisor
+	arb     arbiter.Arbiter
+	verify  bool
+	ecfg    epoch.Config
+	timeout time.Duration
+	observe func(checkpoint.Observation)
+	getenv  func(string) string
+	wg      sync.WaitGroup
+
+	mu sync.Mutex
+	// Protected by mu.
+	sessions map[string]*domainStandby
+}
+
+// domainStandby is one domain's Standby in the service, fed by ln.
+type domainStandby struct {
+	sess *standbySession
+	ln   *chanListener
+}
+
+// route reads the hello of a new connection and hands the connection,
+// hello included, to its domain's Standby, starting one if needed.
+func (l *listenService) route(c checkpoint.Conn) {
+	name, replay, err := peekHello(c)
+	if err != nil {
+		l.log.Warn("dropped a connection without a valid hello", "err", err)
+		c.Close()
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ds := l.sessions[name]; ds != nil {
+		if st := ds.sess.s.Status(); st.State == "active" {
+			l.log.Warn("refused a primary for a domain that runs here since its failover", "domain", name)
+			c.Close()
+			return
+		}
+		if ds.ln.push(replay) {
+			return
+		}
+	}
+	ds, err := l.startDomain(name)
+	if err != nil {
+		l.log.Error("cannot hold a replica", "domain", name, "err", err)
+		c.Close()
+		return
+	}
+	ds.ln.push(replay)
+}
+
+// startDomain starts a Standby for one domain. Preconditions: l.mu held.
+func (l *listenService) startDomain(name string) (*domainStandby, error) {
+	ln := newChanListener("tls:" + name)
+	ss := &standbySession{arbiter: l.arb.Configured(), timeout: l.timeout, done: make(chan struct{})}
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: l.ecfg, Verify: l.verify, Once: true,
+		Logger: l.log.With("domain", name),
+		Observer: func(o checkpoint.Observation) {
+			if l.observe != nil {
+				l.observe(o)
+			}
+			ss.observe(o)
+			if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivate {
+				l.notifyStatus()
+			}
+		}}, l.hv.Sink(), ln, l.arb)
+	if err != nil {
+		return nil, err
+	}
+	ss.s = s
+	ds := &domainStandby{sess: ss, ln: ln}
+	l.sessions[name] = ds
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		err := ss.run(l.ctx)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			l.log.Error("standby ended", "domain", name, "err", err)
+		}
+		ln.Close()
+		if _, active := s.Activated(); active {
+			l.log.Info("replica active; it runs here now", "domain", name)
+			return
+		}
+		l.mu.Lock()
+		if l.sessions[name] == ds {
+			delete(l.sessions, name)
+		}
+		l.mu.Unlock()
+		l.notifyStatus()
+	}()
+	return ds, nil
+}
+
+// notifyStatus tells systemd how many domains the service protects.
+func (l *listenService) notifyStatus() {
+	var held, active int
+	for _, st := range l.status() {
+		if st.State == "active" {
+			active++
+		} else {
+			held++
+		}
+	}
+	sdNotify(l.getenv, fmt.Sprintf("STATUS=%d replica(s) held, %d domain(s) active after failover", held, active))
+}
+
+func (l *listenService) status() []checkpoint.Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]checkpoint.Status, 0, len(l.sessions))
+	for name, ds := range l.sessions {
+		st := ds.sess.s.Status()
+		if st.Domain == "" {
+			st.Domain = name
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b checkpoint.Status) int { return strings.Compare(a.Domain, b.Domain) })
+	return out
+}
+
+func (l *listenService) failover(ctx context.Context, domain string, force bool) error {
+	l.mu.Lock()
+	ds := l.sessions[domain]
+	l.mu.Unlock()
+	if ds == nil {
+		return &ctlError{exitNotFound, "this standby holds no replica of " + domain}
+	}
+	return ds.sess.failover(ctx, force)
+}
+
+func (l *listenService) wait() { l.wg.Wait() }
+
+// peekHello reads the first record of c, which must be a primary's hello,
+// and returns the domain it names and a Conn that reads the whole stream
+// again from its first byte.
+func peekHello(c checkpoint.Conn) (string, checkpoint.Conn, error) {
+	type deadliner interface{ SetReadDeadline(time.Time) error }
+	if d, ok := c.(deadliner); ok {
+		d.SetReadDeadline(time.Now().Add(helloTimeout))
+		defer d.SetReadDeadline(time.Time{})
+	}
+	var seen bytes.Buffer
+	r := wire.NewReader(io.TeeReader(c, &seen), wire.DefaultLimits())
+	if _, _, err := r.ReadHeader(); err != nil {
+		return "", nil, err
+	}
+	rec, err := r.Next()
+	if err != nil {
+		return "", nil, err
+	}
+	h, ok := rec.(*wire.Hello)
+	if !ok || h.Role != wire.RolePrimary {
+		return "", nil, fmt.Errorf("%w: first record is %v, not a primary's hello", checkpoint.ErrPeer, rec.Type())
+	}
+	if h.Domain.Name == "" {
+		return "", nil, fmt.Errorf("%w: hello without a domain name", checkpoint.ErrPeer)
+	}
+	return h.Domain.Name, &replayConn{Conn: c, r: io.MultiReader(&seen, c)}, nil
+}
+
+// replayConn reads what was already read from Conn, then Conn.
+type replayConn struct {
+	checkpoint.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// chanListener is a Listener fed by the service's router.
+type chanListener struct {
+	name string
+	c    chan checkpoint.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener(name string) *chanListener {
+	return &chanListener{name: name, c: make(chan checkpoint.Conn), done: make(chan struct{})}
+}
+
+// push hands c to the Standby; false if it no longer accepts (c is then
+// the caller's).
+func (l *chanListener) push(c checkpoint.Conn) bool {
+	select {
+	case l.c <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (checkpoint.Conn, error) {
+	select {
+	case c := <-l.c:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) String() string { return l.name }
