@@ -108,9 +108,11 @@ func runDemo(e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFailure
 	}
-	if !*keep {
-		defer os.RemoveAll(dir)
-	}
+	defer func() {
+		if !*keep {
+			os.RemoveAll(dir)
+		}
+	}()
 	repl, err1 := freePort("tcp")
 	svcAddr, err2 := freePort("udp")
 	if err := errors.Join(err1, err2); err != nil {
@@ -147,10 +149,10 @@ func runDemo(e *env, args []string) int {
 	say("primary   pid %d, service domain on udp %s", primary.Process.Pid, svcAddr)
 
 	// Wait for protection (the initial sync), bounded.
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !protected(pEv) {
 		if time.Now().After(deadline) {
-			e.errorf("the primary did not reach protected in 30s; logs in %s", dir)
+			e.errorf("the primary was not protected after 60s; logs in %s", dir)
 			*keep = true
 			return exitFailure
 		}
