@@ -26,6 +26,7 @@ demo: build
 
 bench: build
 	$(GO) run ./bench
+	$(GO) test -run '^$$' -bench Release -benchtime 20x ./netbuf/...
 
 FUZZTIME ?= 10s
 fuzz:

@@ -12,7 +12,7 @@ import (
 // call to Release (the ack) to the first and the last frame delivered,
 // and the cost per frame.
 func BenchmarkReleaseMem(b *testing.B) {
-	for _, n := range []int{10, 100, 10000} {
+	for _, n := range ReleaseSizes {
 		b.Run(fmt.Sprintf("pkts=%d", n), func(b *testing.B) {
 			var first, last time.Time
 			count := 0

@@ -7,12 +7,12 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// waitOperUp blocks until every named link in namespace ns is
+// WaitOperUp blocks until every named link in the namespace named ns is
 // operationally up. Carrier changes reach the bridge through the kernel's
 // link watcher, up to a second after "ip link set up"; a frame sent
 // before that is dropped by a port that is still disabled. It listens to
 // link notifications instead of polling.
-func waitOperUp(t testing.TB, ns string, names ...string) {
+func WaitOperUp(t testing.TB, ns string, names ...string) {
 	t.Helper()
 	h, err := netns.GetFromPath(NSPath(ns))
 	if err != nil {

@@ -1,6 +1,7 @@
 package netbuftest
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
@@ -103,10 +104,10 @@ func NewTopology(t testing.TB, n int) *Topology {
 	must("ip", "-n", tp.Client, "link", "set", "ceth0", "address", tp.ClientMAC.String(), "up")
 	must("ip", "-n", tp.Client, "addr", "add", "192.0.2.20/24", "dev", "ceth0")
 	must("ip", "-n", tp.Dom0, "link", "set", tp.Uplink, "master", tp.Bridge, "up")
-	waitOperUp(t, tp.Dom0, append([]string{tp.Bridge, tp.Uplink}, tp.Vifs...)...)
-	waitOperUp(t, tp.Client, "ceth0")
+	WaitOperUp(t, tp.Dom0, append([]string{tp.Bridge, tp.Uplink}, tp.Vifs...)...)
+	WaitOperUp(t, tp.Client, "ceth0")
 	for _, g := range tp.Guests {
-		waitOperUp(t, g, "geth0")
+		WaitOperUp(t, g, "geth0")
 	}
 	return tp
 }
@@ -220,7 +221,7 @@ type Capture struct {
 
 	mu     sync.Mutex
 	tags   []Tag
-	times  []time.Time   // arrival (read) time of tags[i]
+	times  []time.Time   // arrival time of tags[i] (kernel timestamp)
 	change chan struct{} // closed and replaced on every new tag
 }
 
@@ -242,6 +243,7 @@ func ListenCapture(nsPath, ifname string) (*Capture, error) {
 	if rc, err := c.conn.SyscallConn(); err == nil {
 		_ = rc.Control(func(fd uintptr) {
 			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
 		})
 	}
 	c.wg.Add(1)
@@ -251,17 +253,33 @@ func ListenCapture(nsPath, ifname string) (*Capture, error) {
 
 func (c *Capture) read() {
 	defer c.wg.Done()
+	rc, err := c.conn.SyscallConn()
+	if err != nil {
+		return
+	}
 	buf := make([]byte, 1<<16)
+	oob := make([]byte, 128)
 	for {
-		n, _, err := c.conn.ReadFrom(buf)
-		if err != nil {
-			return
+		var n, oobn int
+		var rerr error
+		// recvmsg through the runtime poller, for the kernel's receive
+		// timestamp: the time a goroutine gets to a frame says more about
+		// the scheduler than about the release.
+		err := rc.Read(func(fd uintptr) bool {
+			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT)
+			return rerr != unix.EAGAIN
+		})
+		if err != nil || (rerr != nil && rerr != unix.EINTR) {
+			return // closed
+		}
+		if rerr != nil {
+			continue
 		}
 		tag, ok := ParseFrame(buf[:n])
 		if !ok {
 			continue
 		}
-		now := time.Now()
+		now := rxTime(oob[:oobn])
 		c.mu.Lock()
 		c.tags = append(c.tags, tag)
 		c.times = append(c.times, now)
@@ -269,6 +287,22 @@ func (c *Capture) read() {
 		c.change = make(chan struct{})
 		c.mu.Unlock()
 	}
+}
+
+// rxTime returns the SO_TIMESTAMPNS time in oob, or now if there is none.
+func rxTime(oob []byte) time.Time {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return time.Now()
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+			return time.Unix(sec, nsec)
+		}
+	}
+	return time.Now()
 }
 
 // Close stops the capture.

@@ -32,6 +32,10 @@
 // client's next requests are answered through the standby's host, and
 // svc.Check finds no acknowledged request lost.
 //
+// TestUnheldOutputIsCaught runs the same probes with netbuf=none and
+// requires CheckCommit to flag the replies, so that a pass above means
+// something.
+//
 // The test needs root; it skips, saying why, otherwise or when
 // KEMARI_SKIP_ROOT_TESTS is set.
 package netns

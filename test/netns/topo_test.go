@@ -87,6 +87,12 @@ func newTopo(t *testing.T) *topo {
 	// client's own neighbour resolution.
 	ip(tp.cli, "neigh", "replace", "192.0.2.10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
 	ip(tp.cli, "neigh", "replace", "2001:db8::10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
+	// A frame sent before a bridge port noticed its carrier is dropped.
+	netbuftest.WaitOperUp(t, tp.sw, "lan0", "toP", "toS", "toC")
+	netbuftest.WaitOperUp(t, tp.p, "xenbr0", "uplink", "vif1.0", "rep0")
+	netbuftest.WaitOperUp(t, tp.s, "xenbr0", "uplink", "rep0")
+	netbuftest.WaitOperUp(t, tp.gp, "eth0")
+	netbuftest.WaitOperUp(t, tp.cli, "eth0")
 	return tp
 }
 
