@@ -629,7 +629,7 @@ func (c *Context) ForeignCopy(id Domid, frames []uint64, buf []byte, write bool,
 	return nil
 }
 
-// readFrames implements frameReader for the p2m walk of PV domain d.
+// pvFrames implements frameReader for the p2m walk of PV domain d.
 type pvFrames struct {
 	c *Context
 	d Domid

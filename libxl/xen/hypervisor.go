@@ -500,3 +500,25 @@ func (s *sink) Activate(dom libxl.DomID) error {
 
 // Destroy implements libxl.Sink with libxl_domain_destroy.
 func (s *sink) Destroy(dom libxl.DomID) error { return (*Hypervisor)(s).destroy(dom) }
+
+// Frame returns the frame number ReadPages maps for pfn of dom: the pfn
+// itself for HVM/PVH, the MFN from the guest's p2m for PV (invalidMFN,
+// all ones, for a hole). For diagnostics: xenstore's ring-ref of a PV
+// guest is such an MFN.
+func (h *Hypervisor) Frame(dom libxl.DomID, pfn libxl.PFN) (uint64, error) {
+	d, err := h.lookupDomain(dom)
+	if err != nil {
+		return 0, err
+	}
+	if d.typ != libxl.TypePV {
+		return uint64(pfn), nil
+	}
+	p2m, err := h.p2m(dom, d)
+	if err != nil {
+		return 0, err
+	}
+	if uint64(pfn) >= uint64(len(p2m)) {
+		return 0, fmt.Errorf("xen: Frame(%d, %d): %w", dom, pfn, libxl.ErrRange)
+	}
+	return p2m[pfn], nil
+}

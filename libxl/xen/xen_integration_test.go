@@ -15,6 +15,7 @@ import (
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/hvtest"
+	"github.com/xl-kemari/xl-kemari/libxl/xen"
 )
 
 // These tests run in a Xen dom0 (the xenlab; test/xenlab/kemari/README.md)
@@ -187,7 +188,18 @@ func TestPrimitives(t *testing.T) {
 		if err := src.ReadAndClearDirty(dom, bm); err != nil {
 			t.Fatal(err)
 		}
-		t.Errorf("two reads of a suspended guest's memory differ in pfns %v; dirty log since: %v %v", diff, bm, bm.AppendSet(nil))
+		var frames []string
+		for _, p := range diff {
+			f, err := hv.(*xen.Hypervisor).Frame(dom, p)
+			frames = append(frames, fmt.Sprintf("pfn %d = mfn %#x (%v)", p, f, err))
+		}
+		rings := map[string]string{}
+		for _, k := range []string{"store/ring-ref", "console/ring-ref"} {
+			v, _ := exec.Command("xenstore-read", fmt.Sprintf("/local/domain/%d/%s", dom, k)).Output()
+			rings[k] = strings.TrimSpace(string(v))
+		}
+		t.Errorf("two reads of a suspended guest's memory differ: %v; dirty log since: %v %v; rings %v", frames, bm, bm.AppendSet(nil), rings)
+		copy(mem, again) // the diagnostic read consumed the log: new baseline
 	}
 	if err := src.ReadPages(dom, []libxl.PFN{libxl.PFN(pages)}, again); !errors.Is(err, libxl.ErrRange) {
 		t.Errorf("ReadPages(pfn == pages) = %v, want ErrRange", err)
