@@ -5,6 +5,10 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PREFIX  ?= /usr/local
 DESTDIR ?=
 SEEDS   ?= 10000
+SBINDIR ?= $(PREFIX)/sbin
+SHIMDIR ?= /usr/local/sbin# before /usr/sbin in root's PATH; never /usr/sbin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INITDIR ?= /etc/init.d
 
 .PHONY: all build test demo bench fuzz verify man clean install
 
@@ -41,11 +45,19 @@ verify:
 	$(GO) mod tidy -diff
 
 man:
-	mandoc -T lint -W warning man/xl-kemari.cfg.5
+	mandoc -T lint -W warning man/xl-kemari.cfg.5 man/xl-kemari.1
 
 install: build
-	install -D -m 0755 bin/xl-kemari $(DESTDIR)$(PREFIX)/sbin/xl-kemari
+	@test "$(SHIMDIR)" != /usr/sbin || { echo "SHIMDIR=/usr/sbin would replace the real xl" >&2; exit 1; }
+	install -D -m 0755 bin/xl-kemari $(DESTDIR)$(SBINDIR)/xl-kemari
+	install -D -m 0755 dist/xl $(DESTDIR)$(SHIMDIR)/xl
+	install -D -m 0644 man/xl-kemari.1 $(DESTDIR)$(PREFIX)/share/man/man1/xl-kemari.1
 	install -D -m 0644 man/xl-kemari.cfg.5 $(DESTDIR)$(PREFIX)/share/man/man5/xl-kemari.cfg.5
+	install -D -m 0644 dist/kemari.toml.example $(DESTDIR)$(PREFIX)/share/doc/xl-kemari/kemari.toml.example
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(INITDIR)
+	for u in xl-kemari-listen.service xl-kemari@.service xl-kemari-autostart.service; do \
+		sed 's|@SBINDIR@|$(SBINDIR)|g' dist/systemd/$$u.in > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
+	sed 's|@SBINDIR@|$(SBINDIR)|g' dist/init.d/xl-kemari.in > $(DESTDIR)$(INITDIR)/xl-kemari && chmod 0755 $(DESTDIR)$(INITDIR)/xl-kemari
 
 clean:
 	rm -rf bin

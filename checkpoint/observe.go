@@ -69,6 +69,14 @@ type Dur time.Duration
 // MarshalText implements encoding.TextMarshaler.
 func (d Dur) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler, so a Status read
+// back from its JSON (the control socket) round-trips.
+func (d *Dur) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Dur(v)
+	return err
+}
+
 // statusBox publishes a Status across goroutines.
 type statusBox struct {
 	mu sync.Mutex

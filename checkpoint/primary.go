@@ -44,6 +44,11 @@ type PrimaryConfig struct {
 	Session [16]byte
 	// SharedDisk says the domain's disks are on shared storage.
 	SharedDisk bool
+	// ConnectTimeout bounds one dial plus hello exchange (0: Timeout/3, so
+	// a hung attempt gives way to a new one within the standby's
+	// timeout). An ssh transport, which starts a remote process, needs
+	// more on its first connection.
+	ConnectTimeout time.Duration
 	Logger     *slog.Logger
 	// Observer, if set, receives every Observation, on the loop goroutine:
 	// it must not block.
@@ -427,7 +432,11 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 	}
 	// A hello exchange that hangs (a lost record) must give way to a new
 	// attempt well within the standby's timeout.
-	dctx, cancel := context.WithTimeout(ctx, time.Duration(p.cfg.Epoch.Timeout/3))
+	ct := p.cfg.ConnectTimeout
+	if ct <= 0 {
+		ct = time.Duration(p.cfg.Epoch.Timeout / 3)
+	}
+	dctx, cancel := context.WithTimeout(ctx, ct)
 	defer cancel()
 	c, err := p.dial.Dial(dctx)
 	if err != nil {

@@ -128,6 +128,7 @@ func (d *SSHDialer) Dial(ctx context.Context) (Conn, error) {
 	return &sshConn{cmd: cmd, in: stdin, out: stdout}, nil
 }
 
+// String implements Dialer.
 func (d *SSHDialer) String() string { return "ssh:" + d.Host }
 
 // sshConn is one ssh session used as a Conn.
@@ -160,7 +161,10 @@ type StdioConn struct {
 	W io.WriteCloser
 }
 
-func (c StdioConn) Read(p []byte) (int, error)  { return c.R.Read(p) }
+// Read reads from R.
+func (c StdioConn) Read(p []byte) (int, error) { return c.R.Read(p) }
+
+// Write writes to W.
 func (c StdioConn) Write(p []byte) (int, error) { return c.W.Write(p) }
 
 // Close closes both halves.
@@ -205,4 +209,5 @@ func (l *OneConnListener) Close() error {
 	return nil
 }
 
+// String implements Listener.
 func (l *OneConnListener) String() string { return l.name }

@@ -99,6 +99,7 @@ func (d TLSDialer) Dial(ctx context.Context) (Conn, error) {
 	return tc, nil
 }
 
+// String implements Dialer.
 func (d TLSDialer) String() string { return "tls:" + d.Addr }
 
 // TLSListener accepts primaries over TLS 1.3 with mutual authentication.
@@ -198,4 +199,5 @@ func (l *TLSListener) Close() error {
 // Addr is the address listened on.
 func (l *TLSListener) Addr() string { return l.ln.Addr().String() }
 
+// String implements Listener.
 func (l *TLSListener) String() string { return "tls:" + l.Addr() }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"github.com/xl-kemari/xl-kemari/checkpoint"
 )
 
@@ -45,6 +46,8 @@ type ctlRequest struct {
 	Op     string `json:"op"`
 	Domain string `json:"domain,omitempty"`
 	Force  bool   `json:"force,omitempty"`
+	// WaitMs bounds a failover's wait for the replica to run.
+	WaitMs int64 `json:"wait_ms,omitempty"`
 }
 
 // ctlResponse is the protector's answer.
@@ -76,7 +79,8 @@ type ctlHandlers struct {
 }
 
 // resolveRunDir picks the run directory: flag, then KEMARI_RUN_DIR, then
-// the default.
+// the default, which for a user other than root (who cannot write
+// /run/xen) is $XDG_RUNTIME_DIR/xl-kemari or TMPDIR/xl-kemari-UID.
 func resolveRunDir(e *env, flag string) string {
 	if flag != "" {
 		return flag
@@ -84,7 +88,13 @@ func resolveRunDir(e *env, flag string) string {
 	if d := e.Getenv("KEMARI_RUN_DIR"); d != "" {
 		return d
 	}
-	return defaultRunDir
+	if os.Geteuid() == 0 {
+		return defaultRunDir
+	}
+	if d := e.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "xl-kemari")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("xl-kemari-%d", os.Geteuid()))
 }
 
 // ensureRunDir creates dir with mode 0700 (control sockets are root-only)
@@ -97,7 +107,11 @@ func ensureRunDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", errControl, err)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Geteuid() && fi.Mode().Perm() != 0o700 {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || (ok && int(st.Uid) != os.Geteuid()) {
+		return fmt.Errorf("%w: %s is not a directory of this user", errControl, dir)
+	}
+	if fi.Mode().Perm() != 0o700 {
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return fmt.Errorf("%w: %w", errControl, err)
 		}
@@ -204,7 +218,9 @@ func peerAllowed(c *net.UnixConn) bool {
 	}
 	var cred *syscall.Ucred
 	var cerr error
-	raw.Control(func(fd uintptr) { cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED) })
+	raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
 	if cerr != nil || cred == nil {
 		return false
 	}
@@ -250,7 +266,9 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		if s.h.Failover == nil {
 			err = &ctlError{exitFailure, "this protector is not a standby; run failover on the standby host"}
 		} else {
-			err = s.h.Failover(ctx, req.Domain, req.Force)
+			fctx, cancel := context.WithTimeout(ctx, time.Duration(max(req.WaitMs, 1000))*time.Millisecond)
+			err = s.h.Failover(fctx, req.Domain, req.Force)
+			cancel()
 		}
 	default:
 		err = &ctlError{exitUsage, fmt.Sprintf("unknown operation %q", req.Op)}
@@ -341,6 +359,48 @@ func ask(path string, req ctlRequest, timeout time.Duration) (*ctlResponse, erro
 	return &resp, nil
 }
 
+// UnmarshalJSON reads the protectors' statuses, whose durations
+// checkpoint.Dur writes as text ("1.5ms") but cannot read back.
+func (r *ctlResponse) UnmarshalJSON(b []byte) error {
+	type plain ctlResponse
+	var raw struct {
+		plain
+		Protectors []statusIn `json:"protectors"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*r = ctlResponse(raw.plain)
+	r.Protectors = nil
+	for _, p := range raw.Protectors {
+		st := p.Status
+		st.LastPause, st.AvgPause, st.MaxPause = checkpoint.Dur(p.LastPause), checkpoint.Dur(p.AvgPause), checkpoint.Dur(p.MaxPause)
+		st.CommitLatency, st.Activation = checkpoint.Dur(p.CommitLatency), checkpoint.Dur(p.Activation)
+		r.Protectors = append(r.Protectors, st)
+	}
+	return nil
+}
+
+// statusIn is checkpoint.Status as read from JSON: its duration fields
+// shadow the embedded ones.
+type statusIn struct {
+	checkpoint.Status
+	LastPause     textDur `json:"last_pause"`
+	AvgPause      textDur `json:"avg_pause"`
+	MaxPause      textDur `json:"max_pause"`
+	CommitLatency textDur `json:"avg_commit_latency"`
+	Activation    textDur `json:"activation_time"`
+}
+
+// textDur reads a duration written by checkpoint.Dur.
+type textDur time.Duration
+
+func (d *textDur) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = textDur(v)
+	return err
+}
+
 // protector is one answering control socket and what it protects.
 type protector struct {
 	Socket string
@@ -384,4 +444,18 @@ func find(dir, role, domain string, timeout time.Duration) ([]protector, error) 
 		}
 	}
 	return out, nil
+}
+
+// parseArgs parses a subcommand's flags. On --help it returns exitOK and
+// false; on an error it prints it, with where to find help, and returns
+// exitUsage and false.
+func parseArgs(e *env, fs *pflag.FlagSet, args []string) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK, false
+		}
+		e.errorf("%s: %v; see 'xl kemari help %s'", fs.Name(), err, fs.Name())
+		return exitUsage, false
+	}
+	return exitOK, true
 }

@@ -128,6 +128,9 @@ func runDemo(e *env, args []string) int {
 		}
 		cmd := exec.Command(self, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
+		// Control sockets in the demo's own directory: nothing left in
+		// /run/xen/kemari after a SIGKILL.
+		cmd.Env = append(os.Environ(), "KEMARI_RUN_DIR="+dir)
 		return cmd, cmd.Start()
 	}
 	sEv, pEv := filepath.Join(dir, "standby.jsonl"), filepath.Join(dir, "primary.jsonl")

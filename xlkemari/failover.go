@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -26,11 +25,8 @@ func runFailover(e *env, args []string) int {
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari failover [options] <Domain>\n\nActivate the replica of <Domain> held on this host at its last acknowledged\ncheckpoint. With an arbiter, the arbiter must grant it. Without one, a\nprimary that is still checkpointing would keep running too: failover refuses\nunless --force.\n\nOptions:\n%s", fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
 	}
 	if fs.NArg() != 1 {
 		e.errorf("failover: want exactly one domain, got %d arguments", fs.NArg())
@@ -52,7 +48,7 @@ func runFailover(e *env, args []string) int {
 		e.errorf("failover: %d standbys hold a replica of %s; stop all but one", len(ps), dom)
 		return exitFailure
 	}
-	r, err := ask(ps[0].Socket, ctlRequest{Op: opFailover, Domain: dom, Force: *force}, *wait+5*time.Second)
+	r, err := ask(ps[0].Socket, ctlRequest{Op: opFailover, Domain: dom, Force: *force, WaitMs: wait.Milliseconds()}, *wait+5*time.Second)
 	if err != nil {
 		e.errorf("failover: %v", err)
 		return exitFailure

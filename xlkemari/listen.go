@@ -54,11 +54,8 @@ func runListen(e *env, args []string) int {
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari listen [options]\n\nThe standby service: accept primaries over TLS 1.3 with mutual certificate\nauthentication and hold a replica for each domain; activate a domain's\nreplica when its primary is silent for --timeout. Runs in the foreground\n(systemd Type=notify: xl-kemari-listen.service).\n\nOptions:\n%s", fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
 	}
 	if fs.NArg() != 0 {
 		e.errorf("listen: unexpected argument %q", fs.Arg(0))
@@ -236,7 +233,8 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 			}
 			ss.observe(o)
 			if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivate {
-				l.notifyStatus()
+				// Not on the Standby's loop: status takes l.mu.
+				go l.notifyStatus()
 			}
 		}}, l.hv.Sink(), ln, l.arb)
 	if err != nil {

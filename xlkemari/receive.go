@@ -33,8 +33,10 @@ func runReceive(e *env, args []string) int {
 	fs.SetOutput(e.Stderr)
 	var f engineFlags
 	var t transportFlags
+	var nb netbufFlags
 	f.register(fs)
 	t.register(fs, false)
+	nb.register(fs)
 	listen := fs.String("listen", "127.0.0.1:8011", "address to accept one primary on (tcp: loopback only)")
 	stdio := fs.Bool("stdio", false, "serve the primary on standard input and output (run by the primary over ssh)")
 	kind := fs.String("transport", transportTCP, "transport of --listen: tcp (loopback only) or tls")
@@ -46,11 +48,8 @@ func runReceive(e *env, args []string) int {
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari receive [options] (--stdio | --listen ADDR)\n\nHold the replica of a protected domain; activate it when the primary is\nsilent for --timeout. The primary runs it over ssh with --stdio, as xl\nmigrate runs migrate-receive; see also listen.\n\nOptions:\n%s", fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
 	}
 	if fs.NArg() != 0 {
 		e.errorf("receive: unexpected argument %q", fs.Arg(0))
@@ -62,6 +61,10 @@ func runReceive(e *env, args []string) int {
 	}
 	ecfg, err := f.epochConfig()
 	if err != nil {
+		e.errorf("receive: %v", err)
+		return exitUsage
+	}
+	if err := nb.checkStandbyNS(); err != nil {
 		e.errorf("receive: %v", err)
 		return exitUsage
 	}
@@ -100,7 +103,9 @@ func runReceive(e *env, args []string) int {
 	if !*stdio {
 		switch *kind {
 		case transportTCP:
-			l, err := checkpoint.ListenTCP(*listen)
+			var l *checkpoint.TCPListener
+			// In dom0's namespace (--netns), where the primary reaches us.
+			err := nb.inDom0(func() (err error) { l, err = checkpoint.ListenTCP(*listen); return err })
 			if err != nil {
 				e.errorf("receive: listen: %v", err)
 				return exitFailure
@@ -117,8 +122,12 @@ func runReceive(e *env, args []string) int {
 				e.errorf("receive: %v", err)
 				return exitConfig
 			}
-			l, err := checkpoint.ListenTLS(*listen, cfg, func(addr net.Addr, err error) {
-				log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+			var l *checkpoint.TLSListener
+			err = nb.inDom0(func() (err error) {
+				l, err = checkpoint.ListenTLS(*listen, cfg, func(addr net.Addr, err error) {
+					log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+				})
+				return err
 			})
 			if err != nil {
 				e.errorf("receive: listen: %v", err)
@@ -145,7 +154,8 @@ func runReceive(e *env, args []string) int {
 	}
 	ss := &standbySession{arbiter: a.Configured(), timeout: f.timeout, done: make(chan struct{})}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log, Once: *stdio,
-		Observer: func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, hv.Sink(), ln, a)
+		OnActivate: nb.onActivate(log),
+		Observer:   func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, hv.Sink(), ln, a)
 	if err != nil {
 		ln.Close()
 		e.errorf("receive: %v", err)

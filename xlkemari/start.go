@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/xl-kemari/xl-kemari/arbiter"
@@ -19,7 +20,6 @@ import (
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/sim"
 	"github.com/xl-kemari/xl-kemari/netbuf"
-	"github.com/xl-kemari/xl-kemari/netbuf/mem"
 )
 
 func init() {
@@ -35,6 +35,7 @@ func init() {
 type startFlags struct {
 	engineFlags
 	transportFlags
+	nb         netbufFlags
 	config     string
 	toml       string
 	sets       []string
@@ -58,6 +59,7 @@ func runStart(e *env, args []string) int {
 	var f startFlags
 	f.engineFlags.register(fs)
 	f.transportFlags.register(fs, true)
+	f.nb.register(fs)
 	fs.StringVarP(&f.config, "config", "C", "", "the domain's xl.cfg `file`: its kemari entries give the settings and the standby")
 	fs.StringVar(&f.toml, "toml", "", "host configuration `file` (default "+conf.DefaultHostPath+", which may be absent)")
 	fs.StringArrayVar(&f.sets, "set", nil, "override a protection setting (`KEY=VALUE`, repeatable; see xl-kemari.cfg(5))")
@@ -70,11 +72,8 @@ func runStart(e *env, args []string) int {
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari start [options] <Domain> [<host>]\n\nProtect a running domain: replicate it to the standby <host> epoch by epoch\nand release its output only after the standby acknowledges. Without <host>,\nthe standby named by the domain's kemari entry (-C) or kemari.toml is used.\nRuns in the background like xl's daemons unless -F.\n\nOptions:\n%s", fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {
 		e.errorf("start: want <Domain> [<host>], got %d arguments", fs.NArg())
@@ -109,6 +108,10 @@ func runStart(e *env, args []string) int {
 			over.Set(m[1], fs.Lookup(m[0]).Value.String())
 		}
 	}
+	// Host settings given on the command line win over kemari.toml's, and
+	// count for its checks (transport=tls needs certificates).
+	host.TLSCert, host.TLSKey, host.TLSCA = orDefault(f.tlsCert, host.TLSCert), orDefault(f.tlsKey, host.TLSKey), orDefault(f.tlsCA, host.TLSCA)
+	host.SSHCommand = orDefault(f.sshCommand, host.SSHCommand)
 	if f.kind == transportSSH || f.kind == transportTLS {
 		over.Set("transport", f.kind)
 	} else if f.kind != "" && f.kind != transportTCP {
@@ -192,7 +195,14 @@ func runStart(e *env, args []string) int {
 	if err != nil {
 		return fail(exitFailure, "start: %v", err)
 	}
-	dom0, nets, disk, code, err := attachDomain(hv, domName, &f.engineFlags, dom)
+	// The output buffer: --netbuf, else the protection's setting on real
+	// Xen (the simulator's default is its in-process buffer).
+	if !fs.Changed("netbuf") && f.hv != sim.BackendName && prot.Origin(conf.FieldNetbuf).Source != conf.SourceDefault {
+		f.nb.mode = prot.Netbuf
+	}
+	f.nb.unsafe = f.nb.unsafe || prot.Unsafe
+	dom0, nets, disk, code, err := attachDomain(hv, domName, &f.engineFlags, &f.nb, dom)
+	defer f.nb.close()
 	if err != nil {
 		return fail(code, "start: %v", err)
 	}
@@ -217,8 +227,14 @@ func runStart(e *env, args []string) int {
 			}
 		}
 	}
+	var connectTimeout time.Duration
+	if kind == transportSSH {
+		// ssh starts `xl-kemari receive` on the peer for every attempt.
+		connectTimeout = max(prot.Timeout, 10*time.Second)
+	}
 	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom0, Codec: codec,
-		SharedDisk: prot.Disk == "shared", Logger: log, Observer: observe}, hv.Source(), dialer, nets, disk, a)
+		SharedDisk: prot.Disk == "shared", ConnectTimeout: connectTimeout, Logger: log, Observer: observe},
+		hv.Source(), dialer, nets, disk, a)
 	if err != nil {
 		return fail(exitConfig, "start: %v", err)
 	}
@@ -309,7 +325,7 @@ func pickProtection(dom *conf.Domain, arg string) (conf.Protection, string, erro
 // attachDomain finds or (on the simulator) creates the domain and puts
 // the output buffers between it and the world. code is the exit code of
 // a failure.
-func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, dom *conf.Domain) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
+func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFlags, dom *conf.Domain) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
 	h, ok := hv.(*sim.Hypervisor)
 	if !ok {
 		if _, err := hv.Lookup(name); err != nil {
@@ -330,7 +346,7 @@ func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, dom *conf.Do
 	if cfg.Name == "" {
 		cfg.Name = name
 	}
-	id, err := h.CreateDomain(cfg)
+	id, err := nb.createSim(h, cfg)
 	if err != nil {
 		return 0, nil, nil, exitFailure, err
 	}
@@ -343,12 +359,13 @@ func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, dom *conf.Do
 	for i := range cfg.Disks {
 		d.Disk(i).SetBackend(disk.Device(i))
 	}
-	var nets []netbuf.Buffer
-	for i := range cfg.NICs {
-		nic := d.NIC(i)
-		b := mem.New(func(fr []byte) { nic.Transmit(fr) })
-		nic.SetEgress(b.Send)
-		nets = append(nets, b)
+	nets, _, err := nb.openSim(d, len(cfg.NICs))
+	if err != nil {
+		code := exitFailure
+		if errors.Is(err, errNetbufFlags) {
+			code = exitUsage
+		}
+		return 0, nil, nil, code, fmt.Errorf("output buffer: %w", err)
 	}
 	return id, nets, disk, exitOK, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -38,11 +37,8 @@ func runStatus(e *env, args []string) int {
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari status [options] [<Domain>]\n\nShow every protection on this host (primaries and standbys), or those of\n<Domain>.\n\nOptions:\n%s", fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
 	}
 	if fs.NArg() > 1 {
 		e.errorf("status: at most one domain, got %d arguments", fs.NArg())

@@ -16,7 +16,7 @@ func init() {
 	register(&command{
 		Name:    "stop",
 		Summary: "end the protection of a domain cleanly; the domain keeps running",
-		Usage:   "stop [--wait DURATION] [--run-dir DIR] <Domain>",
+		Usage:   "stop [--wait DURATION] [--run-dir DIR] (<Domain> | --all)",
 		Run:     runStop,
 	})
 }
@@ -26,14 +26,20 @@ func runStop(e *env, args []string) int {
 	fs.SetOutput(e.Stderr)
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	wait := fs.Duration("wait", time.Minute, "how long to wait for the protector to finish")
+	all := fs.Bool("all", false, "stop every protection whose primary is this host (at shutdown)")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari stop [options] <Domain>\n\nEnd the protection of <Domain> on this host, its primary: the standby is told\nand discards its replica, held output is released, the protector exits. The\ndomain keeps running, unprotected.\n\nOptions:\n%s", fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
+	}
+	dir := resolveRunDir(e, *runDir)
+	if *all {
+		if fs.NArg() != 0 {
+			e.errorf("stop: --all takes no domain")
+			return exitUsage
 		}
-		return exitUsage
+		return stopAll(e, dir, *wait)
 	}
 	if fs.NArg() != 1 {
 		e.errorf("stop: want exactly one domain, got %d arguments", fs.NArg())
@@ -41,7 +47,6 @@ func runStop(e *env, args []string) int {
 		return exitUsage
 	}
 	dom := fs.Arg(0)
-	dir := resolveRunDir(e, *runDir)
 	ps, err := find(dir, "primary", dom, 5*time.Second)
 	if err != nil {
 		e.errorf("stop: %v", err)
@@ -55,9 +60,39 @@ func runStop(e *env, args []string) int {
 		}
 		return exitNotFound
 	}
+	return stopEach(e, ps, dom, *wait)
+}
+
+// stopAll stops every primary in dir, concurrently: at shutdown the
+// domains wait for all of them.
+func stopAll(e *env, dir string, wait time.Duration) int {
+	ps, err := survey(dir, 5*time.Second)
+	if err != nil {
+		e.errorf("stop: %v", err)
+		return exitFailure
+	}
+	codes := make(chan int, len(ps))
+	n := 0
+	for _, p := range ps {
+		for _, st := range p.Status {
+			if st.Role == "primary" {
+				n++
+				go func() { codes <- stopEach(e, []protector{p}, st.Domain, wait) }()
+			}
+		}
+	}
+	code := exitOK
+	for range n {
+		code = max(code, <-codes)
+	}
+	return code
+}
+
+// stopEach asks each of ps to stop protecting dom and waits for it to exit.
+func stopEach(e *env, ps []protector, dom string, wait time.Duration) int {
 	code := exitOK
 	for _, p := range ps {
-		r, err := ask(p.Socket, ctlRequest{Op: opStop, Domain: dom}, *wait)
+		r, err := ask(p.Socket, ctlRequest{Op: opStop, Domain: dom}, wait)
 		if err != nil {
 			e.errorf("stop: %v", err)
 			code = exitFailure

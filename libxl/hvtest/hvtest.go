@@ -38,9 +38,17 @@ type Factory struct {
 	// outlives the subtest. Only for backends whose guests block on
 	// bubble-aware primitives (sim domains without host sockets).
 	Bubble bool
+
+	// Pages, if not zero, is the size in pages of every domain Create
+	// makes, whatever it is asked for: a backend whose guests have a
+	// fixed size (a bootable Xen PV guest has tens of thousands of
+	// pages). Zero means Create honours its pages argument, Pages.
+	Pages uint64
 }
 
-// Pages is the size of the domains the suite creates.
+// Pages is the size of the domains the suite asks Create for. The checks
+// use the size Describe reports, so a backend with fixed-size guests
+// (Factory.Pages) runs the same suite.
 const Pages = 256
 
 // Run runs the contract suite against the backend f describes.
@@ -80,13 +88,29 @@ func Run(t *testing.T, f Factory) {
 type suite struct {
 	t *testing.T
 	f Factory
+	// pages is the size of the domain start created, as Describe reports
+	// it (the expected size if Describe fails, which describe reports).
+	pages uint64
+}
+
+// want is the size the suite expects Create's domains to have.
+func (s *suite) want() uint64 {
+	if s.f.Pages != 0 {
+		return s.f.Pages
+	}
+	return Pages
 }
 
 // start opens a host and creates a running domain on it.
 func (s *suite) start() (libxl.Hypervisor, libxl.DomID) {
 	s.t.Helper()
 	hv := s.f.Open(s.t)
-	return hv, s.f.Create(s.t, hv, Pages)
+	dom := s.f.Create(s.t, hv, s.want())
+	s.pages = s.want()
+	if info, err := hv.Source().Describe(dom); err == nil && info.Pages > 0 {
+		s.pages = info.Pages
+	}
+	return hv, dom
 }
 
 func (s *suite) is(err, target error, what string) {
@@ -113,14 +137,14 @@ func allPFNs(n uint64) []libxl.PFN {
 
 func (s *suite) memory(src libxl.Source, dom libxl.DomID) []byte {
 	s.t.Helper()
-	buf := make([]byte, Pages*libxl.PageSize)
-	s.ok(src.ReadPages(dom, allPFNs(Pages), buf), "ReadPages(all)")
+	buf := make([]byte, s.pages*libxl.PageSize)
+	s.ok(src.ReadPages(dom, allPFNs(s.pages), buf), "ReadPages(all)")
 	return buf
 }
 
 func (s *suite) dirty(src libxl.Source, dom libxl.DomID) *libxl.Bitmap {
 	s.t.Helper()
-	bm := libxl.NewBitmap(Pages)
+	bm := libxl.NewBitmap(s.pages)
 	s.ok(src.ReadAndClearDirty(dom, bm), "ReadAndClearDirty")
 	return bm
 }
@@ -149,8 +173,8 @@ func (s *suite) describe() {
 	src := hv.Source()
 	info, err := src.Describe(dom)
 	s.ok(err, "Describe")
-	if info.Pages != Pages || info.VCPUs < 1 || info.Name == "" {
-		s.t.Errorf("Describe = pages %d vcpus %d name %q; want %d pages, >= 1 vcpu, a name", info.Pages, info.VCPUs, info.Name, Pages)
+	if info.Pages != s.want() || info.VCPUs < 1 || info.Name == "" {
+		s.t.Errorf("Describe = pages %d vcpus %d name %q; want %d pages, >= 1 vcpu, a name", info.Pages, info.VCPUs, info.Name, s.want())
 	}
 	id, err := hv.Lookup(info.Name)
 	s.ok(err, "Lookup(name)")
@@ -213,7 +237,7 @@ func (s *suite) suspendedIsQuiet() {
 func (s *suite) dirtyLogOff() {
 	hv, dom := s.start()
 	src := hv.Source()
-	bm := libxl.NewBitmap(Pages)
+	bm := libxl.NewBitmap(s.pages)
 	s.is(src.ReadAndClearDirty(dom, bm), libxl.ErrBadState, "ReadAndClearDirty with log-dirty never on")
 	s.ok(src.SetLogDirty(dom, true), "SetLogDirty(true)")
 	s.ok(src.SetLogDirty(dom, false), "SetLogDirty(false)")
@@ -228,16 +252,16 @@ func (s *suite) dirtyLogMarksAll() {
 	s.ok(src.Suspend(dom), "Suspend")
 	s.ok(src.SetLogDirty(dom, true), "SetLogDirty(true)")
 	// A bitmap longer than the domain: the bits past it stay clear.
-	bm := libxl.NewBitmap(Pages + 100)
+	bm := libxl.NewBitmap(s.pages + 100)
 	s.ok(src.ReadAndClearDirty(dom, bm), "ReadAndClearDirty")
-	if bm.Count() != Pages {
-		s.t.Errorf("first read after SetLogDirty(true) = %v, want all %d pages", bm, Pages)
+	if bm.Count() != s.pages {
+		s.t.Errorf("first read after SetLogDirty(true) = %v, want all %d pages", bm, s.pages)
 	}
 	if got := s.dirty(src, dom); got.Count() != 0 {
 		s.t.Errorf("second read while suspended = %v, want empty", got)
 	}
 	// ReadAndClearDirty ORs: bits already in dst stay set.
-	bm = libxl.NewBitmap(Pages)
+	bm = libxl.NewBitmap(s.pages)
 	bm.Set(3)
 	s.ok(src.ReadAndClearDirty(dom, bm), "ReadAndClearDirty")
 	if !bm.Test(3) || bm.Count() != 1 {
@@ -245,7 +269,7 @@ func (s *suite) dirtyLogMarksAll() {
 	}
 	// Switching on again marks everything again.
 	s.ok(src.SetLogDirty(dom, true), "SetLogDirty(true) again")
-	if got := s.dirty(src, dom); got.Count() != Pages {
+	if got := s.dirty(src, dom); got.Count() != s.pages {
 		s.t.Errorf("read after second SetLogDirty(true) = %v", got)
 	}
 }
@@ -256,11 +280,11 @@ func (s *suite) dirtyLogShortBitmap() {
 	src := hv.Source()
 	s.ok(src.Suspend(dom), "Suspend")
 	s.ok(src.SetLogDirty(dom, true), "SetLogDirty(true)")
-	if err := src.ReadAndClearDirty(dom, libxl.NewBitmap(Pages/2)); err == nil {
+	if err := src.ReadAndClearDirty(dom, libxl.NewBitmap(s.pages/2)); err == nil {
 		s.t.Fatal("ReadAndClearDirty into a bitmap shorter than the domain succeeded")
 	}
-	if got := s.dirty(src, dom); got.Count() != Pages {
-		s.t.Errorf("read after a failed read = %v, want all %d pages still dirty", got, Pages)
+	if got := s.dirty(src, dom); got.Count() != s.pages {
+		s.t.Errorf("read after a failed read = %v, want all %d pages still dirty", got, s.pages)
 	}
 }
 
@@ -273,7 +297,7 @@ func (s *suite) dirtyLogExact() {
 	s.ok(src.Suspend(dom), "Suspend")
 	s.ok(src.SetLogDirty(dom, true), "SetLogDirty(true)")
 	s.dirty(src, dom)
-	want := []libxl.PFN{0, 7, 64, Pages - 1}
+	want := []libxl.PFN{0, 7, 64, libxl.PFN(s.pages - 1)}
 	before := s.memory(src, dom)
 	s.f.Touch(s.t, hv, dom, want)
 	got := s.dirty(src, dom).AppendSet(nil)
@@ -307,14 +331,14 @@ func (s *suite) dirtyLogComplete() {
 	changed := 0
 	for round := range 4 {
 		s.ok(src.Resume(dom), "Resume")
-		seen := libxl.NewBitmap(Pages)
+		seen := libxl.NewBitmap(s.pages)
 		s.f.Advance(s.t)
 		s.ok(src.ReadAndClearDirty(dom, seen), "ReadAndClearDirty(running)")
 		s.f.Advance(s.t)
 		s.ok(src.Suspend(dom), "Suspend")
 		s.ok(src.ReadAndClearDirty(dom, seen), "ReadAndClearDirty(suspended)")
 		cur := s.memory(src, dom)
-		for p := range uint64(Pages) {
+		for p := range uint64(s.pages) {
 			o := p * libxl.PageSize
 			if !bytes.Equal(prev[o:o+libxl.PageSize], cur[o:o+libxl.PageSize]) {
 				changed++
@@ -342,10 +366,10 @@ func (s *suite) dirtyLogConcurrent() {
 	// The touches, one page at a time, over every page but a few that
 	// nothing touches; the guest's own writes may add pages, never hide any.
 	var touched []libxl.PFN
-	for p := libxl.PFN(0); p < Pages; p += 3 {
+	for p := libxl.PFN(0); p < libxl.PFN(s.pages); p += 3 {
 		touched = append(touched, p)
 	}
-	seen := libxl.NewBitmap(Pages)
+	seen := libxl.NewBitmap(s.pages)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for _, p := range touched {
@@ -372,7 +396,7 @@ func (s *suite) readPages() {
 	s.ok(src.Suspend(dom), "Suspend")
 	s.ok(src.ReadPages(dom, nil, nil), "ReadPages(no pages)")
 	all := s.memory(src, dom)
-	pfns := []libxl.PFN{Pages - 1, 5, 5, 0}
+	pfns := []libxl.PFN{libxl.PFN(s.pages - 1), 5, 5, 0}
 	buf := make([]byte, len(pfns)*libxl.PageSize+17) // longer than needed is fine
 	s.ok(src.ReadPages(dom, pfns, buf), "ReadPages(out of order, duplicates)")
 	for i, p := range pfns {
@@ -381,7 +405,7 @@ func (s *suite) readPages() {
 			s.t.Errorf("ReadPages slot %d (pfn %d) differs from the full read", i, p)
 		}
 	}
-	s.is(src.ReadPages(dom, []libxl.PFN{Pages}, make([]byte, libxl.PageSize)), libxl.ErrRange, "ReadPages(pfn == pages)")
+	s.is(src.ReadPages(dom, []libxl.PFN{libxl.PFN(s.pages)}, make([]byte, libxl.PageSize)), libxl.ErrRange, "ReadPages(pfn == pages)")
 	s.is(src.ReadPages(dom, []libxl.PFN{1 << 40}, make([]byte, libxl.PageSize)), libxl.ErrRange, "ReadPages(huge pfn)")
 	if err := src.ReadPages(dom, []libxl.PFN{0, 1}, make([]byte, libxl.PageSize)); err == nil {
 		s.t.Error("ReadPages into a short buffer succeeded")
@@ -439,20 +463,20 @@ func (s *suite) replica() {
 	sink := standby.Sink()
 	r, err := sink.CreateReplica(info)
 	s.ok(err, "CreateReplica(Describe())")
-	zero := make([]byte, Pages*libxl.PageSize)
-	got := make([]byte, Pages*libxl.PageSize)
-	s.ok(sink.ReadPages(r, allPFNs(Pages), got), "ReadPages(new replica)")
+	zero := make([]byte, s.pages*libxl.PageSize)
+	got := make([]byte, s.pages*libxl.PageSize)
+	s.ok(sink.ReadPages(r, allPFNs(s.pages), got), "ReadPages(new replica)")
 	if !bytes.Equal(got, zero) {
 		s.t.Error("a new replica's memory is not zeroed")
 	}
 	s.is(sink.Activate(r), libxl.ErrBadState, "Activate before RestoreState")
 	// Write in two batches, in reverse order, to exercise batching.
-	half := Pages / 2
-	s.ok(sink.WritePages(r, allPFNs(Pages)[half:], mem[half*libxl.PageSize:]), "WritePages(upper half)")
-	s.ok(sink.WritePages(r, allPFNs(Pages)[:half], mem[:half*libxl.PageSize]), "WritePages(lower half)")
+	half := s.pages / 2
+	s.ok(sink.WritePages(r, allPFNs(s.pages)[half:], mem[half*libxl.PageSize:]), "WritePages(upper half)")
+	s.ok(sink.WritePages(r, allPFNs(s.pages)[:half], mem[:half*libxl.PageSize]), "WritePages(lower half)")
 	s.ok(sink.RestoreState(r, st), "RestoreState")
 	s.ok(sink.RestoreState(r, st), "RestoreState again (each epoch restores)")
-	s.ok(sink.ReadPages(r, allPFNs(Pages), got), "ReadPages(replica)")
+	s.ok(sink.ReadPages(r, allPFNs(s.pages), got), "ReadPages(replica)")
 	if !bytes.Equal(got, mem) {
 		s.t.Fatal("replica memory differs from the primary's checkpoint")
 	}
@@ -486,7 +510,7 @@ func (s *suite) replicaErrors() {
 	sink := standby.Sink()
 	r, err := sink.CreateReplica(info)
 	s.ok(err, "CreateReplica")
-	s.is(sink.WritePages(r, []libxl.PFN{Pages}, mem[:libxl.PageSize]), libxl.ErrRange, "WritePages(pfn == pages)")
+	s.is(sink.WritePages(r, []libxl.PFN{libxl.PFN(s.pages)}, mem[:libxl.PageSize]), libxl.ErrRange, "WritePages(pfn == pages)")
 	if err := sink.WritePages(r, []libxl.PFN{0, 1}, mem[:libxl.PageSize]); err == nil {
 		s.t.Error("WritePages with short data succeeded")
 	}
@@ -510,11 +534,11 @@ func (s *suite) replicaErrors() {
 func (s *suite) destroy() {
 	hv, dom := s.start()
 	src := hv.Source()
-	dom2 := s.f.Create(s.t, hv, Pages)
+	dom2 := s.f.Create(s.t, hv, s.want())
 	s.ok(src.Suspend(dom2), "Suspend(second)")
 	s.ok(src.Destroy(dom), "Destroy(running)")
 	s.ok(src.Destroy(dom2), "Destroy(suspended)")
-	bm := libxl.NewBitmap(Pages)
+	bm := libxl.NewBitmap(s.pages)
 	buf := make([]byte, libxl.PageSize)
 	for _, d := range []libxl.DomID{dom, dom2} {
 		s.is(src.Destroy(d), libxl.ErrNoDomain, "Destroy twice")

@@ -72,12 +72,27 @@
 // cannot use them as they are. Therefore CaptureState and every Sink
 // method but ReadPages and Destroy return libxl.ErrUnsupported for PV, and
 // Capabilities().Types is empty, so the engine refuses to protect a domain
-// with this backend instead of pretending. What remains for PV is route (a):
-// an xc_domain_save driver with suspend/postcopy/checkpoint callbacks
-// (C trampolines calling //export'ed Go functions through a cgo.Handle), a
-// parser of the libxc stream's PAGE_DATA records into (pfn, page) pairs,
-// and on the standby a writer that re-emits them around the other records
-// into libxl_domain_create_restore's fd.
+// with this backend instead of pretending. Route (a) is under way:
+//
+//   - package libxcstream (pure Go, no tag) parses the libxc stream into
+//     per-checkpoint captures (pages with their PFINFO types, latest copy
+//     wins; other records as framed libxl.State blobs) and re-encodes
+//     committed checkpoints as a libxl REMUS stream;
+//   - [Context.DomainSaveRemus] runs xc_domain_save (LIVE, XC_STREAM_REMUS)
+//     into a pipe with Go callbacks (suspend, precopy_policy, postcopy,
+//     checkpoint; C trampolines, cgo.Handle);
+//   - [Context.DomainCreateRestore] runs libxl_domain_create_restore
+//     (checkpointed_stream REMUS) from a pipe and returns the paused
+//     domain once the stream ends, from its last complete checkpoint.
+//
+// TestRouteA (xen_integration tag) chains the three on one lab host and
+// the replica resumes from the last checkpoint. What is not done yet is
+// the Source/Sink glue for PV (libxl.StreamCapture says how the engine
+// must drive it): a save goroutine per domain whose callbacks block on
+// Suspend/Resume, a pipe reader that keeps draining into a Capture so the
+// guest's pause never waits on the network, and a Sink that keeps the
+// canonical pages (for XOR bases and digests) and writes each committed
+// epoch with an Encoder into the restore's pipe.
 //
 // For HVM, what remains is the device model: QEMU's dirty log (QMP
 // xen-set-global-dirty-log) and its device state (xen-save-devices-state),

@@ -1,0 +1,36 @@
+package libxl
+
+// StreamCapture is an optional interface of a Hypervisor whose capture of
+// some domain types is produced by the hypervisor's own save engine as one
+// continuous stream, rather than read page by page: Xen's PV guests, whose
+// page tables and vCPU state only libxenguest's xc_domain_save can make
+// portable (route (a), package libxl/xen). Such a backend still implements
+// Source and Sink, and the engine drives it the usual way, but with the
+// rules below. The engine asks with a type assertion; a backend that does
+// not implement it, or answers false, has none of these rules.
+type StreamCapture interface {
+	// StreamCaptured reports whether domains of type t are captured as a
+	// stream. If so:
+	//
+	//   - Source.SetLogDirty(dom, true) starts the stream (and its own
+	//     log-dirty mode); SetLogDirty(dom, false) ends it. A stream
+	//     cannot be resumed: every (re)connection needs a full sync into a
+	//     fresh replica (Sink.CreateReplica), never a resync of a replica
+	//     the standby already holds, because the new stream opens with
+	//     headers a restore in progress cannot take.
+	//   - Source.ReadAndClearDirty on a running domain returns the pages of
+	//     one pre-copy round of the save engine and may block for it; on a
+	//     suspended domain, the pages of the checkpoint it just took.
+	//   - Source.ReadPages returns the pages as the stream carries them
+	//     (for PV, page tables canonicalised), and Sink.ReadPages the same
+	//     form: digests compare, but the bytes are not raw guest memory.
+	//   - Source.CaptureState must be called exactly once per checkpoint,
+	//     after the checkpoint's ReadPages, and its blobs (which include the
+	//     page types) must reach Sink.RestoreState of the same epoch whole
+	//     and in order; pages of pre-copy rounds are covered by the first
+	//     checkpoint's blobs.
+	//   - Sink.RestoreState hands the committed epoch to the hypervisor's
+	//     restore, and Sink.Activate ends the stream so that the restore
+	//     finishes from the last complete checkpoint, then unpauses.
+	StreamCaptured(t DomainType) bool
+}

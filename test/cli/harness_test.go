@@ -1,0 +1,323 @@
+package cli
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// bin is the directory holding the built xl-kemari, the xl shim and a
+// fake real xl (in bin/real).
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kemari-cli-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = dir
+	code := func() int {
+		defer os.RemoveAll(dir)
+		args := []string{"build", "-o", filepath.Join(dir, "xl-kemari")}
+		if os.Getenv("KEMARI_CLI_RACE") != "" {
+			// The command's own goroutines (control server, listen's
+			// router) under the race detector.
+			args = append(args, "-race")
+		}
+		build := exec.Command("go", append(args, "../../xlkemari")...)
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+			return 1
+		}
+		shim, err := os.ReadFile("../../dist/xl")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := os.WriteFile(filepath.Join(dir, "xl"), shim, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		os.Mkdir(filepath.Join(dir, "real"), 0o755)
+		fake := "#!/bin/sh\necho \"real xl $*\"\nexit 0\n"
+		if err := os.WriteFile(filepath.Join(dir, "real", "xl"), []byte(fake), 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// cluster is one test's hosts: a run directory and the processes spawned.
+type cluster struct {
+	t      *testing.T
+	dir    string
+	runDir string
+	env    []string
+	procs  []*proc
+}
+
+// proc is a spawned protector.
+type proc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{t: t, dir: dir, runDir: filepath.Join(dir, "run")}
+	c.env = append(os.Environ(), "KEMARI_RUN_DIR="+c.runDir, "PATH="+bin+":"+filepath.Join(bin, "real")+":"+os.Getenv("PATH"),
+		"XL_KEMARI_REAL_XL=")
+	t.Cleanup(func() {
+		for _, p := range c.procs {
+			if p.cmd.ProcessState == nil {
+				p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+		for _, p := range c.procs {
+			if strings.Contains(p.logText(), "WARNING: DATA RACE") {
+				t.Errorf("data race in %v", p.cmd.Args[1:])
+			}
+		}
+		if t.Failed() {
+			for _, p := range c.procs {
+				b, _ := os.ReadFile(p.log)
+				t.Logf("log of %v:\n%s", p.cmd.Args[1:], b)
+			}
+		}
+	})
+	return c
+}
+
+// result is a finished command.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// xl runs `xl args...` through the shim and waits for it.
+func (c *cluster) xl(args ...string) result {
+	c.t.Helper()
+	cmd := exec.Command(filepath.Join(bin, "xl"), args...)
+	cmd.Env = c.env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("xl %v: %v", args, err)
+	}
+	return r
+}
+
+// spawn starts `xl kemari args...` in the background, its output in a log.
+func (c *cluster) spawn(name string, args ...string) *proc {
+	c.t.Helper()
+	log := filepath.Join(c.dir, name+".log")
+	f, err := os.Create(log)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(filepath.Join(bin, "xl"), append([]string{"kemari"}, args...)...)
+	cmd.Env = c.env
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, log: log, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	c.procs = append(c.procs, p)
+	return p
+}
+
+func (p *proc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) logText() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+// entry is one object of `status --json`.
+type entry struct {
+	PID              int       `json:"pid"`
+	Socket           string    `json:"socket"`
+	Role             string    `json:"role"`
+	Domain           string    `json:"domain"`
+	Peer             string    `json:"peer"`
+	State            string    `json:"state"`
+	Epoch            uint64    `json:"epoch"`
+	EpochRate        float64   `json:"epoch_rate_hz"`
+	LastPause        string    `json:"last_pause"`
+	UnprotectedSince time.Time `json:"unprotected_since"`
+	ActivatedEpoch   uint64    `json:"activated_epoch"`
+}
+
+func (c *cluster) status() []entry {
+	c.t.Helper()
+	r := c.xl("kemari", "status", "--json")
+	if r.code != 0 {
+		c.t.Fatalf("status --json: exit %d: %s", r.code, r.stderr)
+	}
+	var es []entry
+	if err := json.Unmarshal([]byte(r.stdout), &es); err != nil {
+		c.t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	return es
+}
+
+// waitState polls status until domain's protection in role is in state,
+// failing the test after d.
+func (c *cluster) waitState(domain, role, state string, d time.Duration) entry {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last []entry
+	for {
+		last = c.status()
+		for _, e := range last {
+			if e.Domain == domain && e.Role == role && e.State == state {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s %s not %s within %v; status %+v", role, domain, state, d, last)
+		}
+		<-tick.C
+	}
+}
+
+// waitEpoch polls until domain's primary is protected and has epoch e
+// acknowledged.
+func (c *cluster) waitEpoch(domain string, e uint64, d time.Duration) entry {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, en := range c.status() {
+			if en.Domain == domain && en.Role == "primary" && en.State == "protected" && en.Epoch >= e {
+				return en
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("primary %s not at epoch %d within %v", domain, e, d)
+		}
+		<-tick.C
+	}
+}
+
+// waitGone polls until no protector of domain in role answers.
+func (c *cluster) waitGone(domain, role string, d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		found := false
+		for _, e := range c.status() {
+			found = found || (e.Domain == domain && e.Role == role)
+		}
+		if !found {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s of %s still answers after %v", role, domain, d)
+		}
+		<-tick.C
+	}
+}
+
+// freePort returns a loopback address nobody listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// sim are the settings of every protection in these tests: a small
+// simulated domain, checkpoints every 20ms, a peer lost after 600ms (the
+// machine is shared: not tighter).
+var sim = []string{"--hypervisor=sim", "--interval=20ms", "--timeout=600ms", "--log-level=info"}
+
+func simDomain(extra ...string) []string {
+	return append([]string{"--sim=memory_mib=16", "--sim=workload=hotset"}, extra...)
+}
+
+// certs writes a CA and a host certificate (for 127.0.0.1 and localhost,
+// good for both ends) to dir, returning the cert, key and CA paths.
+func certs(t *testing.T, dir, name string) (string, string, string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	write := func(file, typ string, b []byte) string {
+		p := filepath.Join(dir, file)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("host.crt", "CERTIFICATE", der), write("host.key", "EC PRIVATE KEY", kder), write("ca.crt", "CERTIFICATE", caDER)
+}
+
+// alive reports whether pid runs (a zombie has finished).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || (b[i+2] != 'Z' && b[i+2] != 'X')
+}
