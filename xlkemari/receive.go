@@ -43,6 +43,7 @@ func runReceive(e *env, args []string) int {
 	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
 	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
 	verify := fs.Bool("verify", true, "recompute the replica's memory digest before activating it")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics on this `address` (off when empty)")
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	logFile := fs.String("log-file", "", "log to this `file` as well as to standard error")
 	fs.Usage = func() {
@@ -179,6 +180,12 @@ func runReceive(e *env, args []string) int {
 		return exitFailure
 	}
 	defer srv.Close()
+	_, stopMetrics, err := serveMetrics(*metrics, func() []checkpoint.Status { return []checkpoint.Status{s.Status()} }, log)
+	if err != nil {
+		e.errorf("receive: %v", err)
+		return exitFailure
+	}
+	defer stopMetrics()
 	if conn != nil {
 		go endWithStream(ctx, cancel, conn, ss)
 	}
