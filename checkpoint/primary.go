@@ -49,7 +49,7 @@ type PrimaryConfig struct {
 	// timeout). An ssh transport, which starts a remote process, needs
 	// more on its first connection.
 	ConnectTimeout time.Duration
-	Logger     *slog.Logger
+	Logger         *slog.Logger
 	// Observer, if set, receives every Observation, on the loop goroutine:
 	// it must not block.
 	Observer func(Observation)
@@ -77,6 +77,7 @@ type Primary struct {
 	// Owned by the loop goroutine (and by the sync goroutine while the
 	// machine is in PSyncing, when the loop does not touch them).
 	info     libxl.DomainInfo
+	stream   bool // the Source captures this domain as a stream (libxl.StreamCapture); set before any goroutine starts
 	conn     *pconn
 	gen      uint64
 	dirty    *libxl.Bitmap
@@ -181,6 +182,9 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("checkpoint: describe domain %d: %w", p.cfg.Domain, err)
 	}
 	p.info = info
+	if sc, ok := p.src.(libxl.StreamCapture); ok && sc.StreamCaptured(info.Type) {
+		p.stream = true
+	}
 	p.status.update(func(s *Status) { s.Domain = info.Name })
 	p.dirty = libxl.NewBitmap(info.Pages)
 	p.digest = newMemDigest(info.Pages)
@@ -222,6 +226,11 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 		}
 		if p.syncing != nil {
 			<-p.syncing
+		}
+		if p.stream {
+			// Nobody will take the rest of the stream; a later protection
+			// starts a new one. The domain may be gone (fenced).
+			p.src.SetLogDirty(p.cfg.Domain, false)
 		}
 		if p.byeTimer != nil {
 			p.byeTimer.Stop()
@@ -399,7 +408,29 @@ func (p *Primary) unprotect() error {
 	}
 	p.history = p.history[:0]
 	clear(p.barriers)
+	p.endStream()
 	return nil
+}
+
+// endStream ends a stream capture no standby takes any more, so the
+// backend's save engine stops tracking the guest (a stream is never
+// resumed: the next sync starts a new one). A pre-copy still unwinding on
+// its goroutine owns the Source; the next sync then ends the stream.
+func (p *Primary) endStream() {
+	if !p.stream {
+		return
+	}
+	if p.syncing != nil {
+		select {
+		case <-p.syncing:
+			p.syncing = nil
+		default:
+			return
+		}
+	}
+	if err := p.src.SetLogDirty(p.cfg.Domain, false); err != nil {
+		p.log.Warn("ending the capture stream", "err", err)
+	}
 }
 
 func (p *Primary) acquire(ctx context.Context) {
@@ -480,7 +511,9 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 		fail(fmt.Errorf("%w: expected the standby's hello, got %v", ErrPeer, rec.Type()))
 		return
 	}
-	has := sh.Session == session && sh.Committed > 0
+	// A stream capture cannot be resumed (libxl.StreamCapture): whatever
+	// the standby holds, the sync is a full one into a fresh replica.
+	has := sh.Session == session && sh.Committed > 0 && !p.stream
 	if !stop() {
 		c.Close()
 		fail(dctx.Err())

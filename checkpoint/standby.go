@@ -294,12 +294,7 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		if s.disk != nil {
 			s.disk.Discard()
 		}
-		acts := s.m.Step(epoch.Event{Kind: epoch.EvEpochBegin, Epoch: r.Epoch, Initial: initial, Now: now})
-		for _, a := range acts {
-			if a.Kind == epoch.ActDestroyReplica {
-				s.destroyReplica()
-			}
-		}
+		acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvEpochBegin, Epoch: r.Epoch, Initial: initial, Now: now}))
 		if err := s.ensureReplica(); err != nil {
 			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
 		}
@@ -351,13 +346,11 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 	}
 	// Only a complete checkpoint of the same session is worth resuming
 	// from (protocol §7.4); anything else is rebuilt by an initial sync.
-	same := s.has && h.Session == s.session && s.m.State() == epoch.SReady
-	acts := s.m.Step(epoch.Event{Kind: epoch.EvHello, HasReplica: same, Now: now})
-	for _, a := range acts {
-		if a.Kind == epoch.ActDestroyReplica {
-			s.destroyReplica()
-		}
-	}
+	//
+	// A replica fed by a stream capture (libxl.StreamCapture) cannot take
+	// a second stream: every connection rebuilds it from a full sync.
+	same := s.has && h.Session == s.session && s.m.State() == epoch.SReady && !s.streamed(fromDesc(h.Domain).Type)
+	acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvHello, HasReplica: same, Now: now}))
 	if s.m.State() != epoch.SSyncing && s.m.State() != epoch.SReady {
 		return acts, nil
 	}
@@ -381,6 +374,28 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum}
 	s.conn.send(reply)
 	return acts, nil
+}
+
+// destroyNow carries out the ActDestroyReplica actions of acts at once,
+// before the caller builds the next replica, and returns the others: left
+// in, apply would destroy the new replica too.
+func (s *Standby) destroyNow(acts []epoch.Action) []epoch.Action {
+	out := acts[:0:0]
+	for _, a := range acts {
+		if a.Kind == epoch.ActDestroyReplica {
+			s.destroyReplica()
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// streamed reports whether the sink captures domains of type t as a
+// stream.
+func (s *Standby) streamed(t libxl.DomainType) bool {
+	sc, ok := s.sink.(libxl.StreamCapture)
+	return ok && sc.StreamCaptured(t)
 }
 
 // ensureReplica creates a fresh (zeroed, paused) replica of s.info and

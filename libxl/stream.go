@@ -6,8 +6,9 @@ package libxl
 // page tables and vCPU state only libxenguest's xc_domain_save can make
 // portable (route (a), package libxl/xen). Such a backend still implements
 // Source and Sink, and the engine drives it the usual way, but with the
-// rules below. The engine asks with a type assertion; a backend that does
-// not implement it, or answers false, has none of these rules.
+// rules below. The engine asks its Source (primary) and its Sink (standby)
+// with a type assertion, for the domain's type; a backend that does not
+// implement it, or answers false, has none of these rules.
 type StreamCapture interface {
 	// StreamCaptured reports whether domains of type t are captured as a
 	// stream. If so:

@@ -306,6 +306,22 @@ func (c *Context) DomidToName(id Domid) string {
 	return C.GoString(cs)
 }
 
+// DomainRename renames domain id from oldName to newName
+// (libxl_domain_rename). It fails if newName is taken.
+func (c *Context) DomainRename(id Domid, oldName, newName string) error {
+	if err := c.lock(); err != nil {
+		return err
+	}
+	defer c.unlock()
+	co, cn := C.CString(oldName), C.CString(newName)
+	defer C.free(unsafe.Pointer(co))
+	defer C.free(unsafe.Pointer(cn))
+	if rc := C.libxl_domain_rename(c.ctx, C.uint32_t(id), co, cn); rc != 0 {
+		return fmt.Errorf("xen: libxl_domain_rename(%d, %q -> %q): %w", id, oldName, newName, Error(rc))
+	}
+	return nil
+}
+
 // Dominfo is libxl_dominfo, the fields this project uses, named as in
 // xenlight.
 type Dominfo struct {

@@ -64,15 +64,15 @@
 //     a large, risky job; driving it is not. So for PV the capture and the
 //     replica are libxenguest's, and only the transport is ours.
 //
-// What route (b) already gives for PV, and what is done here: log-dirty
-// (shadow mode), read-and-clear, and ReadPages by PFN, translated through
-// the guest's own p2m (the frame-list tree or the linear p2m list published
-// in shared_info.arch; p2m.go). The pages come out exactly as the guest
-// holds them, so page-table pages contain this host's MFNs: the standby
-// cannot use them as they are. Therefore CaptureState and every Sink
-// method but ReadPages and Destroy return libxl.ErrUnsupported for PV, and
-// Capabilities().Types is empty, so the engine refuses to protect a domain
-// with this backend instead of pretending. Route (a) is under way:
+// Route (b)'s primitives also work on PV guests (log-dirty in shadow mode,
+// read-and-clear, ReadPages by PFN through the guest's own p2m; p2m.go),
+// but the pages come out as the guest holds them, page tables full of this
+// host's MFNs, so they cannot build a replica. They remain available with
+// the backend option pv=direct (libxl.Open("xen", {"pv": "direct"})),
+// which the primitive tests use; Capabilities().Types is then empty.
+//
+// By default (pv=stream) PV guests take route (a), and the backend
+// implements libxl.StreamCapture for them (Capabilities().Types = [pv]):
 //
 //   - package libxcstream (pure Go, no tag) parses the libxc stream into
 //     per-checkpoint captures (pages with their PFINFO types, latest copy
@@ -83,16 +83,32 @@
 //     checkpoint; C trampolines, cgo.Handle);
 //   - [Context.DomainCreateRestore] runs libxl_domain_create_restore
 //     (checkpointed_stream REMUS) from a pipe and returns the paused
-//     domain once the stream ends, from its last complete checkpoint.
+//     domain once the stream ends, from its last complete checkpoint;
+//   - Source (pvstream.go): SetLogDirty(dom, true) starts a save
+//     goroutine and a reader that always drains the pipe into a Capture,
+//     so the guest's pause never waits on the network or a slow parse.
+//     The callbacks block on the engine's calls: each ReadAndClearDirty
+//     on the running domain is one live round (the reader learns a round
+//     is whole from a marker record the precopy callback writes into the
+//     pipe), Suspend answers the callback with stop-and-copy (first
+//     checkpoint) or next-checkpoint and suspends the guest,
+//     ReadAndClearDirty on the suspended domain waits for the CHECKPOINT
+//     record, ReadPages and CaptureState read the Capture, Resume resumes
+//     the guest and lets libxc on; SetLogDirty(dom, false) ends the save.
+//   - Sink (pvreplica.go): CreateReplica starts the restore under a
+//     temporary name and returns a DomID of its own (from 0x10000, beyond
+//     domid_t); WritePages keeps the canonical pages (the engine's XOR
+//     bases and digests), RestoreState checks the committed epoch
+//     (libxcstream.Check) and queues it for a writer goroutine that
+//     encodes it into the restore's pipe; Activate closes the pipe, waits
+//     for libxl to build the domain from the last whole checkpoint,
+//     renames it to the primary's name and unpauses it
+//     ([Hypervisor.ReplicaDomid] tells its real id). Destroy ends the
+//     restore and destroys what it built, in the background.
 //
-// TestRouteA (xen_integration tag) chains the three on one lab host and
-// the replica resumes from the last checkpoint. What is not done yet is
-// the Source/Sink glue for PV (libxl.StreamCapture says how the engine
-// must drive it): a save goroutine per domain whose callbacks block on
-// Suspend/Resume, a pipe reader that keeps draining into a Capture so the
-// guest's pause never waits on the network, and a Sink that keeps the
-// canonical pages (for XOR bases and digests) and writes each committed
-// epoch with an Encoder into the restore's pipe.
+// The engine honours StreamCapture: every (re)connection is a full sync
+// into a fresh replica, never a resync, since a new stream opens with
+// headers a restore in progress cannot take.
 //
 // For HVM, what remains is the device model: QEMU's dirty log (QMP
 // xen-set-global-dirty-log) and its device state (xen-save-devices-state),
@@ -104,16 +120,18 @@
 //
 //   - Here, without Xen: the libxl error mapping, the p2m walk against a
 //     fake machine (tree, linear, superpage, errors), the libxl JSON parser
-//     against testdata/, and the HVM context split/join (go test
-//     ./libxl/xen).
+//     against testdata/, the HVM context split/join, and route (a)'s
+//     Source and Sink against fakes of libxc's save (driving the callbacks
+//     as xg_sr_save.c does) and libxl's restore (pvstream_test.go,
+//     pvreplica_test.go: go test ./libxl/xen).
 //   - In the xenlab (Xen 4.17.5 hypervisor with shadow paging, 4.17.7
 //     tools, PV guests only: TCG offers no HAP, so no HVM or PVH):
-//     xen_integration_test.go (build tags xen and integration) runs the
-//     shared contract suite (hvtest.Run) and TestPrimitives, which checks
-//     Describe, Suspend/Resume, the dirty log (marks all, empty while
-//     suspended, never misses a changed page), ReadPages and the
-//     ErrUnsupported answers on a 192 MB PV guest, and logs their cost.
-//     test/xenlab/kemari/run.sh builds and runs them in the lab.
+//     xen_integration_test.go (build tags xen and integration, pv=direct)
+//     runs the shared contract suite (hvtest.Run) and TestPrimitives on a
+//     192 MB PV guest; TestRouteA chains save, parse, encode and restore;
+//     test/xenlab/kemari's TestEnginePV protects a PV guest with the
+//     engine on this backend and fails it over. test/xenlab/kemari/run.sh
+//     builds and runs them in the lab.
 //   - HVM and PVH: designed in (hvmctx.go, HVMGetContext, the GFN path of
 //     ReadPages) but not run on real Xen anywhere yet.
 //

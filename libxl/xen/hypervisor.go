@@ -5,6 +5,7 @@ package xen
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 
@@ -20,10 +21,18 @@ func init() {
 // Hypervisor is the "xen" backend: libxl.Hypervisor over a Context.
 type Hypervisor struct {
 	ctx *Context
+	// pvDirect: PV guests use route (b)'s primitives (raw pages, Xen's
+	// log-dirty) instead of the libxenguest stream; they cannot be
+	// protected then. For tests of the primitives.
+	pvDirect bool
 
 	mu sync.Mutex
-	// doms is the backend's own per-domain state. Protected by mu.
-	doms map[libxl.DomID]*domState
+	// Protected by mu.
+	doms        map[libxl.DomID]*domState  // the backend's own per-domain state
+	replicas    map[libxl.DomID]*pvReplica // under restore
+	active      map[libxl.DomID]Domid      // activated replicas' real ids
+	nextReplica libxl.DomID
+	bg          sync.WaitGroup // replicas being destroyed
 }
 
 // domState is what Xen does not keep for us.
@@ -36,19 +45,32 @@ type domState struct {
 	// p2m is a PV guest's pfn->mfn table, read while the domain was last
 	// suspended; nil when it must be read again.
 	p2m []uint64
+	// stream is a PV guest's route (a) capture, while log-dirty is on.
+	stream *pvStream
 }
 
-// Open opens the Xen backend. It takes no options yet; unknown ones are an
-// error so a typo is not silently ignored.
+// Open opens the Xen backend. One option: pv=stream (the default: PV
+// guests are captured and replicated by libxenguest's save/restore
+// stream, route (a)) or pv=direct (route (b)'s primitives on PV guests,
+// which cannot protect them; for tests). Unknown options are an error so
+// a typo is not silently ignored.
 func Open(opts libxl.Options) (*Hypervisor, error) {
-	for k := range opts {
-		return nil, fmt.Errorf("xen: unknown backend option %q", k)
+	var direct bool
+	for k, v := range opts {
+		switch {
+		case k == "pv" && (v == "stream" || v == "direct"):
+			direct = v == "direct"
+		case k == "pv":
+			return nil, fmt.Errorf("xen: backend option pv=%q: want stream or direct", v)
+		default:
+			return nil, fmt.Errorf("xen: unknown backend option %q", k)
+		}
 	}
 	ctx, err := NewContext()
 	if err != nil {
 		return nil, err
 	}
-	return &Hypervisor{ctx: ctx, doms: map[libxl.DomID]*domState{}}, nil
+	return &Hypervisor{ctx: ctx, pvDirect: direct, doms: map[libxl.DomID]*domState{}, replicas: map[libxl.DomID]*pvReplica{}}, nil
 }
 
 // Context returns the backend's binding, for callers that need calls the
@@ -58,12 +80,47 @@ func (h *Hypervisor) Context() *Context { return h.ctx }
 // Name implements libxl.Hypervisor.
 func (h *Hypervisor) Name() string { return "xen" }
 
-// Capabilities implements libxl.Hypervisor. Types is empty until a replica
-// can be built (Sink) and a PV capture is complete: the engine must refuse
-// to protect a domain with this backend rather than fail mid-epoch. See the
-// package documentation for what works.
+// Capabilities implements libxl.Hypervisor. Types lists PV (route (a),
+// libxl.StreamCapture) unless the backend was opened with pv=direct; HVM
+// and PVH are not listed until their Sink exists, so the engine refuses
+// them rather than fail mid-epoch. See the package documentation.
 func (h *Hypervisor) Capabilities() libxl.Capabilities {
-	return libxl.Capabilities{SuspendCancel: true, LogDirty: true}
+	c := libxl.Capabilities{SuspendCancel: true, LogDirty: true}
+	if !h.pvDirect {
+		c.Types = []libxl.DomainType{libxl.TypePV}
+	}
+	return c
+}
+
+// StreamCaptured implements libxl.StreamCapture: PV guests are, unless the
+// backend was opened with pv=direct.
+func (h *Hypervisor) StreamCaptured(t libxl.DomainType) bool {
+	return t == libxl.TypePV && !h.pvDirect
+}
+
+// StreamCaptured implements libxl.StreamCapture for the engine, which
+// asks its Source.
+func (s *source) StreamCaptured(t libxl.DomainType) bool { return (*Hypervisor)(s).StreamCaptured(t) }
+
+// StreamCaptured implements libxl.StreamCapture for the engine, which
+// asks its Sink.
+func (s *sink) StreamCaptured(t libxl.DomainType) bool { return (*Hypervisor)(s).StreamCaptured(t) }
+
+// stream returns dom's running route (a) capture, or nil.
+func (h *Hypervisor) stream(dom libxl.DomID) *pvStream {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if st := h.doms[dom]; st != nil {
+		return st.stream
+	}
+	return nil
+}
+
+// replica returns the replica under restore called dom, or nil.
+func (h *Hypervisor) replica(dom libxl.DomID) *pvReplica {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.replicas[dom]
 }
 
 // Lookup implements libxl.Hypervisor: a decimal id is checked with
@@ -93,7 +150,27 @@ func (h *Hypervisor) Sink() libxl.Sink { return (*sink)(h) }
 // Context.
 func (h *Hypervisor) Close() error {
 	h.mu.Lock()
+	var streams []*pvStream
+	for _, st := range h.doms {
+		if st.stream != nil {
+			streams = append(streams, st.stream)
+			st.stream = nil
+		}
+	}
+	reps := h.replicas
+	h.replicas = map[libxl.DomID]*pvReplica{}
+	h.mu.Unlock()
+	for _, s := range streams {
+		s.end()
+	}
 	var errs []error
+	for _, r := range reps {
+		if err := r.destroy(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	h.bg.Wait()
+	h.mu.Lock()
 	for d, st := range h.doms {
 		if st.logDirty {
 			if err := h.ctx.ShadowControl(Domid(d), ShadowOpOff); err != nil && !errors.Is(err, libxl.ErrNoDomain) {
@@ -152,6 +229,12 @@ func (h *Hypervisor) lookupDomain(dom libxl.DomID) (domain, error) {
 func (h *Hypervisor) forget(dom libxl.DomID, err error) {
 	if errors.Is(err, libxl.ErrNoDomain) {
 		h.mu.Lock()
+		if st := h.doms[dom]; st != nil && st.stream != nil {
+			// libxc fails on a domain that is gone; reap the goroutines.
+			s := st.stream
+			h.bg.Add(1)
+			go func() { defer h.bg.Done(); s.end() }()
+		}
 		delete(h.doms, dom)
 		h.mu.Unlock()
 	}
@@ -215,6 +298,9 @@ func (s *source) Suspend(dom libxl.DomID) error {
 	if d.suspended {
 		return fmt.Errorf("xen: Suspend(%d): %w: already suspended", dom, libxl.ErrBadState)
 	}
+	if st := h.stream(dom); st != nil {
+		return st.suspend()
+	}
 	if err := h.ctx.DomainSuspendOnly(Domid(dom)); err != nil {
 		return err
 	}
@@ -234,18 +320,26 @@ func (s *source) Resume(dom libxl.DomID) error {
 	if !d.suspended {
 		return fmt.Errorf("xen: Resume(%d): %w: not suspended", dom, libxl.ErrBadState)
 	}
+	if st := h.stream(dom); st != nil {
+		return st.resume()
+	}
 	return h.ctx.DomainResume(Domid(dom), true)
 }
 
 // SetLogDirty implements libxl.Source with xc_shadow_control
 // (OP_ENABLE_LOGDIRTY, OP_OFF). For a PV guest this needs a hypervisor
-// built with shadow paging (see the package documentation). For HVM the
-// device model's own dirty log (QMP xen-set-global-dirty-log) is not
-// switched yet.
+// built with shadow paging (see the package documentation), and with
+// pv=stream it starts (on) or ends (off) the guest's save stream instead,
+// which enables log-dirty itself. For HVM the device model's own dirty log
+// (QMP xen-set-global-dirty-log) is not switched yet.
 func (s *source) SetLogDirty(dom libxl.DomID, on bool) error {
 	h := (*Hypervisor)(s)
-	if _, err := h.lookupDomain(dom); err != nil {
+	d, err := h.lookupDomain(dom)
+	if err != nil {
 		return err
+	}
+	if d.typ == libxl.TypePV && !h.pvDirect {
+		return h.setStream(dom, on)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -267,12 +361,71 @@ func (s *source) SetLogDirty(dom libxl.DomID, on bool) error {
 	return nil
 }
 
+// setStream ends dom's route (a) stream, if any, and with on starts a new
+// one: a stream is never resumed (libxl.StreamCapture).
+func (h *Hypervisor) setStream(dom libxl.DomID, on bool) error {
+	h.mu.Lock()
+	st := h.state(dom)
+	old := st.stream
+	st.stream = nil
+	h.mu.Unlock()
+	if old != nil {
+		old.end()
+	}
+	if !on {
+		return nil
+	}
+	pages, err := h.pages(dom)
+	if err != nil {
+		return err
+	}
+	s, err := startStream(ctxSaver{h.ctx}, dom, pages)
+	if err != nil {
+		return fmt.Errorf("xen: SetLogDirty(%d, on): %w", dom, err)
+	}
+	h.mu.Lock()
+	h.state(dom).stream = s
+	h.mu.Unlock()
+	return nil
+}
+
+// ctxSaver is a pvStream's Xen: the Context.
+type ctxSaver struct{ c *Context }
+
+func (x ctxSaver) SaveRemus(dom libxl.DomID, w *os.File, cb *SaveCallbacks) error {
+	return x.c.DomainSaveRemus(Domid(dom), w, cb)
+}
+func (x ctxSaver) SuspendOnly(dom libxl.DomID) error { return x.c.DomainSuspendOnly(Domid(dom)) }
+func (x ctxSaver) ResumeCancel(dom libxl.DomID) error {
+	return x.c.DomainResume(Domid(dom), true)
+}
+
+// ctxRestorer is a pvReplica's Xen: the Context.
+type ctxRestorer struct{ c *Context }
+
+func (x ctxRestorer) CreateRestore(cfg []byte, name string, r *os.File) (libxl.DomID, error) {
+	id, err := x.c.DomainCreateRestore(cfg, name, r)
+	return libxl.DomID(id), err
+}
+func (x ctxRestorer) Rename(id libxl.DomID, o, n string) error {
+	return x.c.DomainRename(Domid(id), o, n)
+}
+func (x ctxRestorer) Unpause(id libxl.DomID) error { return x.c.DomainUnpause(Domid(id)) }
+func (x ctxRestorer) Destroy(id libxl.DomID) error { return x.c.DomainDestroy(Domid(id)) }
+func (x ctxRestorer) NameToID(name string) (libxl.DomID, error) {
+	id, err := x.c.NameToDomid(name)
+	return libxl.DomID(id), err
+}
+
 // ReadAndClearDirty implements libxl.Source with xc_logdirty_control
 // (OP_CLEAN), which reads and clears Xen's log in one hypercall.
 func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
 	h := (*Hypervisor)(s)
 	if _, err := h.lookupDomain(dom); err != nil {
 		return err
+	}
+	if st := h.stream(dom); st != nil {
+		return st.readAndClear(dst)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -304,7 +457,17 @@ func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
 // through the guest's own p2m; the pages come out as the guest holds them,
 // so page-table pages contain machine frame numbers of this host.
 func (s *source) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
-	return (*Hypervisor)(s).readPages(dom, pfns, dst)
+	h := (*Hypervisor)(s)
+	if st := h.stream(dom); st != nil {
+		if _, err := h.lookupDomain(dom); err != nil {
+			return err
+		}
+		if len(dst) < len(pfns)*libxl.PageSize {
+			return fmt.Errorf("xen: ReadPages(%d): %d bytes for %d pages: %w", dom, len(dst), len(pfns), libxl.ErrRange)
+		}
+		return st.readPages(pfns, dst)
+	}
+	return h.readPages(dom, pfns, dst)
 }
 
 func (h *Hypervisor) readPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
@@ -416,12 +579,13 @@ func (h *Hypervisor) p2m(dom libxl.DomID, d domain) ([]uint64, error) {
 	return p2m, nil
 }
 
-// CaptureState implements libxl.Source. HVM/PVH: the Xen-side context
-// (xc_domain_hvm_getcontext) split into a platform blob and one blob per
-// vCPU; the device model's state of an HVM guest is not captured yet. PV:
-// libxl.ErrUnsupported, because PV vCPU state and page tables hold machine
-// frame numbers that mean nothing on the standby (see the package
-// documentation for the route that completes it).
+// CaptureState implements libxl.Source. PV (pv=stream): the checkpoint's
+// records from the save stream (libxl.StreamCapture). HVM/PVH: the
+// Xen-side context (xc_domain_hvm_getcontext) split into a platform blob
+// and one blob per vCPU; the device model's state of an HVM guest is not
+// captured yet. PV with pv=direct: libxl.ErrUnsupported, because PV vCPU
+// state and page tables hold machine frame numbers that mean nothing on
+// the standby.
 func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State, error) {
 	h := (*Hypervisor)(s)
 	d, err := h.lookupDomain(dom)
@@ -430,6 +594,9 @@ func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State
 	}
 	if !d.suspended {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: not suspended", dom, libxl.ErrBadState)
+	}
+	if st := h.stream(dom); st != nil {
+		return st.captureState(dst)
 	}
 	if d.typ == libxl.TypePV {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: PV state capture needs MFN canonicalisation (libxenguest stream route), not implemented yet", dom, libxl.ErrUnsupported)
@@ -452,54 +619,157 @@ func (h *Hypervisor) destroy(dom libxl.DomID) error {
 	}
 	err := h.ctx.DomainDestroy(Domid(dom))
 	h.mu.Lock()
+	var s *pvStream
+	if st := h.doms[dom]; st != nil {
+		s = st.stream
+	}
 	delete(h.doms, dom)
 	h.mu.Unlock()
+	if s != nil {
+		s.end() // libxc fails on the destroyed domain at once
+	}
 	return err
 }
 
-// sink is the standby side of the backend. Building a replica is not
-// implemented yet: every method but ReadPages and Destroy says so with
-// libxl.ErrUnsupported.
+// sink is the standby side of the backend: PV replicas are built by
+// libxl_domain_create_restore from the committed epochs (route (a),
+// pvreplica.go) and named by DomIDs from replicaBase up until activated.
+// HVM and PVH replicas are not implemented yet (libxl.ErrUnsupported).
 type sink Hypervisor
 
-var errNoReplica = fmt.Errorf("%w: the xen backend cannot build a replica yet (libxl_domain_create_restore route pending)", libxl.ErrUnsupported)
+var errNoReplica = fmt.Errorf("%w: the xen backend builds only PV replicas (route (a)) so far", libxl.ErrUnsupported)
 
-// CreateReplica implements libxl.Sink: not yet implemented.
+// CreateReplica implements libxl.Sink: for a PV domain, a restore that
+// reads the replica's stream; the domain it builds appears under a
+// temporary name, paused, only once Activate ends the stream.
 func (s *sink) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
-	return libxl.DomIDInvalid, fmt.Errorf("xen: CreateReplica(%s %q): %w", info.Type, info.Name, errNoReplica)
+	h := (*Hypervisor)(s)
+	if !h.StreamCaptured(info.Type) {
+		return libxl.DomIDInvalid, fmt.Errorf("xen: CreateReplica(%s %q): %w", info.Type, info.Name, errNoReplica)
+	}
+	h.mu.Lock()
+	id := replicaBase + h.nextReplica
+	h.nextReplica++
+	h.mu.Unlock()
+	r, err := newReplica(ctxRestorer{h.ctx}, id, info)
+	if err != nil {
+		return libxl.DomIDInvalid, err
+	}
+	h.mu.Lock()
+	h.replicas[r.id] = r
+	h.mu.Unlock()
+	return r.id, nil
 }
 
-// WritePages implements libxl.Sink: not yet implemented.
-func (s *sink) WritePages(dom libxl.DomID, pfns []libxl.PFN, data []byte) error {
+// noReplica is the answer for a DomID that is neither a replica under
+// restore nor a real domain the sink could act on.
+func (s *sink) noReplica(op string, dom libxl.DomID) error {
+	if dom >= replicaBase {
+		return fmt.Errorf("xen: %s(%d): %w: no such replica", op, dom, libxl.ErrNoDomain)
+	}
 	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
 		return err
 	}
-	return fmt.Errorf("xen: WritePages(%d): %w", dom, errNoReplica)
+	return fmt.Errorf("xen: %s(%d): %w", op, dom, errNoReplica)
 }
 
-// ReadPages implements libxl.Sink like Source.ReadPages.
+// WritePages implements libxl.Sink: into the replica's page store.
+func (s *sink) WritePages(dom libxl.DomID, pfns []libxl.PFN, data []byte) error {
+	if r := (*Hypervisor)(s).replica(dom); r != nil {
+		return r.writePages(pfns, data)
+	}
+	return s.noReplica("WritePages", dom)
+}
+
+// ReadPages implements libxl.Sink: a replica's pages from its store (the
+// form the stream carries: PV page tables canonical), a real domain's like
+// Source.ReadPages.
 func (s *sink) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
+	if r := (*Hypervisor)(s).replica(dom); r != nil {
+		return r.readPages(pfns, dst)
+	}
+	if dom >= replicaBase {
+		return s.noReplica("ReadPages", dom)
+	}
 	return (*Hypervisor)(s).readPages(dom, pfns, dst)
 }
 
-// RestoreState implements libxl.Sink: not yet implemented.
+// RestoreState implements libxl.Sink: the committed epoch (the pages
+// written since the last one, and st) is checked and queued for the
+// restore.
 func (s *sink) RestoreState(dom libxl.DomID, st []libxl.State) error {
-	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
-		return err
+	if r := (*Hypervisor)(s).replica(dom); r != nil {
+		return r.restoreState(st)
 	}
-	return fmt.Errorf("xen: RestoreState(%d): %w", dom, errNoReplica)
+	return s.noReplica("RestoreState", dom)
 }
 
-// Activate implements libxl.Sink: not yet implemented.
+// Activate implements libxl.Sink: end the stream, wait for libxl to build
+// the domain from the last whole checkpoint, give it the primary's name
+// and unpause it. ReplicaDomid then tells its real domain id.
 func (s *sink) Activate(dom libxl.DomID) error {
-	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
+	h := (*Hypervisor)(s)
+	r := h.replica(dom)
+	if r == nil {
+		return s.noReplica("Activate", dom)
+	}
+	id, err := r.activate()
+	if err != nil {
 		return err
 	}
-	return fmt.Errorf("xen: Activate(%d): %w", dom, errNoReplica)
+	h.mu.Lock()
+	delete(h.replicas, dom)
+	h.activated(dom, Domid(id))
+	h.mu.Unlock()
+	return nil
 }
 
-// Destroy implements libxl.Sink with libxl_domain_destroy.
-func (s *sink) Destroy(dom libxl.DomID) error { return (*Hypervisor)(s).destroy(dom) }
+// Destroy implements libxl.Sink: a replica's restore is ended and what it
+// built destroyed, in the background (it may take seconds); a real domain
+// is destroyed with libxl_domain_destroy.
+func (s *sink) Destroy(dom libxl.DomID) error {
+	h := (*Hypervisor)(s)
+	h.mu.Lock()
+	r := h.replicas[dom]
+	delete(h.replicas, dom)
+	if r != nil {
+		h.bg.Add(1)
+	}
+	h.mu.Unlock()
+	if r == nil {
+		if dom >= replicaBase {
+			if id, ok := h.ReplicaDomid(dom); ok {
+				return h.destroy(libxl.DomID(id))
+			}
+			return s.noReplica("Destroy", dom)
+		}
+		return h.destroy(dom)
+	}
+	r.closed = true // the loop may not use it any more
+	go func() {
+		defer h.bg.Done()
+		// Nobody is left to hear of a failure: libxl has logged it.
+		r.destroy()
+	}()
+	return nil
+}
+
+// ReplicaDomid returns the real domain id of a replica the Sink activated
+// (its DomID is the Sink's own until then).
+func (h *Hypervisor) ReplicaDomid(dom libxl.DomID) (Domid, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	id, ok := h.active[dom]
+	return id, ok
+}
+
+// activated records a replica's real domain id. Callers hold mu.
+func (h *Hypervisor) activated(dom libxl.DomID, id Domid) {
+	if h.active == nil {
+		h.active = map[libxl.DomID]Domid{}
+	}
+	h.active[dom] = id
+}
 
 // Frame returns the frame number ReadPages maps for pfn of dom: the pfn
 // itself for HVM/PVH, the MFN from the guest's p2m for PV (invalidMFN,

@@ -28,11 +28,15 @@ import (
 
 var guestSeq atomic.Int64
 
+// openXen opens the backend with pv=direct: these tests check route (b)'s
+// primitives (Xen's log-dirty, raw page reads) on the lab's PV guests,
+// which the default pv=stream replaces with libxenguest's stream (its
+// test is test/xenlab/kemari's TestEnginePV).
 func openXen(t *testing.T) libxl.Hypervisor {
 	t.Helper()
 	hvtest.RequiresXen(t)
 	hvtest.RequiresRoot(t)
-	hv, err := libxl.Open("xen", nil)
+	hv, err := libxl.Open("xen", libxl.Options{"pv": "direct"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,12 @@ const (
 	// not PageNormal: a u64 entry (Page.Entry) each. Every page of the
 	// checkpoint not listed is PageNormal.
 	RecKemariPageTypes RecordType = 0x80004b03
+	// RecKemariRoundEnd is written by the primary itself into the pipe
+	// xc_domain_save writes to, between two records, when a live pre-copy
+	// round has ended (libxc is then blocked in its precopy_policy
+	// callback): the reader knows the round is whole once it reads it.
+	// Empty body; a Capture refuses it.
+	RecKemariRoundEnd RecordType = 0x80004b04
 )
 
 // Capture gathers what a libxc save stream carries up to a CHECKPOINT
@@ -76,7 +82,7 @@ func (c *Capture) Add(rec Record) (bool, error) {
 		}
 		c.addPages(pd)
 		return false, nil
-	case RecKemariHeader, RecKemariPagesHere, RecKemariPageTypes:
+	case RecKemariHeader, RecKemariPagesHere, RecKemariPageTypes, RecKemariRoundEnd:
 		return false, fmt.Errorf("%w: private record %v in a libxc stream", ErrFormat, rec.Type)
 	case RecCheckpointDirtyPFNList:
 		return false, fmt.Errorf("%w: %v (COLO back channel) in a save stream", ErrOrder, rec.Type)
@@ -257,9 +263,28 @@ func (e *Encoder) WriteCheckpoint(w io.Writer, pfns []libxl.PFN, page func(i int
 	})
 }
 
-// encode validates states and pfns, then emits the checkpoint in pieces,
-// and a final empty piece.
-func (e *Encoder) encode(pfns []libxl.PFN, page func(i int) []byte, states []libxl.State, emit func([]byte) error) error {
+// Check validates one checkpoint as WriteCheckpoint would, without
+// writing anything: for the first checkpoint of a stream (started false)
+// or a later one. A standby that writes checkpoints into the restore
+// asynchronously checks each before it acknowledges it.
+func Check(pfns []libxl.PFN, states []libxl.State, started bool) error {
+	_, err := plan(pfns, states, started)
+	return err
+}
+
+// checkpointPlan is a validated checkpoint: the stream headers (first
+// checkpoint only), the records, where the pages go among them, and the
+// pages' types.
+type checkpointPlan struct {
+	hdr   *Header
+	recs  []Record
+	at    int
+	types map[uint64]PageType
+}
+
+// plan validates states and pfns for a stream whose headers were
+// (started) or were not written yet.
+func plan(pfns []libxl.PFN, states []libxl.State, started bool) (*checkpointPlan, error) {
 	var (
 		hdr    *Header
 		recs   []Record
@@ -270,67 +295,78 @@ func (e *Encoder) encode(pfns []libxl.PFN, page func(i int) []byte, states []lib
 	for i, st := range states {
 		r, n, err := ParseRecord(st.Data)
 		if err != nil {
-			return fmt.Errorf("state blob %d: %w", i, err)
+			return nil, fmt.Errorf("state blob %d: %w", i, err)
 		}
 		if n != len(st.Data) {
-			return fmt.Errorf("%w: state blob %d has %d bytes after its record", ErrFormat, i, len(st.Data)-n)
+			return nil, fmt.Errorf("%w: state blob %d has %d bytes after its record", ErrFormat, i, len(st.Data)-n)
 		}
 		switch r.Type {
 		case RecKemariHeader:
 			h, err := ParseHeader(r.Body)
 			if err != nil {
-				return fmt.Errorf("state blob %d: %w", i, err)
+				return nil, fmt.Errorf("state blob %d: %w", i, err)
 			}
 			hdr = &h
 		case RecKemariPagesHere:
 			if at >= 0 {
-				return fmt.Errorf("%w: two page markers", ErrFormat)
+				return nil, fmt.Errorf("%w: two page markers", ErrFormat)
 			}
 			at = len(recs)
 		case RecKemariPageTypes:
 			if len(r.Body)%8 != 0 {
-				return fmt.Errorf("%w: page types of %d bytes", ErrFormat, len(r.Body))
+				return nil, fmt.Errorf("%w: page types of %d bytes", ErrFormat, len(r.Body))
 			}
 			for j := 0; j < len(r.Body); j += 8 {
 				ent := binary.LittleEndian.Uint64(r.Body[j:])
 				p := Page{PFN: ent & pfnMask, Type: PageType(ent >> typeShift)}
 				if ent&reservedMask != 0 || !p.Type.Valid() {
-					return fmt.Errorf("%w: page type entry %#x", ErrFormat, ent)
+					return nil, fmt.Errorf("%w: page type entry %#x", ErrFormat, ent)
 				}
 				types[p.PFN] = p.Type
 			}
 			sawTyp = true
 		case RecPageData, RecCheckpoint, RecEnd:
-			return fmt.Errorf("%w: %v as a state blob", ErrFormat, r.Type)
+			return nil, fmt.Errorf("%w: %v as a state blob", ErrFormat, r.Type)
 		default:
 			recs = append(recs, r)
 		}
 	}
 	if at < 0 || !sawTyp {
-		return fmt.Errorf("%w: states lack the page marker or the page types (not from this backend?)", ErrFormat)
+		return nil, fmt.Errorf("%w: states lack the page marker or the page types (not from this backend?)", ErrFormat)
 	}
-	if hdr == nil && !e.started {
-		return fmt.Errorf("%w: the first checkpoint of a stream lacks its headers", ErrOrder)
+	if hdr == nil && !started {
+		return nil, fmt.Errorf("%w: the first checkpoint of a stream lacks its headers", ErrOrder)
 	}
-	if hdr != nil && e.started {
-		return fmt.Errorf("%w: stream headers in a later checkpoint (the primary restarted its stream)", ErrOrder)
+	if hdr != nil && started {
+		return nil, fmt.Errorf("%w: stream headers in a later checkpoint (the primary restarted its stream)", ErrOrder)
 	}
 	seen := make(map[uint64]bool, len(pfns))
 	for _, pfn := range pfns {
 		if uint64(pfn) > MaxPFN {
-			return fmt.Errorf("%w: pfn %#x", ErrFormat, uint64(pfn))
+			return nil, fmt.Errorf("%w: pfn %#x", ErrFormat, uint64(pfn))
 		}
 		if seen[uint64(pfn)] {
-			return fmt.Errorf("%w: pfn %#x twice in one checkpoint", ErrFormat, uint64(pfn))
+			return nil, fmt.Errorf("%w: pfn %#x twice in one checkpoint", ErrFormat, uint64(pfn))
 		}
 		seen[uint64(pfn)] = true
 	}
 	for pfn := range types {
 		if !seen[pfn] {
-			return fmt.Errorf("%w: page type for pfn %#x, which the checkpoint does not carry", ErrFormat, pfn)
+			return nil, fmt.Errorf("%w: page type for pfn %#x, which the checkpoint does not carry", ErrFormat, pfn)
 		}
 	}
 
+	return &checkpointPlan{hdr: hdr, recs: recs, at: at, types: types}, nil
+}
+
+// encode validates states and pfns, then emits the checkpoint in pieces,
+// and a final empty piece.
+func (e *Encoder) encode(pfns []libxl.PFN, page func(i int) []byte, states []libxl.State, emit func([]byte) error) error {
+	pl, err := plan(pfns, states, e.started)
+	if err != nil {
+		return err
+	}
+	hdr, recs, at, types := pl.hdr, pl.recs, pl.at, pl.types
 	var out []byte
 	if hdr != nil {
 		out = AppendLibxlHeader(out)

@@ -62,6 +62,7 @@ var recNames = map[RecordType]string{
 	RecVerify: "VERIFY", RecCheckpoint: "CHECKPOINT", RecCheckpointDirtyPFNList: "CHECKPOINT_DIRTY_PFN_LIST",
 	RecStaticDataEnd: "STATIC_DATA_END", RecX86CPUIDPolicy: "X86_CPUID_POLICY", RecX86MSRPolicy: "X86_MSR_POLICY",
 	RecKemariPageTypes: "KEMARI_PAGE_TYPES", RecKemariPagesHere: "KEMARI_PAGES_HERE",
+	RecKemariHeader: "KEMARI_HEADER", RecKemariRoundEnd: "KEMARI_ROUND_END",
 }
 
 // String names the type as the spec does.

@@ -350,7 +350,21 @@ func TestEncoderErrors(t *testing.T) {
 			if string(out) != "kept" || enc.started != tc.first {
 				t.Errorf("failed call changed the output (%d bytes) or the state", len(out))
 			}
+			// Check, which a standby calls before it acknowledges an
+			// epoch, refuses the same checkpoints (all but the data's
+			// length, which it does not see).
+			if tc.name != "short data" {
+				if err := Check(tc.pfns, tc.states, tc.first); !errors.Is(err, tc.want) {
+					t.Errorf("Check = %v, want %v", err, tc.want)
+				}
+			}
 		})
+	}
+	if err := Check(pfns0, st0, false); err != nil {
+		t.Errorf("Check of a good first checkpoint: %v", err)
+	}
+	if err := Check(cs[1].AppendPFNs(nil), st1, true); err != nil {
+		t.Errorf("Check of a good later checkpoint: %v", err)
 	}
 }
 

@@ -5,16 +5,20 @@
 #
 #   test/xenlab/kemari/run.sh version
 #   test/xenlab/kemari/run.sh test 'TestPrimitives'
+#   test/xenlab/kemari/run.sh engine 'TestEnginePV'
 set -eu
 cd "$(dirname "$0")/../../.."
 what=${1:-test}
 regex=${2:-.}
 go build -tags xen -o bin/xl-kemari ./xlkemari
 go test -c -tags 'xen integration' -o bin/xen.test ./libxl/xen
+go test -c -tags 'xen integration' -o bin/kemari-engine.test ./test/xenlab/kemari
 install -m 0755 test/xenlab/kemari/dom0.sh bin/kemari-lab.sh
 mkdir -p test/xenlab/kemari/results
 log=test/xenlab/kemari/results/$what.log
-[ "$what" = test ] && log=test/xenlab/kemari/results/test-$(echo "$regex" | tr -c 'A-Za-z0-9\n' _).log
+case $what in
+test | engine) log=test/xenlab/kemari/results/$what-$(echo "$regex" | tr -c 'A-Za-z0-9\n' _).log ;;
+esac
 set +e
 python3 test/xenlab/xenlab.py run 1 "/mnt/host/kemari-lab.sh $what '$regex'" --timeout "${KEMARI_LAB_TIMEOUT:-1800}" | tee "$log"
 rc=${PIPESTATUS[0]}

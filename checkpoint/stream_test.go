@@ -1,0 +1,319 @@
+package checkpoint_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/xl-kemari/xl-kemari/checkpoint"
+	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
+	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
+	"github.com/xl-kemari/xl-kemari/libxl"
+	"github.com/xl-kemari/xl-kemari/libxl/sim"
+)
+
+// streamTag marks the blob the fake stream backend adds to every capture:
+// which stream, and which checkpoint of it, the state belongs to.
+const streamTag = 0x57ea
+
+// streamLog collects what the fake backends saw break the
+// libxl.StreamCapture rules, from both sides.
+type streamLog struct {
+	mu         sync.Mutex
+	violations []string
+	streams    int // streams started on the source
+	replicas   int // replicas created on the sink
+	restored   int // checkpoints restored
+}
+
+func (l *streamLog) violate(format string, args ...any) {
+	l.mu.Lock()
+	l.violations = append(l.violations, fmt.Sprintf(format, args...))
+	l.mu.Unlock()
+}
+
+// streamHV is a sim backend that claims to capture its domains as a
+// stream (libxl.StreamCapture) and checks that the engine drives it as
+// the contract says a stream must be driven: a new stream per
+// SetLogDirty(true), exactly one CaptureState per checkpoint after its
+// ReadPages, and on the sink every checkpoint of one stream, in order and
+// with no gap, starting from the stream's first, into a replica no other
+// stream has fed. A resync would break the last rule: it ships a later
+// checkpoint of an old stream, or a new stream's, into a replica the
+// standby already holds.
+type streamHV struct {
+	*sim.Hypervisor
+	on  bool // StreamCaptured's answer
+	log *streamLog
+
+	mu        sync.Mutex
+	stream    uint64 // source: current stream, 0 none
+	next      uint64 // source: the next stream's number
+	seq       uint64 // source: checkpoints of the current stream
+	suspended bool
+	read      bool // ReadPages since Suspend
+	captures  int  // CaptureState calls since Suspend
+	replicas  map[libxl.DomID]*replicaFeed
+}
+
+type replicaFeed struct{ stream, seq uint64 }
+
+func newStreamHV(on bool, log *streamLog, first uint64) *streamHV {
+	h, _ := sim.New(nil)
+	return &streamHV{Hypervisor: h, on: on, log: log, next: first, replicas: map[libxl.DomID]*replicaFeed{}}
+}
+
+func (f *streamHV) StreamCaptured(t libxl.DomainType) bool { return f.on && t == libxl.TypePVH }
+
+func (f *streamHV) SetLogDirty(dom libxl.DomID, on bool) error {
+	if err := f.Hypervisor.SetLogDirty(dom, on); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if on {
+		f.stream, f.seq = f.next, 0
+		f.next++
+		f.log.mu.Lock()
+		f.log.streams++
+		f.log.mu.Unlock()
+	} else {
+		f.stream = 0
+	}
+	return nil
+}
+
+func (f *streamHV) Suspend(dom libxl.DomID) error {
+	if err := f.Hypervisor.Suspend(dom); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.suspended, f.read, f.captures = true, false, 0
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *streamHV) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
+	f.mu.Lock()
+	if f.suspended && f.captures > 0 {
+		f.log.violate("ReadPages after the checkpoint's CaptureState")
+	}
+	f.read = true
+	f.mu.Unlock()
+	return f.Hypervisor.ReadPages(dom, pfns, dst)
+}
+
+func (f *streamHV) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State, error) {
+	dst, err := f.Hypervisor.CaptureState(dom, dst)
+	if err != nil {
+		return dst, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.captures++
+	switch {
+	case f.captures > 1:
+		f.log.violate("CaptureState called %d times in one checkpoint", f.captures)
+	case !f.read:
+		f.log.violate("CaptureState before the checkpoint's ReadPages")
+	case f.stream == 0:
+		f.log.violate("CaptureState outside a stream (log-dirty off)")
+	}
+	f.seq++
+	tag := binary.LittleEndian.AppendUint64(nil, f.stream)
+	tag = binary.LittleEndian.AppendUint64(tag, f.seq)
+	return append(dst, libxl.State{Kind: libxl.StatePlatform, Index: streamTag, Data: tag}), nil
+}
+
+func (f *streamHV) Resume(dom libxl.DomID) error {
+	f.mu.Lock()
+	if f.suspended && f.captures != 1 {
+		f.log.violate("checkpoint resumed after %d CaptureState calls", f.captures)
+	}
+	f.suspended = false
+	f.mu.Unlock()
+	return f.Hypervisor.Resume(dom)
+}
+
+func (f *streamHV) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
+	dom, err := f.Hypervisor.CreateReplica(info)
+	if err != nil {
+		return dom, err
+	}
+	f.mu.Lock()
+	f.replicas[dom] = &replicaFeed{}
+	f.mu.Unlock()
+	f.log.mu.Lock()
+	f.log.replicas++
+	f.log.mu.Unlock()
+	return dom, nil
+}
+
+func (f *streamHV) RestoreState(dom libxl.DomID, st []libxl.State) error {
+	var rest []libxl.State
+	var stream, seq uint64
+	tags := 0
+	for _, s := range st {
+		if s.Kind == libxl.StatePlatform && s.Index == streamTag && len(s.Data) == 16 {
+			stream, seq = binary.LittleEndian.Uint64(s.Data), binary.LittleEndian.Uint64(s.Data[8:])
+			tags++
+			continue
+		}
+		rest = append(rest, s)
+	}
+	f.mu.Lock()
+	r := f.replicas[dom]
+	switch {
+	case !f.on:
+	case tags != 1:
+		f.log.violate("replica %d: epoch with %d stream captures", dom, tags)
+	case r == nil:
+		f.log.violate("replica %d: state for a replica never created", dom)
+	case r.stream == 0 && seq != 1:
+		f.log.violate("replica %d: first state is checkpoint %d of stream %d, not its first (a resync)", dom, seq, stream)
+	case r.stream != 0 && stream != r.stream:
+		f.log.violate("replica %d of stream %d fed stream %d (a resync)", dom, r.stream, stream)
+	case r.stream != 0 && seq != r.seq+1:
+		f.log.violate("replica %d: checkpoint %d of stream %d after %d (a gap)", dom, seq, stream, r.seq)
+	}
+	if r != nil {
+		r.stream, r.seq = stream, seq
+	}
+	f.mu.Unlock()
+	f.log.mu.Lock()
+	f.log.restored++
+	f.log.mu.Unlock()
+	return f.Hypervisor.RestoreState(dom, rest)
+}
+
+// cutter keeps the primary's live connections so a test can break them.
+type cutter struct {
+	mu    sync.Mutex
+	conns []checkpoint.Conn
+}
+
+func (c *cutter) wrap(cn checkpoint.Conn) checkpoint.Conn {
+	c.mu.Lock()
+	c.conns = append(c.conns, cn)
+	c.mu.Unlock()
+	return cn
+}
+
+func (c *cutter) cut() {
+	c.mu.Lock()
+	for _, cn := range c.conns {
+		cn.Close()
+	}
+	c.conns = nil
+	c.mu.Unlock()
+}
+
+// runStreamCluster protects a sim guest whose backend says (on) or does
+// not say its capture is a stream, breaks the replication connection
+// cuts times, each once the domain is protected again, and stops.
+func runStreamCluster(t *testing.T, on bool, cuts int) *streamLog {
+	log := &streamLog{}
+	hp := newStreamHV(on, log, 1)
+	hs := newStreamHV(on, log, 1)
+	defer hp.Close()
+	defer hs.Close()
+	dom, err := hp.CreateDomain(sim.DomainConfig{Name: "g", Pages: 256, Workload: sim.WorkloadUniform,
+		Rate: 2000, Seed: 3, Quantum: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hp.DestroyAll()
+	defer hs.DestroyAll()
+	ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(20 * time.Millisecond),
+		Timeout: epoch.Duration(200 * time.Millisecond), Reprotect: true}
+	net := checkpoint.NewPipeNetwork()
+	cut := &cutter{}
+	net.Wrap = cut.wrap
+	protected := make(chan struct{}, 16)
+	var commitsMu sync.Mutex
+	commits := 0
+	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4,
+		SyncStopPages: 16, Observer: func(o checkpoint.Observation) {
+			if o.Kind == checkpoint.ObsState && o.State == "protected" {
+				protected <- struct{}{}
+			}
+		}}, hp, net, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Observer: func(o checkpoint.Observation) {
+		if o.Kind == checkpoint.ObsCommit {
+			commitsMu.Lock()
+			commits++
+			commitsMu.Unlock()
+		}
+	}}, hs, net, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pdone := make(chan error, 1)
+	go func() { pdone <- p.Run(ctx) }()
+	go s.Run(ctx)
+	for i := 0; i <= cuts; i++ {
+		<-protected
+		commitsMu.Lock()
+		before := commits
+		commitsMu.Unlock()
+		time.Sleep(150 * time.Millisecond)
+		commitsMu.Lock()
+		after := commits
+		commitsMu.Unlock()
+		if after <= before {
+			t.Fatalf("connection %d: no checkpoint committed while protected", i+1)
+		}
+		if i < cuts {
+			cut.cut()
+		}
+	}
+	p.Stop()
+	if err := <-pdone; err != nil {
+		t.Fatalf("primary: %v", err)
+	}
+	if st := s.Status(); st.State == "active" {
+		t.Fatalf("the standby took over: %+v", st)
+	}
+	return log
+}
+
+// TestStreamCaptureNeverResyncs: a backend whose capture is a stream gets
+// a full sync into a fresh replica on every reconnection, and exactly one
+// CaptureState per checkpoint, each reaching the replica in order.
+func TestStreamCaptureNeverResyncs(t *testing.T) {
+	const cuts = 3
+	synctest.Test(t, func(t *testing.T) {
+		log := runStreamCluster(t, true, cuts)
+		for _, v := range log.violations {
+			t.Error(v)
+		}
+		if log.streams != cuts+1 || log.replicas != cuts+1 {
+			t.Errorf("%d streams into %d replicas for %d connections; want one fresh stream and replica each",
+				log.streams, log.replicas, cuts+1)
+		}
+		if log.restored == 0 {
+			t.Error("no checkpoint restored")
+		}
+	})
+}
+
+// TestStreamCaptureControl runs the same cuts with a plain backend: the
+// engine resynchronises the replica it holds, which shows the cuts above
+// do reach the resync path that a stream must never take.
+func TestStreamCaptureControl(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		log := runStreamCluster(t, false, 3)
+		if log.replicas != 1 {
+			t.Errorf("plain backend: %d replicas created; want 1 (the reconnections resynchronise it)", log.replicas)
+		}
+	})
+}

@@ -1,0 +1,263 @@
+package xen
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/xl-kemari/xl-kemari/libxl"
+	"github.com/xl-kemari/xl-kemari/libxl/xen/libxcstream"
+)
+
+// Route (a), standby side: a pvReplica is a libxl_domain_create_restore
+// (checkpointed REMUS stream) reading a pipe, plus the canonical pages the
+// engine writes (it reads them back as XOR bases and for digests). Each
+// committed epoch (RestoreState) is checked at once and queued for a writer
+// goroutine, which encodes it from the pages into the pipe; Activate closes
+// the pipe, so libxl builds the domain from the last whole checkpoint, then
+// renames it and unpauses it.
+//
+// The engine's next WritePages waits while the writer still reads the
+// pages of a queued checkpoint (a read lock the writer holds for it): a
+// restore slower than the checkpoints slows the standby's commits, it does
+// not tear them.
+
+// replicaBase is the first DomID the Sink hands out for a replica under
+// restore: beyond domid_t (16 bits), so never a real domain's.
+const replicaBase libxl.DomID = 0x10000
+
+// replicaChunk is the number of pages one allocation of the page store
+// holds; pages never written stay unallocated (zeros).
+const replicaChunk = 1024
+
+// restorer is what a pvReplica needs of Xen: a Context (ctxRestorer), or
+// a fake libxl in tests.
+type restorer interface {
+	// CreateRestore runs libxl_domain_create_restore (REMUS) of a domain
+	// configured by configJSON, named name, from r, until r ends
+	// (Context.DomainCreateRestore); the domain is left paused.
+	CreateRestore(configJSON []byte, name string, r *os.File) (libxl.DomID, error)
+	Rename(id libxl.DomID, oldName, newName string) error
+	Unpause(id libxl.DomID) error
+	Destroy(id libxl.DomID) error
+	NameToID(name string) (libxl.DomID, error)
+}
+
+type pvReplica struct {
+	x     restorer
+	id    libxl.DomID // synthetic, >= replicaBase
+	name  string      // the domain's name once activated
+	tmp   string      // its name while restored
+	pages uint64
+
+	// mu guards chunks: WritePages holds it, ReadPages and each queued
+	// checkpoint (until written) read-hold it.
+	mu     sync.RWMutex
+	chunks [][]byte
+
+	// Loop-owned (the engine's one goroutine per replica).
+	pending *libxl.Bitmap // pages written since the last checkpoint
+	started bool          // a checkpoint with the stream headers was queued
+	closed  bool          // activated or destroyed: no more epochs
+
+	endOnce   sync.Once
+	jobs      chan replicaJob
+	w         *os.File
+	writeDone chan struct{}
+	werr      error // the writer's failure; read after writeDone, or under wmu
+	wmu       sync.Mutex
+
+	restoreDone chan struct{}
+	domid       libxl.DomID // after restoreDone
+	rerr        error       // after restoreDone
+}
+
+type replicaJob struct {
+	pfns   []libxl.PFN
+	states []libxl.State
+}
+
+// newReplica starts the restore of a PV replica of info, called id.
+func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, error) {
+	if len(info.Config) == 0 {
+		return nil, fmt.Errorf("xen: CreateReplica(%q): no libxl configuration in the description", info.Name)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("xen: restore pipe: %w", err)
+	}
+	syscall.Syscall(syscall.SYS_FCNTL, w.Fd(), syscall.F_SETPIPE_SZ, 1<<20)
+	rep := &pvReplica{x: x, id: id, name: info.Name, tmp: fmt.Sprintf("%s--kemari-%d-%d", info.Name, os.Getpid(), id-replicaBase),
+		pages: info.Pages, chunks: make([][]byte, (info.Pages+replicaChunk-1)/replicaChunk),
+		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 16), w: w,
+		writeDone: make(chan struct{}), restoreDone: make(chan struct{})}
+	cfg := info.Config
+	go func() {
+		defer close(rep.restoreDone)
+		rep.domid, rep.rerr = x.CreateRestore(cfg, rep.tmp, r)
+		r.Close()
+	}()
+	go rep.write()
+	return rep, nil
+}
+
+// write encodes queued checkpoints into the restore's pipe.
+func (r *pvReplica) write() {
+	defer close(r.writeDone)
+	var enc libxcstream.Encoder
+	for j := range r.jobs {
+		r.wmu.Lock()
+		failed := r.werr != nil
+		r.wmu.Unlock()
+		if !failed {
+			err := enc.WriteCheckpoint(r.w, j.pfns, func(i int) []byte { return r.page(j.pfns[i]) }, j.states)
+			if err != nil {
+				r.wmu.Lock()
+				r.werr = fmt.Errorf("xen: replica %q: feeding the restore: %w", r.tmp, err)
+				r.wmu.Unlock()
+			}
+		}
+		r.mu.RUnlock() // taken for this job by restoreState
+	}
+}
+
+var zeroPage = make([]byte, libxl.PageSize)
+
+// page returns pfn's stored contents (aliased). Callers read-hold mu.
+func (r *pvReplica) page(pfn libxl.PFN) []byte {
+	c := r.chunks[uint64(pfn)/replicaChunk]
+	if c == nil {
+		return zeroPage
+	}
+	off := (uint64(pfn) % replicaChunk) * libxl.PageSize
+	return c[off : off+libxl.PageSize]
+}
+
+func (r *pvReplica) check(op string, pfns []libxl.PFN, n int) error {
+	if r.closed {
+		return fmt.Errorf("xen: %s(%d): %w: the replica was activated or destroyed", op, r.id, libxl.ErrBadState)
+	}
+	if n < len(pfns)*libxl.PageSize {
+		return fmt.Errorf("xen: %s(%d): %d bytes for %d pages: %w", op, r.id, n, len(pfns), libxl.ErrRange)
+	}
+	for _, p := range pfns {
+		if uint64(p) >= r.pages {
+			return fmt.Errorf("xen: %s(%d): pfn %d of %d: %w", op, r.id, p, r.pages, libxl.ErrRange)
+		}
+	}
+	return nil
+}
+
+func (r *pvReplica) writePages(pfns []libxl.PFN, data []byte) error {
+	if err := r.check("WritePages", pfns, len(data)); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, p := range pfns {
+		ci := uint64(p) / replicaChunk
+		if r.chunks[ci] == nil {
+			r.chunks[ci] = make([]byte, replicaChunk*libxl.PageSize)
+		}
+		off := (uint64(p) % replicaChunk) * libxl.PageSize
+		copy(r.chunks[ci][off:off+libxl.PageSize], data[i*libxl.PageSize:])
+		r.pending.Set(p)
+	}
+	return nil
+}
+
+func (r *pvReplica) readPages(pfns []libxl.PFN, dst []byte) error {
+	if len(dst) < len(pfns)*libxl.PageSize {
+		return fmt.Errorf("xen: ReadPages(%d): %d bytes for %d pages: %w", r.id, len(dst), len(pfns), libxl.ErrRange)
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for i, p := range pfns {
+		if uint64(p) >= r.pages {
+			return fmt.Errorf("xen: ReadPages(%d): pfn %d of %d: %w", r.id, p, r.pages, libxl.ErrRange)
+		}
+		copy(dst[i*libxl.PageSize:(i+1)*libxl.PageSize], r.page(p))
+	}
+	return nil
+}
+
+// restoreState queues the committed epoch: the pages written since the
+// last one, with its state blobs. It checks the checkpoint first, so an
+// epoch it accepts is one the restore can take.
+func (r *pvReplica) restoreState(st []libxl.State) error {
+	if err := r.check("RestoreState", nil, 0); err != nil {
+		return err
+	}
+	r.wmu.Lock()
+	werr := r.werr
+	r.wmu.Unlock()
+	if werr != nil {
+		return werr
+	}
+	select {
+	case <-r.restoreDone:
+		return fmt.Errorf("xen: replica %q: the restore ended early: %v", r.tmp, r.rerr)
+	default:
+	}
+	pfns := r.pending.AppendSet(nil)
+	if err := libxcstream.Check(pfns, st, r.started); err != nil {
+		return fmt.Errorf("xen: RestoreState(%d): %w", r.id, err)
+	}
+	r.started = true
+	r.pending.Reset()
+	r.mu.RLock() // released by the writer once the job is in the pipe
+	r.jobs <- replicaJob{pfns: pfns, states: slices.Clone(st)}
+	return nil
+}
+
+// finish closes the stream after the queued checkpoints and waits for the
+// restore to build the domain from the last whole one.
+func (r *pvReplica) finish() (libxl.DomID, error) {
+	r.endOnce.Do(func() {
+		close(r.jobs)
+		<-r.writeDone
+		r.w.Close()
+	})
+	<-r.restoreDone
+	return r.domid, r.rerr
+}
+
+// activate: finish the restore, name the domain as the primary's, unpause.
+func (r *pvReplica) activate() (libxl.DomID, error) {
+	if !r.started {
+		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w: no checkpoint restored", r.id, libxl.ErrBadState)
+	}
+	r.closed = true
+	id, err := r.finish()
+	if err != nil {
+		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w", r.id, err)
+	}
+	if r.werr != nil {
+		// The restore resumed from an earlier checkpoint than committed.
+		r.x.Destroy(id)
+		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w", r.id, r.werr)
+	}
+	if err := r.x.Rename(id, r.tmp, r.name); err != nil {
+		return id, fmt.Errorf("xen: Activate(%d): the replica stays paused as %q: %w", r.id, r.tmp, err)
+	}
+	if err := r.x.Unpause(id); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// destroy ends the restore and destroys whatever it built.
+func (r *pvReplica) destroy() error {
+	id, err := r.finish()
+	if err != nil {
+		// libxl cleaned up a failed restore, unless it got as far as
+		// naming the domain.
+		if d, lerr := r.x.NameToID(r.tmp); lerr == nil {
+			return r.x.Destroy(d)
+		}
+		return nil
+	}
+	return r.x.Destroy(id)
+}

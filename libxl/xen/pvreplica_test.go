@@ -1,0 +1,255 @@
+package xen
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/xl-kemari/xl-kemari/libxl"
+	"github.com/xl-kemari/xl-kemari/libxl/xen/libxcstream"
+)
+
+// fakeRestore plays libxl_domain_create_restore (REMUS): it reads the
+// stream to its end and builds the domain from the last whole checkpoint
+// (libxc's CHECKPOINT followed by libxl's CHECKPOINT_END), or fails if
+// there is none.
+type fakeRestore struct {
+	mu          sync.Mutex
+	mem         map[uint64][]byte // the built domain's memory
+	checkpoints int
+	name        string
+	paused      bool
+	destroyed   []libxl.DomID
+	failEarly   bool
+}
+
+const fakeDomid libxl.DomID = 42
+
+func (f *fakeRestore) CreateRestore(cfg []byte, name string, r *os.File) (libxl.DomID, error) {
+	if f.failEarly {
+		return libxl.DomIDInvalid, errors.New("fake: bad config")
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return libxl.DomIDInvalid, err
+	}
+	mem, n := decodeRemus(b)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checkpoints = n
+	if n == 0 {
+		return libxl.DomIDInvalid, errors.New("fake: no complete checkpoint")
+	}
+	f.mem, f.name, f.paused = mem, name, true
+	return fakeDomid, nil
+}
+
+// decodeRemus applies the whole checkpoints of a libxl REMUS stream.
+func decodeRemus(b []byte) (map[uint64][]byte, int) {
+	mem := map[uint64][]byte{}
+	if libxcstream.ParseLibxlHeader(b) != nil {
+		return mem, 0
+	}
+	off := libxcstream.LibxlHeaderLen
+	r, n, err := libxcstream.ParseRecord(b[off:])
+	if err != nil || r.Type != libxcstream.LibxlLibxcContext {
+		return mem, 0
+	}
+	off += n
+	if _, err := libxcstream.ParseHeader(b[off:]); err != nil {
+		return mem, 0
+	}
+	off += libxcstream.ImageHeaderLen + libxcstream.DomainHeaderLen
+	pending := map[uint64][]byte{}
+	count, end := 0, false
+	for off < len(b) {
+		r, n, err := libxcstream.ParseRecord(b[off:])
+		if err != nil {
+			break
+		}
+		off += n
+		switch {
+		case end:
+			if r.Type != libxcstream.LibxlCheckpointEnd {
+				return mem, count
+			}
+			for p, d := range pending {
+				mem[p] = d
+			}
+			clear(pending)
+			count++
+			end = false
+		case r.Type == libxcstream.RecCheckpoint:
+			end = true
+		case r.Type == libxcstream.RecPageData:
+			pd, err := libxcstream.ParsePageData(r.Body)
+			if err != nil {
+				return mem, count
+			}
+			i := 0
+			for _, p := range pd.Pages {
+				d := make([]byte, libxl.PageSize)
+				if p.Type.HasData() {
+					copy(d, pd.Data[i*libxl.PageSize:])
+					i++
+				}
+				pending[p.PFN] = d
+			}
+		}
+	}
+	return mem, count
+}
+
+func (f *fakeRestore) Rename(id libxl.DomID, o, n string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if id != fakeDomid || o != f.name {
+		return fmt.Errorf("fake: rename %d %q: no such domain", id, o)
+	}
+	f.name = n
+	return nil
+}
+
+func (f *fakeRestore) Unpause(id libxl.DomID) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused = false
+	return nil
+}
+
+func (f *fakeRestore) Destroy(id libxl.DomID) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destroyed = append(f.destroyed, id)
+	return nil
+}
+
+func (f *fakeRestore) NameToID(name string) (libxl.DomID, error) {
+	return libxl.DomIDInvalid, errors.New("fake: no such name")
+}
+
+// TestPVRouteA chains both halves of route (a) as the engine does, with
+// fakes for libxc and libxl: the stream's pre-copy rounds go straight
+// into the replica, each checkpoint is committed (WritePages, then
+// RestoreState), and Activate ends the restore, whose domain must hold the
+// guest's memory of the last committed checkpoint.
+func TestPVRouteA(t *testing.T) {
+	const pages = 1500
+	xc := newFakeXC(pages)
+	s, err := startStream(xc, 7, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.end()
+	xl := &fakeRestore{}
+	info := libxl.DomainInfo{Name: "guest", Type: libxl.TypePV, Pages: pages, Config: []byte(`{"c_info":{}}`)}
+	rp, err := newReplica(xl, replicaBase, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.restoreState(nil); err == nil {
+		t.Error("RestoreState without the stream's headers accepted")
+	}
+	bm := libxl.NewBitmap(pages)
+	for range 3 {
+		pfns, data := readAll(t, s, bm, nil)
+		if err := rp.writePages(pfns, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want [][]byte
+	for ck := 1; ck <= 6; ck++ {
+		if err := s.suspend(); err != nil {
+			t.Fatal(err)
+		}
+		pfns, data := readAll(t, s, bm, nil)
+		states, err := s.captureState(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		xc.mu.Lock()
+		snap := xc.snap
+		xc.mu.Unlock()
+		if err := s.resume(); err != nil {
+			t.Fatal(err)
+		}
+		if ck == 6 {
+			break // captured, never committed: the replica must not have it
+		}
+		if err := rp.writePages(pfns, data); err != nil {
+			t.Fatal(err)
+		}
+		// The XOR base of the next epoch's pages is what was committed.
+		got := make([]byte, len(data))
+		if err := rp.readPages(pfns, got); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("checkpoint %d: ReadPages after WritePages: %v", ck, err)
+		}
+		if err := rp.restoreState(states); err != nil {
+			t.Fatalf("checkpoint %d: RestoreState: %v", ck, err)
+		}
+		want = snap
+	}
+	if err := rp.writePages([]libxl.PFN{pages}, make([]byte, libxl.PageSize)); !errors.Is(err, libxl.ErrRange) {
+		t.Errorf("WritePages beyond the domain: %v, want ErrRange", err)
+	}
+	id, err := rp.activate()
+	if err != nil {
+		t.Fatalf("Activate: %v", err)
+	}
+	if id != fakeDomid || xl.name != "guest" || xl.paused || xl.checkpoints != 5 {
+		t.Errorf("activated domain %d %q paused=%v after %d checkpoints; want %d %q running after 5",
+			id, xl.name, xl.paused, xl.checkpoints, fakeDomid, "guest")
+	}
+	for p, m := range want {
+		if !bytes.Equal(xl.mem[uint64(p)], m) {
+			t.Fatalf("restored pfn %d differs from the guest's at the last committed checkpoint", p)
+		}
+	}
+	if err := rp.writePages(nil, nil); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("WritePages after Activate: %v, want ErrBadState", err)
+	}
+}
+
+// TestPVReplicaEnds: a replica destroyed before its first checkpoint
+// leaves nothing behind, and one whose restore failed refuses epochs.
+func TestPVReplicaEnds(t *testing.T) {
+	info := libxl.DomainInfo{Name: "guest", Type: libxl.TypePV, Pages: 16, Config: []byte(`{}`)}
+	xl := &fakeRestore{}
+	rp, err := newReplica(xl, replicaBase, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.writePages([]libxl.PFN{3}, make([]byte, libxl.PageSize)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.activate(); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("Activate before any checkpoint: %v, want ErrBadState", err)
+	}
+	if err := rp.destroy(); err != nil || len(xl.destroyed) != 0 {
+		t.Errorf("destroy: %v, destroyed %v", err, xl.destroyed)
+	}
+
+	bad := &fakeRestore{failEarly: true}
+	rp, _ = newReplica(bad, replicaBase+1, info)
+	<-rp.restoreDone
+	c := libxcstream.NewCapture()
+	c.SetHeader(libxcstream.Header{Version: 3, Type: libxcstream.DomainX86PV, PageShift: 12})
+	c.Add(libxcstream.Record{Type: libxcstream.RecCheckpoint})
+	if err := rp.restoreState(slices.Clip(c.AppendStates(nil))); err == nil {
+		t.Error("RestoreState after the restore failed: accepted")
+	}
+	rp.destroy()
+}
+
+// TestPVReplicaNoInfo: a description without the libxl configuration
+// cannot be restored.
+func TestPVReplicaNoInfo(t *testing.T) {
+	if _, err := newReplica(&fakeRestore{}, replicaBase, libxl.DomainInfo{Name: "g", Pages: 1}); err == nil {
+		t.Error("replica without a configuration accepted")
+	}
+}
