@@ -434,24 +434,8 @@ func (p *Primary) endStream() {
 }
 
 func (p *Primary) acquire(ctx context.Context) {
-	for {
-		ok, err := p.arb.Acquire(ctx, p.cfg.Session, arbiter.Primary)
-		if err == nil {
-			k := epoch.EvDenied
-			if ok {
-				k = epoch.EvGranted
-			}
-			p.post(pevent{ev: epoch.Event{Kind: k}})
-			return
-		}
-		p.log.Warn("arbiter unreachable; output stays held", "err", err)
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return
-		case <-p.done:
-			return
-		}
+	if k, ok := askArbiter(ctx, p.done, p.arb, p.cfg.Session, arbiter.Primary, p.log, "output stays held"); ok {
+		p.post(pevent{ev: epoch.Event{Kind: k}})
 	}
 }
 

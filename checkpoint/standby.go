@@ -627,24 +627,8 @@ func (s *Standby) commit(e uint64) error {
 }
 
 func (s *Standby) acquire(ctx context.Context) {
-	for {
-		ok, err := s.arb.Acquire(ctx, s.session, arbiter.Standby)
-		if err == nil {
-			k := epoch.EvDenied
-			if ok {
-				k = epoch.EvGranted
-			}
-			s.post(sevent{ev: epoch.Event{Kind: k}})
-			return
-		}
-		s.log.Warn("arbiter unreachable; replica stays paused", "err", err)
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return
-		case <-s.done:
-			return
-		}
+	if k, ok := askArbiter(ctx, s.done, s.arb, s.session, arbiter.Standby, s.log, "replica stays paused"); ok {
+		s.post(sevent{ev: epoch.Event{Kind: k}})
 	}
 }
 
