@@ -122,13 +122,17 @@ type PipeNetwork struct {
 
 	mu sync.Mutex
 	// Protected by mu.
+	closed bool
+	down   bool
+
 	pending chan Conn
-	closed  bool
-	down    bool
+	done    chan struct{} // closed by Close; pending is never closed, so a racing Dial cannot panic
 }
 
 // NewPipeNetwork returns an empty in-memory network.
-func NewPipeNetwork() *PipeNetwork { return &PipeNetwork{pending: make(chan Conn, 4)} }
+func NewPipeNetwork() *PipeNetwork {
+	return &PipeNetwork{pending: make(chan Conn, 4), done: make(chan struct{})}
+}
 
 // ErrNetDown: the in-memory network refuses connections (SetDown).
 var ErrNetDown = errors.New("checkpoint: network down")
@@ -159,6 +163,10 @@ func (n *PipeNetwork) Dial(ctx context.Context) (Conn, error) {
 		a.Close()
 		b.Close()
 		return nil, ctx.Err()
+	case <-n.done:
+		a.Close()
+		b.Close()
+		return nil, ErrNetDown
 	}
 	var c Conn = a
 	if n.Wrap != nil {
@@ -169,11 +177,12 @@ func (n *PipeNetwork) Dial(ctx context.Context) (Conn, error) {
 
 // Accept implements Listener.
 func (n *PipeNetwork) Accept() (Conn, error) {
-	c, ok := <-n.pending
-	if !ok {
+	select {
+	case c := <-n.pending:
+		return c, nil
+	case <-n.done:
 		return nil, net.ErrClosed
 	}
-	return c, nil
 }
 
 // Close implements Listener.
@@ -182,7 +191,7 @@ func (n *PipeNetwork) Close() error {
 	defer n.mu.Unlock()
 	if !n.closed {
 		n.closed = true
-		close(n.pending)
+		close(n.done)
 	}
 	return nil
 }
