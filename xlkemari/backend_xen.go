@@ -2,6 +2,20 @@
 
 package main
 
+import (
+	"github.com/xl-kemari/xl-kemari/libxl"
+	"github.com/xl-kemari/xl-kemari/libxl/xen"
+)
+
 // The real Xen backend registers itself as "xen" when the command is built
 // with -tags xen (cgo, libxen-dev).
-import _ "github.com/xl-kemari/xl-kemari/libxl/xen"
+func init() {
+	replicaDomID = func(hv libxl.Hypervisor, dom libxl.DomID) (libxl.DomID, bool) {
+		h, ok := hv.(*xen.Hypervisor)
+		if !ok {
+			return 0, false
+		}
+		id, ok := h.ReplicaDomid(dom)
+		return libxl.DomID(id), ok
+	}
+}

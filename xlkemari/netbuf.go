@@ -144,28 +144,69 @@ func (f *netbufFlags) openSim(d *sim.Domain, nnics int) (bufs []netbuf.Buffer, c
 	if len(f.vifs) != nnics {
 		return nil, nil, fmt.Errorf("%w: --netbuf=%s needs one --vif per NIC: %d NICs, %d --vif", errNetbufFlags, mode, nnics, len(f.vifs))
 	}
+	cfg := d.Config()
+	devs := make([]netbuf.Device, nnics)
+	for i := range nnics {
+		devs[i] = netbuf.Device{Name: f.vifs[i], MAC: d.NIC(i).MAC()}
+		if i < len(cfg.NICs) {
+			if ap, err := netip.ParseAddrPort(cfg.NICs[i].Listen); err == nil {
+				devs[i].Addrs = []netip.Addr{ap.Addr().Unmap()}
+			}
+		}
+	}
+	opened, err = f.openKernel(devs, sim.BackendName)
+	return opened, closeAll, err
+}
+
+// openKernel holds the output of each of devs (dom0-side devices in
+// --netns) with the kernel backend --netbuf names (auto: plug, else
+// nfqueue), after removing what a crashed earlier run left behind. mem
+// is refused (it needs a simulator domain); none opens pass-through
+// buffers, with --unsafe only. f.close closes what it opened.
+func (f *netbufFlags) openKernel(devs []netbuf.Device, hv string) (opened []netbuf.Buffer, err error) {
+	defer func() {
+		if err != nil {
+			for _, b := range opened {
+				_ = b.Close()
+			}
+			opened = nil
+		}
+		bufs := opened
+		f.closeNets = func() {
+			for _, b := range bufs {
+				_ = b.Close()
+			}
+		}
+	}()
+	mode := f.modeFor(hv)
+	switch mode {
+	case netbufMem:
+		return nil, fmt.Errorf("%w: --netbuf=mem holds a simulator domain's output in process; a %s domain needs a kernel buffer (auto, plug or nfqueue)", errNetbufFlags, hv)
+	case netbufNone:
+		if !f.unsafe {
+			return nil, auto.ErrUnsafe
+		}
+		for range devs {
+			b, _ := auto.None{}.Open(netbuf.Device{})
+			opened = append(opened, b)
+		}
+		return opened, nil
+	}
 	if err := auto.Cleanup(f.dom0NS); err != nil {
-		return nil, nil, fmt.Errorf("removing a previous run's output-buffer setup: %w", err)
+		return nil, fmt.Errorf("removing a previous run's output-buffer setup: %w", err)
 	}
 	be, err := auto.Select(auto.Options{Mode: mode, Unsafe: f.unsafe, NetNS: f.dom0NS})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	cfg := d.Config()
-	for i := range nnics {
-		dev := netbuf.Device{Name: f.vifs[i], MAC: d.NIC(i).MAC()}
-		if i < len(cfg.NICs) {
-			if ap, err := netip.ParseAddrPort(cfg.NICs[i].Listen); err == nil {
-				dev.Addrs = []netip.Addr{ap.Addr().Unmap()}
-			}
-		}
+	for i, dev := range devs {
 		b, err := be.Open(dev)
 		if err != nil {
-			return nil, nil, fmt.Errorf("nic %d (%s): %w", i, f.vifs[i], err)
+			return opened, fmt.Errorf("nic %d (%s): %w", i, dev.Name, err)
 		}
 		opened = append(opened, b)
 	}
-	return opened, closeAll, nil
+	return opened, nil
 }
 
 // checkStandbyNS refuses a simulator standby with --guest-netns that does
@@ -203,8 +244,14 @@ func (f *netbufFlags) checkStandbyNS() error {
 // neighbour advertisement for IPv6, three rounds. Failures are logged:
 // the replica runs either way, and peers still find it when their caches
 // expire.
-func (f *netbufFlags) onActivate(log *slog.Logger) func(libxl.DomID, libxl.DomainInfo) {
-	return func(dom libxl.DomID, _ libxl.DomainInfo) {
+func (f *netbufFlags) onActivate(log *slog.Logger, hv libxl.Hypervisor) func(libxl.DomID, libxl.DomainInfo) {
+	return func(dom libxl.DomID, info libxl.DomainInfo) {
+		if len(f.vifs) == 0 && replicaDomID != nil {
+			if id, ok := replicaDomID(hv, dom); ok {
+				f.announceXen(log, id, info.NICs)
+				return
+			}
+		}
 		for _, v := range f.vifs {
 			if err := linkUp(f.dom0NS, v, 5*time.Second); err != nil {
 				log.Warn("failover: replica vif not up", "vif", v, "err", err)
@@ -230,6 +277,40 @@ func (f *netbufFlags) onActivate(log *slog.Logger) func(libxl.DomID, libxl.Domai
 			}
 			log.Info("failover: announced", "dom", dom, "if", ifname, "addrs", addrs)
 		}
+	}
+}
+
+// replicaDomID, set by the Xen backend's glue (backend_xen.go), maps an
+// activated replica's Sink id to the domain id libxl gave it, whose vifs
+// are vif<id>.<devid>.
+var replicaDomID func(hv libxl.Hypervisor, dom libxl.DomID) (libxl.DomID, bool)
+
+// announceXen waits for the vifs of the activated Xen domain id (libxl's
+// hotplug script puts them on their bridges) and announces each NIC's
+// configured addresses (xl.cfg vif ip=) at its MAC on its bridge, so
+// that the LAN's switches and neighbours move to this host. Frames sent
+// by the bridge device itself do not teach this bridge the guest's MAC
+// (it learns only from frames arriving on ports), so its forwarding to
+// the vif is unaffected. A NIC without configured addresses is announced
+// by the guest itself: its netfront sends gratuitous ARP and unsolicited
+// neighbour advertisements when it reconnects after the restore.
+func (f *netbufFlags) announceXen(log *slog.Logger, id libxl.DomID, nics []libxl.NIC) {
+	for _, n := range nics {
+		vif := fmt.Sprintf("vif%d.%d", id, n.Index)
+		if err := linkUp(f.dom0NS, vif, 10*time.Second); err != nil {
+			log.Warn("failover: replica vif not up", "vif", vif, "err", err)
+			continue
+		}
+		if n.Bridge == "" || len(n.Addrs) == 0 || n.MAC == nil {
+			log.Info("failover: vif up; the guest announces its own addresses", "vif", vif, "bridge", n.Bridge)
+			continue
+		}
+		err := host.InNetNS(f.dom0NS, func() error { return announce.Send(n.Bridge, n.MAC, n.Addrs, 3) })
+		if err != nil {
+			log.Warn("failover: announcement failed", "vif", vif, "bridge", n.Bridge, "err", err)
+			continue
+		}
+		log.Info("failover: announced", "dom", id, "vif", vif, "bridge", n.Bridge, "mac", n.MAC, "addrs", n.Addrs)
 	}
 }
 

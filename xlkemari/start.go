@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/sim"
 	"github.com/xl-kemari/xl-kemari/netbuf"
+	"github.com/xl-kemari/xl-kemari/netbuf/auto"
 )
 
 func init() {
@@ -203,7 +205,7 @@ func runStart(e *env, args []string) int {
 		f.nb.mode = prot.Netbuf
 	}
 	f.nb.unsafe = f.nb.unsafe || prot.Unsafe
-	dom0, nets, disk, code, err := attachDomain(hv, domName, &f.engineFlags, &f.nb, dom)
+	dom0, nets, disk, code, err := attachDomain(hv, domName, &f.engineFlags, &f.nb, dom, prot)
 	defer f.nb.close()
 	if err != nil {
 		return fail(code, "start: %v", err)
@@ -332,13 +334,10 @@ func pickProtection(dom *conf.Domain, arg string) (conf.Protection, string, erro
 // attachDomain finds or (on the simulator) creates the domain and puts
 // the output buffers between it and the world. code is the exit code of
 // a failure.
-func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFlags, dom *conf.Domain) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
+func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFlags, dom *conf.Domain, prot conf.Protection) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
 	h, ok := hv.(*sim.Hypervisor)
 	if !ok {
-		if _, err := hv.Lookup(name); err != nil {
-			return 0, nil, nil, exitNotFound, err
-		}
-		return 0, nil, nil, exitFailure, fmt.Errorf("protecting %s domains needs the output-buffer wiring of a later release", hv.Name())
+		return attachRunning(hv, name, nb, prot)
 	}
 	// The simulator's domain lives in this process: create it, and put
 	// the in-process output buffer between its NICs and the wire.
@@ -375,6 +374,102 @@ func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFl
 		return 0, nil, nil, code, fmt.Errorf("output buffer: %w", err)
 	}
 	return id, nets, disk, exitOK, nil
+}
+
+// attachRunning finds a running domain of a real hypervisor, refuses what
+// cannot be protected there yet, and holds the output of each of its vifs
+// with a kernel output buffer (--netbuf, default auto: plug, else
+// nfqueue).
+func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.Protection) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
+	id, err := hv.Lookup(name)
+	if err != nil {
+		return 0, nil, nil, exitNotFound, err
+	}
+	info, err := hv.Source().Describe(id)
+	if err != nil {
+		return 0, nil, nil, exitFailure, err
+	}
+	if !canProtect(hv, info.Type) {
+		return 0, nil, nil, exitFailure, fmt.Errorf("%s is a %s domain; the %s backend of this release protects %s domains only (see xl-kemari(1), GUESTS)",
+			name, info.Type, hv.Name(), typeList(hv.Capabilities().Types))
+	}
+	if err := checkDisks(name, info.Disks, prot); err != nil {
+		return 0, nil, nil, exitConfig, err
+	}
+	if len(nb.vifs) > 0 {
+		return 0, nil, nil, exitUsage, fmt.Errorf("%w: --vif is for the simulator: a %s domain's vifs are its own (%s)", errNetbufFlags, hv.Name(), vifNames(info.NICs))
+	}
+	devs := make([]netbuf.Device, len(info.NICs))
+	for i, n := range info.NICs {
+		devs[i] = netbuf.Device{Name: n.Backend, MAC: n.MAC, Addrs: n.Addrs, Bridge: n.Bridge}
+	}
+	nets, err := nb.openKernel(devs, hv.Name())
+	if err != nil {
+		code := exitFailure
+		if errors.Is(err, errNetbufFlags) || errors.Is(err, auto.ErrUnsafe) {
+			code = exitUsage
+		}
+		return 0, nil, nil, code, fmt.Errorf("output buffer: %w", err)
+	}
+	return id, nets, nil, exitOK, nil
+}
+
+// canProtect says whether hv protects domains of type t end to end.
+func canProtect(hv libxl.Hypervisor, t libxl.DomainType) bool {
+	for _, c := range hv.Capabilities().Types {
+		if c == t {
+			return true
+		}
+	}
+	return false
+}
+
+func typeList(ts []libxl.DomainType) string {
+	if len(ts) == 0 {
+		return "no"
+	}
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = string(t)
+	}
+	return strings.Join(s, " and ")
+}
+
+func vifNames(nics []libxl.NIC) string {
+	if len(nics) == 0 {
+		return "none"
+	}
+	s := make([]string, len(nics))
+	for i, n := range nics {
+		s[i] = n.Backend
+	}
+	return strings.Join(s, ", ")
+}
+
+// errWritableDisk: a domain with a writable disk cannot be protected on a
+// backend that does not replicate disks.
+var errWritableDisk = errors.New("writable disk")
+
+// checkDisks refuses a domain with a writable disk unless its protection
+// says disk=none, unsafe=1: disk replication on Xen does not exist yet, so
+// after a failover the replica's memory would meet a disk that either
+// missed the writes it remembers making (a copy on the standby) or holds
+// writes of epochs that were never acknowledged (shared storage). Either
+// can corrupt the guest's file systems. Read-only disks and CD-ROMs are
+// fine: the standby attaches the same paths.
+func checkDisks(name string, disks []libxl.Disk, prot conf.Protection) error {
+	var rw []string
+	for _, d := range disks {
+		if d.Writable {
+			rw = append(rw, d.Target)
+		}
+	}
+	if len(rw) == 0 || (prot.Disk == "none" && prot.Unsafe) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s writes to %s, and disk replication on Xen is not implemented yet: after a failover the replica's memory would meet a disk that does not match it (writes missing, or writes of unacknowledged epochs present), which can corrupt its file systems. "+
+		"If losing or mixing those writes is acceptable (scratch disks, or a guest that keeps its state in memory), say so in its kemari entry: disk=none, unsafe=1 (now disk=%s)",
+		errWritableDisk, name, strings.Join(rw, ", "), prot.Disk)
 }
 
 // loggerTo is logger with its output on w.
