@@ -111,12 +111,16 @@ func (p *Primary) precopy(pc *pconn) ([]libxl.PFN, error) {
 		}
 		for i := 0; i < len(pfns); i += wire.MaxPagesPerRecord {
 			j := min(i+wire.MaxPagesPerRecord, len(pfns))
-			buf = make([]byte, (j-i)*libxl.PageSize) // the sender owns it once queued
+			n := int64(j-i) * libxl.PageSize
+			if !pc.reserve(n) {
+				return nil, errSyncAborted
+			}
+			buf = make([]byte, n) // the sender owns it once queued
 			if err := p.src.ReadPages(dom, pfns[i:j], buf); err != nil {
 				return nil, err
 			}
 			p.digest.update(pfns[i:j], buf)
-			if !pc.send(sendItem{kind: itemPages, pfns: pfns[i:j], data: buf}) {
+			if !pc.send(sendItem{kind: itemPages, pfns: pfns[i:j], data: buf, reserved: min(n, syncBudget)}) {
 				return nil, errSyncAborted
 			}
 			if round == 0 {

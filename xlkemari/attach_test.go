@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"net"
+	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -115,4 +117,27 @@ func TestAttachRunning(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestReserveGuestMemory(t *testing.T) {
+	t.Setenv("GOMEMLIMIT", "") // set (even empty): the administrator's word
+	os.Unsetenv("GOMEMLIMIT")
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	reserveGuestMemory("a", 1000)
+	want := int64(memBase + 1000*4096*memPerGuest)
+	if got := debug.SetMemoryLimit(-1); got != want {
+		t.Errorf("one guest: limit %d, want %d", got, want)
+	}
+	reserveGuestMemory("b", 3000)
+	reserveGuestMemory("a", 2000) // a new replica of a replaces the old
+	want = int64(memBase + 5000*4096*memPerGuest)
+	if got := debug.SetMemoryLimit(-1); got != want {
+		t.Errorf("two guests: limit %d, want %d", got, want)
+	}
+	t.Setenv("GOMEMLIMIT", "1GiB")
+	reserveGuestMemory("c", 100000)
+	if got := debug.SetMemoryLimit(-1); got != want {
+		t.Errorf("GOMEMLIMIT set: limit changed to %d", got)
+	}
+	memBudget.guests = nil
 }

@@ -238,7 +238,7 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 				// Not on the Standby's loop: status takes l.mu.
 				go l.notifyStatus()
 			}
-		}}, l.hv.Sink(), ln, l.arb)
+		}}, budgetSink{l.hv.Sink()}, ln, l.arb)
 	if err != nil {
 		return nil, err
 	}

@@ -156,7 +156,7 @@ func runReceive(e *env, args []string) int {
 	ss := &standbySession{arbiter: a.Configured(), timeout: f.timeout, done: make(chan struct{})}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log, Once: *stdio,
 		OnActivate: nb.onActivate(log, hv),
-		Observer:   func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, hv.Sink(), ln, a)
+		Observer:   func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, budgetSink{hv.Sink()}, ln, a)
 	if err != nil {
 		ln.Close()
 		e.errorf("receive: %v", err)

@@ -396,6 +396,7 @@ func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.
 	if err := checkDisks(name, info.Disks, prot); err != nil {
 		return 0, nil, nil, exitConfig, err
 	}
+	reserveGuestMemory(name, info.Pages)
 	if len(nb.vifs) > 0 {
 		return 0, nil, nil, exitUsage, fmt.Errorf("%w: --vif is for the simulator: a %s domain's vifs are its own (%s)", errNetbufFlags, hv.Name(), vifNames(info.NICs))
 	}

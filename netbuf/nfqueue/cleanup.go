@@ -30,6 +30,9 @@ func CleanupStale(netnsPath string) error {
 		}
 	}
 	for _, tool := range []string{"iptables", "ip6tables"} {
+		if len(host.MissingTools(tool)) > 0 {
+			continue // never installed: this backend cannot have used it
+		}
 		out, err := host.Run(netnsPath, tool, "-w", "-S")
 		if err != nil {
 			errs = append(errs, err)
@@ -50,7 +53,11 @@ func CleanupStale(netnsPath string) error {
 			run(append([]string{tool, "-w", "-D"}, f[1:]...)...)
 		}
 	}
-	out, err := host.Run(netnsPath, "ebtables", "-L")
+	// Without ebtables installed, no chain of ours can exist.
+	out, err := []byte(nil), error(nil)
+	if len(host.MissingTools("ebtables")) == 0 {
+		out, err = host.Run(netnsPath, "ebtables", "-L")
+	}
 	if err != nil {
 		errs = append(errs, err)
 	} else {

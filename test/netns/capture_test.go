@@ -5,138 +5,34 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xl-kemari/xl-kemari/internal/wirecap"
 	"github.com/xl-kemari/xl-kemari/libxl/sim/svc"
-	"github.com/xl-kemari/xl-kemari/netbuf/auto/host"
 )
 
-// frame is one captured frame with the kernel's receive timestamp.
-type frame struct {
-	t    time.Time
-	out  bool // sent by this host (PACKET_OUTGOING)
-	data []byte
-}
+// frame is one captured frame (wirecap.Frame).
+type frame = wirecap.Frame
 
-// capture records every frame on one interface, both directions, with
-// SO_TIMESTAMPNS: the kernel's time, not the moment a goroutine got to it.
-type capture struct {
-	fd   int
-	done chan struct{}
-	wg   sync.WaitGroup
-
-	mu     sync.Mutex
-	frames []frame
-	change chan struct{}
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
+// capture records every frame on one interface.
+type capture struct{ *wirecap.Capture }
 
 func openCapture(t *testing.T, nsPath, ifname string) *capture {
 	t.Helper()
-	c := &capture{done: make(chan struct{}), change: make(chan struct{})}
-	err := host.InNetNS(nsPath, func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
-	})
+	c, err := wirecap.Open(nsPath, ifname)
 	if err != nil {
-		t.Fatalf("capture on %s: %v", ifname, err)
+		t.Fatalf("capture: %v", err)
 	}
-	for _, o := range [][2]int{{unix.SO_TIMESTAMPNS, 1}, {unix.SO_RCVBUFFORCE, 16 << 20}} {
-		if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, o[0], o[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A blocked recvmsg is not woken by close: wake up every 50 ms to
-	// notice the end of the test.
-	tv := unix.NsecToTimeval(int64(50 * time.Millisecond))
-	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		t.Fatal(err)
-	}
-	c.wg.Add(1)
-	go c.read()
-	t.Cleanup(func() {
-		close(c.done)
-		c.wg.Wait()
-		unix.Close(c.fd)
-	})
-	return c
+	t.Cleanup(c.Close)
+	return &capture{c}
 }
 
-func (c *capture) read() {
-	defer c.wg.Done()
-	buf := make([]byte, 1<<16)
-	oob := make([]byte, 256)
-	for {
-		select {
-		case <-c.done:
-			return
-		default:
-		}
-		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)
-		if err != nil {
-			continue // EAGAIN from the timeout, EINTR
-		}
-		ts := time.Now()
-		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, m := range msgs {
-				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
-					tsp := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
-					ts = time.Unix(tsp.Unix())
-				}
-			}
-		}
-		out := false
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok {
-			out = ll.Pkttype == unix.PACKET_OUTGOING
-		}
-		f := frame{t: ts, out: out, data: append([]byte(nil), buf[:n]...)}
-		c.mu.Lock()
-		c.frames = append(c.frames, f)
-		close(c.change)
-		c.change = make(chan struct{})
-		c.mu.Unlock()
-	}
-}
+func (c *capture) snapshot() ([]frame, <-chan struct{}) { return c.Snapshot() }
 
-// snapshot returns the frames captured so far and a channel closed at the
-// next one.
-func (c *capture) snapshot() ([]frame, <-chan struct{}) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.frames[:len(c.frames):len(c.frames)], c.change
-}
-
-// waitFor blocks until pred holds for the frames captured, or d passes
-// (then it returns false): the bound of a wait for a reply that must come.
-func (c *capture) waitFor(d time.Duration, pred func([]frame) bool) bool {
-	timeout := time.NewTimer(d)
-	defer timeout.Stop()
-	for {
-		fs, ch := c.snapshot()
-		if pred(fs) {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-timeout.C:
-			return false
-		}
-	}
-}
+func (c *capture) waitFor(d time.Duration, pred func([]frame) bool) bool { return c.WaitFor(d, pred) }
 
 // Addresses and tags of the probes.
 var (
@@ -255,21 +151,21 @@ func classifyL4(proto byte, src, dst netip.Addr, l4 []byte, fromGuest, fromClien
 func exchanges(fs []frame, want []string) []Exchange {
 	sent, got := map[string]time.Time{}, map[string]time.Time{}
 	for _, f := range fs {
-		k, rep := classify(f.data)
+		k, rep := classify(f.Data)
 		if k == "" {
 			continue
 		}
 		m := sent
 		if rep {
-			if f.out {
+			if f.Out {
 				continue
 			}
 			m = got
-		} else if !f.out {
+		} else if !f.Out {
 			continue
 		}
 		if _, seen := m[k]; !seen {
-			m[k] = f.t
+			m[k] = f.Time
 		}
 	}
 	xs := make([]Exchange, 0, len(want))

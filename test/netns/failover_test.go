@@ -361,7 +361,7 @@ func (r *run) rounds(t *testing.T, n int) ([]Exchange, []time.Time) {
 	xs := exchanges(fs, keys)
 	// The standby's lines reach us through a pipe: once it has reported
 	// a commit later than the last reply, every earlier one is in.
-	last := fs[len(fs)-1].t
+	last := fs[len(fs)-1].Time
 	r.standby.awaitFunc(t, "a commit after the last reply", func(e event) bool { return e.Kind == "commit" && time.Unix(0, e.T).After(last) })
 	return xs, r.standby.times("commit")
 }
@@ -438,14 +438,14 @@ func TestOutputCommitAndFailover(t *testing.T) {
 	// kill may still be on the wire for a moment: 20 ms of grace.
 	var announced, early int
 	for _, f := range fs[mark:] {
-		if f.out || net.HardwareAddr(f.data[6:12]).String() != guestMAC.String() {
+		if f.Out || net.HardwareAddr(f.Data[6:12]).String() != guestMAC.String() {
 			continue
 		}
-		if f.t.After(killed.Add(20*time.Millisecond)) && f.t.Before(activated) {
+		if f.Time.After(killed.Add(20*time.Millisecond)) && f.Time.Before(activated) {
 			early++
-			t.Errorf("a frame of the guest reached the client %v after the kill, before activation: % x", f.t.Sub(killed), f.data[:min(len(f.data), 42)])
+			t.Errorf("a frame of the guest reached the client %v after the kill, before activation: % x", f.Time.Sub(killed), f.Data[:min(len(f.Data), 42)])
 		}
-		if isAnnouncement(f.data) {
+		if isAnnouncement(f.Data) {
 			announced++
 		}
 	}
@@ -456,7 +456,7 @@ func TestOutputCommitAndFailover(t *testing.T) {
 	lastKey := after[len(after)-1]
 	if !sw.waitFor(bound, func(fs []frame) bool {
 		for _, f := range fs {
-			if k, rep := classify(f.data); rep && k == lastKey && !f.out {
+			if k, rep := classify(f.Data); rep && k == lastKey && !f.Out {
 				return true
 			}
 		}

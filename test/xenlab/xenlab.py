@@ -236,7 +236,10 @@ def boot(n, image, share=None, lab=None, peer=None, timeout=300, mem="3G", netbu
         f.write("%d\n" % rl.pid)
 
     b = os.path.join(image, "boot")
-    xen_args = ("console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 "
+    # dom0 holds xl-kemari's primary and standby of a guest at once (one
+    # host) at about 1.5x the guest's memory each at their peak.
+    dom0_mem = os.environ.get("XENLAB_DOM0_MEM", "1536M")
+    xen_args = ("console=com1 com1=115200,8n1 dom0_mem=%s,max:%s dom0_max_vcpus=2 " % (dom0_mem, dom0_mem) +
                 "loglvl=all guest_loglvl=all noreboot")
     linux = ("%s/vmlinuz root=/dev/vda rw console=hvc0 loglevel=4 init=/usr/local/sbin/xenlab-init "
              "xenlab.id=%d,%s/initrd.img" % (b, n, b))

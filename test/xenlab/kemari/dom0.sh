@@ -38,7 +38,7 @@ engine)
 	cd /tmp || exit 1
 	# Primary capture and replica pages are a guest's worth each in one
 	# process, in a 1 GB dom0: keep the Go heap from doubling them.
-	GOMEMLIMIT=${GOMEMLIMIT:-640MiB} KEMARI_XEN_CFG=$cfg /mnt/host/kemari-engine.test -test.v -test.timeout 30m -test.run "${2:-.}" 2>&1
+	GOMEMLIMIT=${GOMEMLIMIT:-640MiB} KEMARI_XEN_CFG=$cfg KEMARI_E2E_LOGS=/mnt/out /mnt/host/kemari-engine.test -test.v -test.timeout 30m -test.run "${2:-.}" 2>&1
 	rc=$?
 	xl list
 	exit $rc
