@@ -592,11 +592,13 @@ func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State
 	if err != nil {
 		return dst, err
 	}
+	if st := h.stream(dom); st != nil {
+		// A stream's checkpoint stays readable after Resume
+		// (libxl.StreamCapture); the stream checks its own state.
+		return st.captureState(dst)
+	}
 	if !d.suspended {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: not suspended", dom, libxl.ErrBadState)
-	}
-	if st := h.stream(dom); st != nil {
-		return st.captureState(dst)
 	}
 	if d.typ == libxl.TypePV {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: PV state capture needs MFN canonicalisation (libxenguest stream route), not implemented yet", dom, libxl.ErrUnsupported)

@@ -87,7 +87,7 @@ type pvStream struct {
 	// Protected by mu.
 	cur       *libxcstream.Capture   // being filled by the reader
 	full      []*libxcstream.Capture // complete checkpoints not yet handed out
-	ck        *libxcstream.Capture   // the checkpoint handed out, until Resume
+	ck        *libxcstream.Capture   // the checkpoint handed out, until the next one
 	fresh     *libxl.Bitmap          // pfns read since the last ReadAndClearDirty
 	rounds    int                    // round-end markers read
 	handed    int                    // pre-copy rounds handed to the engine
@@ -342,12 +342,13 @@ func (s *pvStream) suspend() error {
 }
 
 // readPages implements Source.ReadPages from the capture: during pre-copy
-// the stream's first, still open, while suspended the checkpoint's.
+// the stream's first, still open; after it the last checkpoint handed out,
+// suspended or resumed (libxl.StreamCapture).
 func (s *pvStream) readPages(pfns []libxl.PFN, dst []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.cur
-	if s.suspended {
+	if !s.precopy {
 		c = s.ck
 	}
 	if c == nil {
@@ -367,7 +368,7 @@ func (s *pvStream) captureState(dst []libxl.State) ([]libxl.State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case !s.suspended || s.ck == nil:
+	case s.ck == nil:
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: no checkpoint taken", s.dom, libxl.ErrBadState)
 	case s.captured:
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: the checkpoint's state was already taken", s.dom, libxl.ErrBadState)
@@ -395,7 +396,7 @@ func (s *pvStream) resume() error {
 		}
 		return err
 	}
-	s.suspended, s.ck = false, nil
+	s.suspended = false // ck stays readable until the next checkpoint
 	if serr == nil {
 		s.tell(ansGo)
 	}
