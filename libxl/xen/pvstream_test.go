@@ -30,6 +30,7 @@ type fakeXC struct {
 	gen       int
 	suspended bool
 	snap      [][]byte // memory when last suspended
+	hot       int      // if set, the guest writes only pfns below it (each checkpoint rewrites the last's)
 	saveErr   error
 	saved     chan struct{}
 }
@@ -52,6 +53,9 @@ func (f *fakeXC) run(n int) {
 	for range n {
 		f.gen++
 		p := uint64(f.gen*7+3) % uint64(f.pages)
+		if f.hot > 0 {
+			p = uint64(f.gen*7+3) % uint64(f.hot)
+		}
 		binaryFill(f.mem[p], f.gen)
 		f.dirty[p] = true
 	}
