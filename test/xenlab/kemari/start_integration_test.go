@@ -211,8 +211,10 @@ func vmHWM(p *proc) string {
 	return "?"
 }
 
-// serviceRE parses the guest's status line.
-var serviceRE = regexp.MustCompile(`boot=(\S+) tick=(\d+) hits=(\d+)`)
+// serviceRE parses the guest's status line. Its tick can be empty: the
+// guest's ticker rewrites /state/tick (truncate, then write) while the
+// service may read it.
+var serviceRE = regexp.MustCompile(`boot=(\S+) tick=(\d*) hits=(\d+)`)
 
 type answer struct {
 	boot       string
