@@ -271,6 +271,7 @@ func askUntil(t *testing.T, bound time.Duration) answer {
 // tcpFrame is the part of a captured IPv4/TCP frame the commit check needs.
 type tcpFrame struct {
 	src, dst         netip.AddrPort
+	seq              uint32
 	syn, fin, rst    bool
 	payload          int
 	fromGuest, toGst bool
@@ -292,6 +293,7 @@ func parseTCP(b []byte) (tcpFrame, bool) {
 	tcp := ip[ihl:]
 	f.src = netip.AddrPortFrom(src, binary.BigEndian.Uint16(tcp[0:]))
 	f.dst = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(tcp[2:]))
+	f.seq = binary.BigEndian.Uint32(tcp[4:])
 	off := int(tcp[12]>>4) * 4
 	f.payload = total - ihl - off
 	flags := tcp[13]
@@ -303,14 +305,21 @@ func parseTCP(b []byte) (tcpFrame, bool) {
 
 // guestExchanges turns the frames of the service's connections captured
 // on dom0's bridge port into exchanges for netns.CheckCommit: every frame
-// the guest sent is paired with the last frame dom0 sent on that
-// connection that could have caused it (a SYN or one with payload). That
-// is a lower bound on its true cause (later dom0 frames are pure ACKs and
-// FINs, which cause no new output but their own ACK, and those come
-// after the request anyway), so the check is sound: a guest frame that
-// was held until its epoch's commit always has a commit between the two.
+// the guest sent is paired with the first transmission of the last thing
+// dom0 sent on that connection that could have caused it (its SYN, or new
+// payload). That is a lower bound on its true cause: later dom0 frames are
+// pure ACKs and FINs, which cause no new output but their own ACK, and
+// retransmissions (the guest's answer may be to the first copy, held
+// until its epoch's commit while dom0 retransmits) do not count. So the
+// check is sound: a guest frame that was held until its epoch's commit
+// always has a commit between the two.
 func guestExchanges(fs []wirecap.Frame) []netns.Exchange {
-	cause := map[netip.AddrPort]time.Time{} // by dom0's port
+	type conn struct {
+		cause time.Time
+		isn   uint32 // dom0's initial sequence number
+		next  uint32 // sequence number after dom0's highest payload
+	}
+	conns := map[netip.AddrPort]*conn{} // by dom0's port
 	var xs []netns.Exchange
 	for _, fr := range fs {
 		f, ok := parseTCP(fr.Data)
@@ -318,13 +327,23 @@ func guestExchanges(fs []wirecap.Frame) []netns.Exchange {
 			continue
 		}
 		switch {
-		case f.toGst && fr.Out && (f.syn || f.payload > 0):
-			cause[f.src] = fr.Time
+		case f.toGst && fr.Out && f.syn:
+			// A retransmitted SYN repeats the first one's sequence
+			// number; a new connection from the same port does not.
+			if c := conns[f.src]; c == nil || c.isn != f.seq {
+				conns[f.src] = &conn{cause: fr.Time, isn: f.seq, next: f.seq + 1}
+			}
+		case f.toGst && fr.Out && f.payload > 0:
+			c := conns[f.src]
+			if c != nil && int32(f.seq+uint32(f.payload)-c.next) > 0 { // new data
+				c.cause, c.next = fr.Time, f.seq+uint32(f.payload)
+			}
 		case f.fromGuest && !fr.Out:
-			sent, ok := cause[f.dst]
-			if !ok {
+			c := conns[f.dst]
+			if c == nil {
 				continue // a connection that began before the capture
 			}
+			sent := c.cause
 			kind := "ack"
 			switch {
 			case f.syn:
