@@ -51,6 +51,7 @@ type pvReplica struct {
 	name  string      // the domain's name once activated
 	tmp   string      // its name while restored
 	pages uint64
+	info  libxl.DomainInfo // the shape it was created with (Describe)
 
 	// mu guards chunks: WritePages holds it, ReadPages and each queued
 	// checkpoint (until written) read-hold it.
@@ -90,7 +91,7 @@ func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, 
 	}
 	syscall.Syscall(syscall.SYS_FCNTL, w.Fd(), syscall.F_SETPIPE_SZ, 1<<20)
 	rep := &pvReplica{x: x, id: id, name: info.Name, tmp: fmt.Sprintf("%s--kemari-%d-%d", info.Name, os.Getpid(), id-replicaBase),
-		pages: info.Pages, chunks: make([][]byte, (info.Pages+replicaChunk-1)/replicaChunk),
+		pages: info.Pages, info: info, chunks: make([][]byte, (info.Pages+replicaChunk-1)/replicaChunk),
 		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 16), w: w,
 		writeDone: make(chan struct{}), restoreDone: make(chan struct{})}
 	cfg := info.Config

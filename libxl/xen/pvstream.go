@@ -269,7 +269,8 @@ func (s *pvStream) parse() error {
 }
 
 // readAndClear implements Source.ReadAndClearDirty: on a running domain
-// one pre-copy round, on a suspended one the checkpoint just taken.
+// one pre-copy round, on a suspended one the checkpoint just taken (and,
+// read again before Resume, nothing: a suspended guest writes nothing).
 func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	if dst.Len() < s.pages {
 		return fmt.Errorf("xen: ReadAndClearDirty(%d): bitmap of %d bits for %d pages: %w", s.dom, dst.Len(), s.pages, libxl.ErrRange)
@@ -277,14 +278,18 @@ func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.suspended {
-		for len(s.full) == 0 {
-			if s.err != nil {
-				return s.err
+		// A second read in the same suspension finds nothing new: libxc
+		// waits in postcopy, having sent the whole checkpoint.
+		if s.ck == nil {
+			for len(s.full) == 0 {
+				if s.err != nil {
+					return s.err
+				}
+				s.cond.Wait()
 			}
-			s.cond.Wait()
+			s.ck, s.full = s.full[0], s.full[1:]
+			s.captured, s.precopy = false, false
 		}
-		s.ck, s.full = s.full[0], s.full[1:]
-		s.captured, s.precopy = false, false
 	} else {
 		if !s.precopy {
 			return fmt.Errorf("xen: ReadAndClearDirty(%d): %w: a running domain's pre-copy rounds end with the stream's first checkpoint", s.dom, libxl.ErrBadState)
