@@ -65,6 +65,8 @@ type pvReplica struct {
 
 	endOnce   sync.Once
 	jobs      chan replicaJob
+	cfg       []byte   // libxl JSON for the restore
+	rd        *os.File // the restore's end of the pipe
 	w         *os.File
 	writeDone chan struct{}
 	werr      error // the writer's failure; read after writeDone, or under wmu
@@ -94,14 +96,25 @@ func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, 
 		pages: info.Pages, info: info, chunks: make([][]byte, (info.Pages+replicaChunk-1)/replicaChunk),
 		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 16), w: w,
 		writeDone: make(chan struct{}), restoreDone: make(chan struct{})}
-	cfg := info.Config
-	go func() {
-		defer close(rep.restoreDone)
-		rep.domid, rep.rerr = x.CreateRestore(cfg, rep.tmp, r)
-		r.Close()
-	}()
+	rep.cfg, rep.rd = info.Config, r
 	go rep.write()
 	return rep, nil
+}
+
+// errNoRestore: the replica ended before its first checkpoint, so no
+// restore ever ran.
+var errNoRestore = fmt.Errorf("%w: no checkpoint was restored", libxl.ErrBadState)
+
+// startRestore starts libxl's restore, with the first checkpoint: libxl
+// must never see a stream that ends before its header (Xen 4.17's
+// libxl_domain_create_restore then calls a NULL callback and takes the
+// process down).
+func (r *pvReplica) startRestore() {
+	go func() {
+		defer close(r.restoreDone)
+		r.domid, r.rerr = r.x.CreateRestore(r.cfg, r.tmp, r.rd)
+		r.rd.Close()
+	}()
 }
 
 // write encodes queued checkpoints into the restore's pipe.
@@ -206,6 +219,9 @@ func (r *pvReplica) restoreState(st []libxl.State) error {
 	if err := libxcstream.Check(pfns, st, r.started); err != nil {
 		return fmt.Errorf("xen: RestoreState(%d): %w", r.id, err)
 	}
+	if !r.started {
+		r.startRestore()
+	}
 	r.started = true
 	r.pending.Reset()
 	r.mu.RLock() // released by the writer once the job is in the pipe
@@ -220,6 +236,11 @@ func (r *pvReplica) finish() (libxl.DomID, error) {
 		close(r.jobs)
 		<-r.writeDone
 		r.w.Close()
+		if !r.started {
+			r.rd.Close()
+			r.domid, r.rerr = libxl.DomIDInvalid, errNoRestore
+			close(r.restoreDone)
+		}
 	})
 	<-r.restoreDone
 	return r.domid, r.rerr
