@@ -73,6 +73,7 @@ func createGuestFrom(t *testing.T, hv libxl.Hypervisor, cfg string) libxl.DomID 
 		t.Skip("KEMARI_XEN_CFG (an xl config of a guest that writes its memory) is not set")
 	}
 	name := fmt.Sprintf("hvtest-%d-%d", os.Getpid(), guestSeq.Add(1))
+	t0 := time.Now()
 	out, err := exec.Command("xl", "create", "-q", cfg, `name="`+name+`"`).CombinedOutput()
 	if err != nil {
 		t.Fatalf("xl create %s: %v\n%s", cfg, err, out)
@@ -94,7 +95,9 @@ func createGuestFrom(t *testing.T, hv libxl.Hypervisor, cfg string) libxl.DomID 
 			t.Fatalf("guest %s: vif backend not connected after 240 s (%s = %q)", name, key, st)
 		}
 	}
+	tVif := time.Since(t0)
 	guestStatus(t)
+	t.Logf("guest %s (domain %d): vif connected after %.1f s, service answers after %.1f s", name, dom, tVif.Seconds(), time.Since(t0).Seconds())
 	return dom
 }
 
