@@ -24,6 +24,12 @@ type Factory struct {
 	// guest runs.
 	Create func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID
 
+	// Spawn, optional, creates a running domain like Create but may
+	// return before its guest has booted: Destroy needs a second running
+	// domain, not a working guest, and a backend whose guests boot slowly
+	// saves that boot. Nil means Create.
+	Spawn func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID
+
 	// Touch, optional, writes pages pfns of dom as a guest write would,
 	// in any run state (suspended included). Without it the checks that
 	// need an exact dirty set are skipped. It may run on a goroutine of
@@ -813,13 +819,19 @@ func (s *suite) replicaErrors() {
 	s.is(sink.ReadPages(r, []libxl.PFN{0}, mem[:libxl.PageSize]), libxl.ErrNoDomain, "ReadPages(destroyed replica)")
 }
 
+// destroy: a running and a suspended domain are destroyed, and every call
+// on them then fails with ErrNoDomain.
 func (s *suite) destroy() {
 	hv, dom := s.start()
 	src := hv.Source()
-	dom2 := s.f.Create(s.t, hv, s.want())
-	s.ok(src.Suspend(dom2), "Suspend(second)")
-	s.ok(src.Destroy(dom), "Destroy(running)")
-	s.ok(src.Destroy(dom2), "Destroy(suspended)")
+	spawn := s.f.Spawn
+	if spawn == nil {
+		spawn = s.f.Create
+	}
+	dom2 := spawn(s.t, hv, s.want())
+	s.ok(src.Suspend(dom), "Suspend(first)")
+	s.ok(src.Destroy(dom2), "Destroy(running)")
+	s.ok(src.Destroy(dom), "Destroy(suspended)")
 	bm := libxl.NewBitmap(s.pages)
 	buf := make([]byte, libxl.PageSize)
 	for _, d := range []libxl.DomID{dom, dom2} {

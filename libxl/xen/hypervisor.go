@@ -253,7 +253,7 @@ func (h *Hypervisor) forget(dom libxl.DomID, err error) {
 			// libxc fails on a domain that is gone; reap the goroutines.
 			s := st.stream
 			h.bg.Add(1)
-			go func() { defer h.bg.Done(); s.end() }()
+			go func() { defer h.bg.Done(); s.gone() }()
 		}
 		delete(h.doms, dom)
 		h.mu.Unlock()
@@ -684,7 +684,7 @@ func (h *Hypervisor) destroy(dom libxl.DomID) error {
 	delete(h.doms, dom)
 	h.mu.Unlock()
 	if s != nil {
-		s.end() // libxc fails on the destroyed domain at once
+		s.gone() // libxc fails on the destroyed domain at once
 	}
 	return err
 }

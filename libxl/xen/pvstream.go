@@ -409,14 +409,20 @@ func (s *pvStream) resume() error {
 
 // end stops the stream and waits for the save and the reader. A guest the
 // stream left suspended is resumed.
-func (s *pvStream) end() {
+func (s *pvStream) end() { s.stop(true) }
+
+// gone stops the stream of a domain that no longer exists, which there is
+// no resuming.
+func (s *pvStream) gone() { s.stop(false) }
+
+func (s *pvStream) stop(resume bool) {
 	s.mu.Lock()
 	s.stopping = true
 	s.cond.Broadcast()
 	susp := s.suspended
 	s.suspended = false
 	s.mu.Unlock()
-	if susp {
+	if susp && resume {
 		s.x.ResumeCancel(s.dom)
 	}
 	<-s.saveDone
