@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 )
@@ -715,7 +716,9 @@ func (s *suite) replica() {
 		s.ok(src.SetLogDirty(dom, true), "SetLogDirty(true)")
 	}
 	s.f.Advance(s.t)
+	t0 := time.Now()
 	info, mem, st := s.checkpoint(src, dom)
+	s.t.Logf("replica: first checkpoint (%d pages) taken in %v", s.pages, time.Since(t0).Round(time.Millisecond))
 
 	standby := s.f.Open(s.t)
 	sink := standby.Sink()
@@ -736,6 +739,7 @@ func (s *suite) replica() {
 	s.ok(sink.WritePages(r, allPFNs(s.pages)[half:], mem[half*libxl.PageSize:]), "WritePages(upper half)")
 	s.ok(sink.WritePages(r, allPFNs(s.pages)[:half], mem[:half*libxl.PageSize]), "WritePages(lower half)")
 	s.ok(sink.RestoreState(r, st), "RestoreState")
+	tFeed := time.Now()
 	if s.streamed {
 		// Each epoch restores: the next checkpoint of the stream.
 		s.ok(src.Resume(dom), "Resume")
@@ -765,12 +769,17 @@ func (s *suite) replica() {
 
 	// Fail over: the primary goes away, the replica runs.
 	s.ok(src.Destroy(dom), "Destroy(primary)")
+	t0 = time.Now()
 	s.ok(sink.Activate(r), "Activate")
+	s.t.Logf("replica: second checkpoint fed and primary destroyed in %v, replica activated in %v", t0.Sub(tFeed).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	s.is(sink.WritePages(r, []libxl.PFN{0}, zero), libxl.ErrBadState, "WritePages after Activate")
 	s.is(sink.RestoreState(r, st), libxl.ErrBadState, "RestoreState after Activate")
 	shape("after activation")
 	if s.f.Boot != nil {
-		if b := s.f.Boot(s.t, standby, r); b != boot {
+		t0 = time.Now()
+		b := s.f.Boot(s.t, standby, r)
+		s.t.Logf("replica: its guest answers after %v", time.Since(t0).Round(time.Millisecond))
+		if b != boot {
 			s.t.Errorf("the activated replica's guest is at boot %q, its primary's was at %q: it started again instead of resuming", b, boot)
 		}
 	}

@@ -151,7 +151,9 @@ func TestContract(t *testing.T) {
 		},
 		// Destroy's running domain need not have booted (~30 s).
 		Spawn: func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID {
-			dom, _ := spawnGuest(t, hv, cfg)
+			t0 := time.Now()
+			dom, name := spawnGuest(t, hv, cfg)
+			t.Logf("guest %s (domain %d) created in %.1f s, left to boot", name, dom, time.Since(t0).Seconds())
 			return dom
 		},
 		NoTouch: "the xen backend's guests are real Linux kernels: writing chosen pages of one from dom0 would corrupt it",
