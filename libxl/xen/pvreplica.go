@@ -15,9 +15,9 @@ import (
 // (checkpointed REMUS stream) reading a pipe, plus the canonical pages the
 // engine writes (it reads them back as XOR bases and for digests). Each
 // committed epoch (RestoreState) is checked at once and queued for a writer
-// goroutine, which encodes it from the pages into the pipe; Activate closes
-// the pipe, so libxl builds the domain from the last whole checkpoint, then
-// renames it and unpauses it.
+// goroutine, which encodes it from the pages into the pipe (the first one
+// starts the restore); Activate closes the pipe, so libxl builds the domain
+// from the last whole checkpoint, then renames it and unpauses it.
 //
 // The engine's next WritePages waits while the writer still reads the
 // pages of a queued checkpoint (a read lock the writer holds for it): a
