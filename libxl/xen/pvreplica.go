@@ -15,9 +15,9 @@ import (
 // (checkpointed REMUS stream) reading a pipe, plus the canonical pages the
 // engine writes (it reads them back as XOR bases and for digests). Each
 // committed epoch (RestoreState) is checked at once and queued for a writer
-// goroutine, which encodes it from the pages into the pipe; Activate closes
-// the pipe, so libxl builds the domain from the last whole checkpoint, then
-// renames it and unpauses it.
+// goroutine, which encodes it from the pages into the pipe (the first one
+// starts the restore); Activate closes the pipe, so libxl builds the domain
+// from the last whole checkpoint, then renames it and unpauses it.
 //
 // A queued checkpoint carries its pages as they were committed, and a page
 // that a snapshot may still see is replaced, not overwritten, when the
@@ -52,6 +52,7 @@ type pvReplica struct {
 	name  string      // the domain's name once activated
 	tmp   string      // its name while restored
 	pages uint64
+	info  libxl.DomainInfo // the shape it was created with (Describe)
 
 	// mu guards store, gen and cur: WritePages and restoreState hold it,
 	// ReadPages read-holds it. store[pfn] is the page (nil: never written,
@@ -70,6 +71,8 @@ type pvReplica struct {
 
 	endOnce   sync.Once
 	jobs      chan replicaJob
+	cfg       []byte   // libxl JSON for the restore
+	rd        *os.File // the restore's end of the pipe
 	w         *os.File
 	writeDone chan struct{}
 	werr      error // the writer's failure; read after writeDone, or under wmu
@@ -97,17 +100,28 @@ func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, 
 	}
 	syscall.Syscall(syscall.SYS_FCNTL, w.Fd(), syscall.F_SETPIPE_SZ, 1<<20)
 	rep := &pvReplica{x: x, id: id, name: info.Name, tmp: fmt.Sprintf("%s--kemari-%d-%d", info.Name, os.Getpid(), id-replicaBase),
-		pages: info.Pages, store: make([][]byte, info.Pages), gen: make([]uint32, info.Pages),
+		pages: info.Pages, info: info, store: make([][]byte, info.Pages), gen: make([]uint32, info.Pages),
 		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 1024), w: w,
 		writeDone: make(chan struct{}), restoreDone: make(chan struct{})}
-	cfg := info.Config
-	go func() {
-		defer close(rep.restoreDone)
-		rep.domid, rep.rerr = x.CreateRestore(cfg, rep.tmp, r)
-		r.Close()
-	}()
+	rep.cfg, rep.rd = info.Config, r
 	go rep.write()
 	return rep, nil
+}
+
+// errNoRestore: the replica ended before its first checkpoint, so no
+// restore ever ran.
+var errNoRestore = fmt.Errorf("%w: no checkpoint was restored", libxl.ErrBadState)
+
+// startRestore starts libxl's restore, with the first checkpoint: libxl
+// must never see a stream that ends before its header (Xen 4.17's
+// libxl_domain_create_restore then calls a NULL callback and takes the
+// process down).
+func (r *pvReplica) startRestore() {
+	go func() {
+		defer close(r.restoreDone)
+		r.domid, r.rerr = r.x.CreateRestore(r.cfg, r.tmp, r.rd)
+		r.rd.Close()
+	}()
 }
 
 // write encodes queued checkpoints into the restore's pipe.
@@ -212,6 +226,9 @@ func (r *pvReplica) restoreState(st []libxl.State) error {
 	if err := libxcstream.Check(pfns, st, r.started); err != nil {
 		return fmt.Errorf("xen: RestoreState(%d): %w", r.id, err)
 	}
+	if !r.started {
+		r.startRestore()
+	}
 	r.started = true
 	r.pending.Reset()
 	r.mu.Lock()
@@ -232,6 +249,11 @@ func (r *pvReplica) finish() (libxl.DomID, error) {
 		close(r.jobs)
 		<-r.writeDone
 		r.w.Close()
+		if !r.started {
+			r.rd.Close()
+			r.domid, r.rerr = libxl.DomIDInvalid, errNoRestore
+			close(r.restoreDone)
+		}
 	})
 	<-r.restoreDone
 	return r.domid, r.rerr

@@ -269,7 +269,8 @@ func (s *pvStream) parse() error {
 }
 
 // readAndClear implements Source.ReadAndClearDirty: on a running domain
-// one pre-copy round, on a suspended one the checkpoint just taken.
+// one pre-copy round, on a suspended one the checkpoint just taken (and,
+// read again before Resume, nothing: a suspended guest writes nothing).
 func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	if dst.Len() < s.pages {
 		return fmt.Errorf("xen: ReadAndClearDirty(%d): bitmap of %d bits for %d pages: %w", s.dom, dst.Len(), s.pages, libxl.ErrRange)
@@ -277,14 +278,18 @@ func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.suspended {
-		for len(s.full) == 0 {
-			if s.err != nil {
-				return s.err
+		// A second read in the same suspension finds nothing new: libxc
+		// waits in postcopy, having sent the whole checkpoint.
+		if s.ck == nil {
+			for len(s.full) == 0 {
+				if s.err != nil {
+					return s.err
+				}
+				s.cond.Wait()
 			}
-			s.cond.Wait()
+			s.ck, s.full = s.full[0], s.full[1:]
+			s.captured, s.precopy = false, false
 		}
-		s.ck, s.full = s.full[0], s.full[1:]
-		s.captured, s.precopy = false, false
 	} else {
 		if !s.precopy {
 			return fmt.Errorf("xen: ReadAndClearDirty(%d): %w: a running domain's pre-copy rounds end with the stream's first checkpoint", s.dom, libxl.ErrBadState)
@@ -336,7 +341,9 @@ func (s *pvStream) suspend() error {
 		s.tell(ansStop) // libxc aborts the stream; the guest runs on
 		return err
 	}
-	s.suspended = true
+	// The last checkpoint was readable until now (libxl.StreamCapture);
+	// this suspension's comes with its ReadAndClearDirty.
+	s.suspended, s.ck = true, nil
 	s.tell(ansGo)
 	return nil
 }
@@ -405,14 +412,20 @@ func (s *pvStream) resume() error {
 
 // end stops the stream and waits for the save and the reader. A guest the
 // stream left suspended is resumed.
-func (s *pvStream) end() {
+func (s *pvStream) end() { s.stop(true) }
+
+// gone stops the stream of a domain that no longer exists, which there is
+// no resuming.
+func (s *pvStream) gone() { s.stop(false) }
+
+func (s *pvStream) stop(resume bool) {
 	s.mu.Lock()
 	s.stopping = true
 	s.cond.Broadcast()
 	susp := s.suspended
 	s.suspended = false
 	s.mu.Unlock()
-	if susp {
+	if susp && resume {
 		s.x.ResumeCancel(s.dom)
 	}
 	<-s.saveDone

@@ -293,6 +293,13 @@ func TestPVStreamAsTheEngineDrivesIt(t *testing.T) {
 		pfns, data := readAll(t, s, bm, extra)
 		extra = nil
 		rep.apply(pfns, data)
+		// The contract: a suspended guest writes nothing, so reading the
+		// log again before Resume finds it empty (and must not wait for a
+		// checkpoint libxc will not send until the guest resumes).
+		again := libxl.NewBitmap(pages)
+		if err := s.readAndClear(again); err != nil || again.Count() != 0 {
+			t.Errorf("checkpoint %d: second read while suspended = %v, %v; want empty, nil", ck, again, err)
+		}
 		states, err := s.captureState(nil)
 		if err != nil {
 			t.Fatalf("checkpoint %d: CaptureState: %v", ck, err)
