@@ -205,7 +205,8 @@ def fmt(v, nd=2):
     if v is None:
         return "–"
     if isinstance(v, float):
-        return ("%.*f" % (nd, v)).rstrip("0").rstrip(".")
+        t = "%.*f" % (nd, v)
+        return t.rstrip("0").rstrip(".") if "." in t else t
     return str(v)
 
 
@@ -248,7 +249,7 @@ def markdown(r):
                 "the resume), which favours `xl remus`. Bytes: xl-kemari's page bytes on the wire "
                 "(`xl_kemari_bytes_wire_total`, after lz4 + XOR delta; raw in brackets); `xl remus`: pages x "
                 "4 KiB, uncompressed. Latency: `ping -i 0.2` and port-7 requests 0.5 s apart from dom0, "
-                "the same for both; requests that got no answer within 3 s count as failed.", "",
+                "the same for both; requests that got no answer within 10 s count as failed.", "",
             "| -i (ms) | protector | checkpoints/s (of) | ratio | pause avg / p50 / p90 / max (ms) | period p50 (ms) | "
             "pages/ckpt | bytes/ckpt | ping avg / p90 (ms) | port 7 avg (ms), failed | clean failover (s) | "
             "state kept | load avg |",
