@@ -9,7 +9,8 @@ starts the lab's PV guest on host1 and protects it with
 
 over the default ssh transport (host1's ssh runs `kemari-standby receive
 --stdio ...` on host2, which adds an --events file there). A client in
-host2's dom0 (lab/bench.py prober) asks the guest's port 7 every 0.1 s
+host2's dom0 (lab/bench.py prober) asks the guest's port 7 every 0.5 s
+(a thread per request, 30 s to answer)
 through the whole trial. After a measured window, host1's QEMU is killed
 with SIGKILL (by its pid file): no shutdown, no FIN, no RST; the host is
 simply gone. Then it checks that host2's standby declares the primary
@@ -148,9 +149,13 @@ def trial(a, info):
         raise Failed("the PV guest did not come up on host1: %s" % out)
     info["guest_start_s"] = round(time.time() - t0, 1)
     print("xenlab-failover: protecting host1 -> host2 ...", flush=True)
+    # Replicas of standbys that died in a failed sync attempt (see
+    # lab/bench.py reap_orphans) would fill host2's memory.
+    info["reaper_start"] = lab(2, "reaper start", timeout=60)
     st = lab(1, "kemari-start --target xenlab2 --interval %d --peer-timeout %s --timeout %d"
              % (a.interval, a.kemari_timeout, a.timeout * 2), timeout=a.timeout * 2 + 120)
     info["start"] = st
+    info["reaper_stop"] = lab(2, "reaper stop", timeout=60)
     if not st.get("ok"):
         raise Failed("xl-kemari start host1 -> host2 did not reach protected: %s" % json.dumps(st)[-3000:])
     info["prober_start"] = lab(2, "prober start", timeout=60)
@@ -158,6 +163,14 @@ def trial(a, info):
     info["measure"] = ms
     if not ms.get("ok"):
         raise Failed("no checkpoint host1 -> host2 in the window: %s" % json.dumps(ms)[-3000:])
+    # Kill only once a client was answered through the protection: the
+    # hit counts after the failover are checked against those answers.
+    pw = lab(2, "prober wait --at-least 3 --timeout %d" % a.timeout, timeout=a.timeout + 60)
+    info["prober_answers_before_kill"] = pw.get("answers")
+    if not pw.get("ok"):
+        raise Failed("the client in host2's dom0 got no answers through the protection: %s" % pw)
+    # host1's logs go with it: copy them to the share first.
+    xenlab.run(1, "mkdir -p /mnt/out/failover && cp /run/xenlab/kemari/* /mnt/out/failover/; true", timeout=60)
     off_pre, spread_pre = clock_offset(2)
     info["clock_host2_minus_machine_before_ns"] = off_pre
     info["host_loadavg_at_kill"] = loadavg()

@@ -26,6 +26,8 @@ one JSON object on stdout and exits 0 when it did what it says, 1 otherwise
                                       kemari standby afterwards (by its pid)
   bench.py prober start|stop          a client loop on port 7 in the background,
                                       one JSON line per attempt (two hosts)
+  bench.py prober wait [--at-least N]  until the prober has N answers
+  bench.py reaper start|stop          reap_orphans every 5 s in the background
   bench.py watch [--timeout S]        on the standby host: wait for the
                                       standby's activation and the prober's
                                       first answer after it
@@ -499,21 +501,22 @@ def cmd_prober(a):
     if a.action == "start":
         if os.path.exists(PROBER_OUT):
             os.unlink(PROBER_OUT)
-        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "prober", "run"], stdin=subprocess.DEVNULL,
+        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "prober", "run", "--gap", str(a.gap),
+                              "--query-timeout", str(a.query_timeout)], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         with open(PROBER_PID, "w") as f:
             f.write("%d\n" % p.pid)
         return emit({"pid": p.pid, "out": PROBER_OUT})
     if a.action == "run":
-        # A request every 0.2 s, each in a thread of its own, so that one
+        # A request every GAP s, each in a thread of its own, so that one
         # hanging on a dead host does not delay the next: the first answer
-        # after a failover is seen within 0.2 s of the guest giving it.
+        # after a failover is seen within GAP of the guest giving it.
         out = open(PROBER_OUT, "a", buffering=1)
         lock = threading.Lock()
 
         def one():
             ts = time.time_ns()
-            q = R.query(timeout=QUERY_TIMEOUT)
+            q = R.query(timeout=a.query_timeout)
             te = time.time_ns()
             with lock:
                 out.write(json.dumps({"t": ts, "t_end": te, "rtt_ms": round((te - ts) / 1e6, 1) if q else None,
@@ -521,7 +524,19 @@ def cmd_prober(a):
 
         while True:
             threading.Thread(target=one, daemon=True).start()
-            time.sleep(0.2)
+            time.sleep(a.gap)
+    if a.action == "wait":
+        # Until the prober has AT_LEAST answers: the failover trial kills
+        # the primary host only once clients have been answered through
+        # the protection, so there are hit counts to compare with.
+        deadline = time.monotonic() + a.timeout
+        while time.monotonic() < deadline:
+            n = sum(1 for x in events(PROBER_OUT) if x.get("q"))
+            if n >= a.at_least:
+                return emit({"answers": n})
+            time.sleep(0.5)
+        return emit({"answers": sum(1 for x in events(PROBER_OUT) if x.get("q")),
+                     "error": "fewer than %d answers within %d s" % (a.at_least, a.timeout)}, False)
     # stop
     try:
         pid = int(open(PROBER_PID).read())
@@ -529,6 +544,34 @@ def cmd_prober(a):
     except (OSError, ValueError):
         pass
     return emit({"answers": sum(1 for x in events(PROBER_OUT) if x.get("q"))})
+
+
+REAPER_PID = "/run/xenlab/reaper.pid"
+
+
+def cmd_reaper(a):
+    """The standby host's side of reap_orphans, in the background while
+    the primary host (re)tries its initial sync."""
+    if a.action == "start":
+        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "reaper", "run"], stdin=subprocess.DEVNULL,
+                             stdout=open("/run/xenlab/reaper.log", "a"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        with open(REAPER_PID, "w") as f:
+            f.write("%d\n" % p.pid)
+        return emit({"pid": p.pid})
+    if a.action == "run":
+        while True:
+            for n in reap_orphans():
+                print(json.dumps({"t": time.time_ns(), "reaped": n}), flush=True)
+            time.sleep(5)
+    try:
+        pid = int(open(REAPER_PID).read())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    reaped = [json.loads(l)["reaped"] for l in open("/run/xenlab/reaper.log") if l.startswith("{")] \
+        if os.path.exists("/run/xenlab/reaper.log") else []
+    return emit({"reaped": reaped})
 
 
 def go_duration_ns(s):
@@ -657,7 +700,13 @@ def main():
     f = sub.add_parser("failover")
     f.add_argument("--timeout", type=int, default=120)
     pr = sub.add_parser("prober")
-    pr.add_argument("action", choices=["start", "stop", "run"])
+    pr.add_argument("action", choices=["start", "stop", "run", "wait"])
+    pr.add_argument("--gap", type=float, default=0.5)
+    pr.add_argument("--query-timeout", type=float, default=30.0)
+    pr.add_argument("--at-least", type=int, default=3)
+    pr.add_argument("--timeout", type=int, default=300)
+    rp = sub.add_parser("reaper")
+    rp.add_argument("action", choices=["start", "stop", "run"])
     w = sub.add_parser("watch")
     w.add_argument("--timeout", type=int, default=300)
     rs = sub.add_parser("reset")
@@ -667,7 +716,7 @@ def main():
     a = p.parse_args()
     return {"latency": cmd_latency, "remus-start": cmd_remus_start, "kemari-start": cmd_kemari_start,
             "measure": cmd_measure, "failover": cmd_failover, "prober": cmd_prober, "watch": cmd_watch,
-            "clock": cmd_clock, "reset": cmd_reset}[a.cmd](a)
+            "clock": cmd_clock, "reset": cmd_reset, "reaper": cmd_reaper}[a.cmd](a)
 
 
 if __name__ == "__main__":
