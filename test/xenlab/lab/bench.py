@@ -249,10 +249,19 @@ def wait_first(pred, timeout, proc, what):
     return "no %s within %d s" % (what, timeout)
 
 
+def guest_before_start():
+    """The guest's answer just before protection starts: the boot and
+    hit count a failover must carry on from, even when no client gets an
+    answer during the window (a guest paused most of the time)."""
+    q = R.query(timeout=QUERY_TIMEOUT)
+    return {"boot_before_start": q and q.get("boot"), "hits_before_start": q and q.get("hits")}
+
+
 def cmd_remus_start(a):
     d = R.domid("domu")
     if d is None:
         return emit({"error": "domu is not running", "domains": R.domains()}, False)
+    g0 = guest_before_start()
     env = dict(os.environ)
     opts = ["-F", "-d"]
     if a.netbuf:
@@ -283,7 +292,7 @@ def cmd_remus_start(a):
     p = subprocess.Popen(["sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     st = {"kind": "remus", "pid": p.pid, "log": log, "primary": d, "interval": a.interval, "netbuf": a.netbuf,
-          "target": a.target, "cmd": " ".join(xl), "started": time.time()}
+          "target": a.target, "cmd": " ".join(xl), "started": time.time(), **g0}
     save_state(st)
     err = wait_first(lambda: len(remus_checkpoints(log)) >= 1, a.timeout, p, "first checkpoint")
     if err:
@@ -317,6 +326,7 @@ def cmd_kemari_start(a):
     d = R.domid("domu")
     if d is None:
         return emit({"error": "domu is not running", "domains": R.domains()}, False)
+    g0 = guest_before_start()
     os.makedirs(KDIR, exist_ok=True)
     tag = "kemari-i%d-f%d-%s-%s" % (a.interval, a.inflight, a.mode, a.target)
     ev = os.path.join(KDIR, tag + ".jsonl")
@@ -337,7 +347,7 @@ def cmd_kemari_start(a):
                              start_new_session=True)
     st = {"kind": "kemari", "pid": p.pid, "log": log, "events": ev, "primary": d, "interval": a.interval,
           "inflight": a.inflight, "mode": a.mode, "target": a.target, "peer_timeout": a.peer_timeout,
-          "netbuf": "plug", "cmd": " ".join(cmd), "started": time.time()}
+          "netbuf": "plug", "cmd": " ".join(cmd), "started": time.time(), **g0}
     save_state(st)
 
     reaped = []
@@ -452,7 +462,8 @@ def cmd_failover(a):
                      "log_tail": log_tail(st["log"])}, False)
     q0 = R.query(timeout=QUERY_TIMEOUT)
     before = R.domains()
-    max_hits = max([h for h in (st.get("max_hits"), q0 and q0.get("hits")) if h is not None] or [0])
+    max_hits = max([h for h in (st.get("max_hits"), q0 and q0.get("hits"), st.get("hits_before_start"))
+                    if h is not None] or [0])
     t0 = time.monotonic()
     try:
         os.killpg(st["pid"], signal.SIGKILL)
@@ -489,7 +500,8 @@ def cmd_failover(a):
     r["failover_ms"] = el
     # Every answer before the failure came from one boot (measure's
     # clients, and q0 when the guest answered it).
-    boots_before = set(st.get("boots") or []) | ({q0["boot"]} if q0 else set())
+    boots_before = (set(st.get("boots") or []) | ({q0["boot"]} if q0 else set())
+                    | ({st["boot_before_start"]} if st.get("boot_before_start") else set()))
     r["boots_before"] = sorted(boots_before)
     r["same_boot"] = len(boots_before) == 1 and q1.get("boot") in boots_before
     r["hits_above"] = q1.get("hits", 0) > max_hits
