@@ -248,12 +248,13 @@ def markdown(r):
                 "\"Checkpointed save: N/N 100%\": a lower bound (it leaves out the checkpoint's last records and "
                 "the resume), which favours `xl remus`. Bytes: xl-kemari's page bytes on the wire "
                 "(`xl_kemari_bytes_wire_total`, after lz4 + XOR delta; raw in brackets); `xl remus`: pages x "
-                "4 KiB, uncompressed. Latency: `ping -i 0.2` and port-7 requests 0.5 s apart from dom0, "
+                "4 KiB, uncompressed. First ckpt: from the start command to `xl remus`'s first completed checkpoint, "
+                "or to xl-kemari's state `protected` (initial sync done). Latency: `ping -i 0.2` and port-7 requests 0.5 s apart from dom0, "
                 "the same for both; requests that got no answer within 10 s count as failed.", "",
-            "| -i (ms) | protector | checkpoints/s (of) | ratio | pause avg / p50 / p90 / max (ms) | period p50 (ms) | "
+            "| -i (ms) | protector | first ckpt (s) | checkpoints/s (of) | ratio | pause avg / p50 / p90 / max (ms) | period p50 (ms) | "
             "pages/ckpt | bytes/ckpt | ping avg / p90 (ms) | port 7 avg (ms), failed | clean failover (s) | "
             "state kept | load avg |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in r.get("runs", []):
         ms, fo = run.get("measure", {}), run.get("failover_clean", {})
         pz, pg, sv = ms.get("pause_ms", {}), ms.get("ping", {}).get("rtt_ms", {}), ms.get("service", {})
@@ -262,12 +263,13 @@ def markdown(r):
         if ms.get("raw_bytes_per_checkpoint"):
             bytes_s += " (%s)" % kib(ms["raw_bytes_per_checkpoint"])
         if run.get("failed") and not ms:
-            out.append("| %d | %s | **failed**: %s | | | | | | | | | | %s |" % (
+            out.append("| %d | %s | **failed**: %s | | | | | | | | | | | %s |" % (
                 run["interval_ms"], run["label"], run["failed"][:160].replace("|", "/").replace("\n", " "),
                 "/".join(run.get("host_loadavg_before", [])[:1])))
             continue
-        out.append("| %d | %s | %s (%s) | %s | %s / %s / %s / %s | %s | %s | %s | %s / %s | %s, %s/%s | %s | %s | %s |" % (
-            run["interval_ms"], run["label"], fmt(ms.get("achieved_per_s")), fmt(ms.get("configured_per_s")),
+        first = run.get("start", {}).get("first_checkpoint_ms") or run.get("start", {}).get("protected_ms")
+        out.append("| %d | %s | %s | %s (%s) | %s | %s / %s / %s / %s | %s | %s | %s | %s / %s | %s, %s/%s | %s | %s | %s |" % (
+            run["interval_ms"], run["label"], fmt(first / 1000.0 if first else None, 1), fmt(ms.get("achieved_per_s")), fmt(ms.get("configured_per_s")),
             fmt(ms.get("rate_ratio")), fmt(pz.get("avg"), 0), fmt(pz.get("p50"), 0), fmt(pz.get("p90"), 0),
             fmt(pz.get("max"), 0), fmt(ms.get("period_ms", {}).get("p50"), 0), fmt(ms.get("pages_per_checkpoint"), 0),
             bytes_s, fmt(pg.get("avg"), 0), fmt(pg.get("p90"), 0), fmt(sv.get("rtt_ms", {}).get("avg"), 0),
