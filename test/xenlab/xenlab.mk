@@ -5,7 +5,8 @@
 XENLAB := test/xenlab
 XENLAB_PY ?= python3
 
-.PHONY: xenlab-up xenlab-test xenlab-down xenlab-netbuf xenlab-baseline-2host xenlab-clean
+.PHONY: xenlab-up xenlab-test xenlab-down xenlab-netbuf xenlab-baseline-2host xenlab-clean \
+	xenlab-kemari-bin xenlab-bench xenlab-failover
 
 ## xenlab-up: build (cached) and boot one Xen host; shares bin/ at /mnt/host
 xenlab-up:
@@ -26,6 +27,22 @@ xenlab-netbuf:
 ## xenlab-baseline-2host: two hosts, host1's QEMU killed mid-replication (~5 min)
 xenlab-baseline-2host:
 	$(XENLAB_PY) $(XENLAB)/baseline.py --two-host
+
+# The share dom0 sees at /mnt/host (up.sh: XENLAB_SHARE, else bin/).
+XENLAB_SHARE_DIR = $(or $(XENLAB_SHARE),bin)
+
+## xenlab-kemari-bin: the xen build of xl-kemari (cgo, libxen-dev) into the share
+xenlab-kemari-bin:
+	mkdir -p $(XENLAB_SHARE_DIR)
+	$(GO) build -tags xen -ldflags "-X main.version=$(VERSION)" -o $(XENLAB_SHARE_DIR)/xl-kemari ./xlkemari
+
+## xenlab-bench: xl remus vs xl-kemari on one host, 25/100/200 ms (~35 min) -> results/bench.{md,json}
+xenlab-bench: xenlab-kemari-bin xenlab-up
+	$(XENLAB_PY) $(XENLAB)/bench.py
+
+## xenlab-failover: two hosts, xl-kemari host1 -> host2, host1's QEMU killed (~8 min) -> results/failover.{md,json}
+xenlab-failover: xenlab-kemari-bin
+	$(XENLAB_PY) $(XENLAB)/failover.py
 
 ## xenlab-clean: stop the lab and delete its cache (/var/cache/xenlab)
 xenlab-clean: xenlab-down
