@@ -554,18 +554,38 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 			}
 		}
 	}
-	pages := p.stage(len(pfns) * libxl.PageSize)
+	var (
+		pages   []byte
+		states  []libxl.State
+		rerr    error
+		serr    error
+		copyDur time.Duration
+	)
+	copyOut := func() {
+		t := time.Now()
+		defer func() { copyDur = time.Since(t) }()
+		pages = p.stage(len(pfns) * libxl.PageSize)
+		rerr = p.src.ReadPages(dom, pfns, pages)
+		states, serr = p.src.CaptureState(dom, nil)
+	}
 	tRead := time.Now()
-	rerr := p.src.ReadPages(dom, pfns, pages)
-	tState := time.Now()
-	states, serr := p.src.CaptureState(dom, nil)
+	if !p.stream {
+		// Live memory: copy it while the guest cannot change it.
+		copyOut()
+	}
 	tResume := time.Now()
 	if err := p.src.Resume(dom); err != nil {
 		return fmt.Errorf("%w: epoch %d: %w", ErrGuest, e, err)
 	}
 	pause := time.Since(t0)
+	if p.stream {
+		// A stream's checkpoint is already a private copy, readable until
+		// the next Suspend (libxl.StreamCapture): copy it with the guest
+		// running.
+		copyOut()
+	}
 	p.log.Debug("pause", "epoch", e, "pages", len(pfns), "suspend+barrier", tBarrier.Sub(t0),
-		"dirty", tRead.Sub(tBarrier), "copy", tState.Sub(tRead), "state", tResume.Sub(tState),
+		"dirty", tRead.Sub(tBarrier), "copy", copyDur, "copy-while-paused", !p.stream,
 		"resume", pause-tResume.Sub(t0), "total", pause)
 	if err := errors.Join(berr, derr, rerr, serr); err != nil {
 		p.log.Error("capture failed", "epoch", e, "err", err)

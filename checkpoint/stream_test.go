@@ -57,6 +57,14 @@ type streamHV struct {
 	suspended bool
 	read      bool // ReadPages since Suspend
 	captures  int  // CaptureState calls since Suspend
+	// The last checkpoint, copied when ReadAndClearDirty returned it while
+	// suspended, as a real stream's is: readable after Resume too, until
+	// the next Suspend. The guest's memory runs on meanwhile, so an engine
+	// that read live memory after Resume would ship pages of the wrong
+	// moment, and the replica's digest would not match.
+	snap      bool
+	snapPages []byte
+	snapState []libxl.State
 	replicas  map[libxl.DomID]*replicaFeed
 }
 
@@ -75,6 +83,10 @@ func (f *streamHV) SetLogDirty(dom libxl.DomID, on bool) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.snap && f.captures != 1 {
+		f.log.violate("a checkpoint ended with %d CaptureState calls", f.captures)
+	}
+	f.snap, f.captures = false, 0 // a stream's end ends its checkpoint
 	if on {
 		f.stream, f.seq = f.next, 0
 		f.next++
@@ -92,28 +104,66 @@ func (f *streamHV) Suspend(dom libxl.DomID) error {
 		return err
 	}
 	f.mu.Lock()
-	f.suspended, f.read, f.captures = true, false, 0
+	if f.snap && f.captures != 1 {
+		f.log.violate("a checkpoint ended with %d CaptureState calls", f.captures)
+	}
+	f.suspended, f.read, f.captures, f.snap = true, false, 0, false
 	f.mu.Unlock()
+	return nil
+}
+
+func (f *streamHV) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
+	if err := f.Hypervisor.ReadAndClearDirty(dom, dst); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.suspended {
+		return nil // a pre-copy round: live pages, read at once
+	}
+	info, err := f.Hypervisor.Describe(dom)
+	if err != nil {
+		return err
+	}
+	all := make([]libxl.PFN, info.Pages)
+	for i := range all {
+		all[i] = libxl.PFN(i)
+	}
+	f.snapPages = make([]byte, info.Pages*libxl.PageSize)
+	if err := f.Hypervisor.ReadPages(dom, all, f.snapPages); err != nil {
+		return err
+	}
+	if f.snapState, err = f.Hypervisor.CaptureState(dom, nil); err != nil {
+		return err
+	}
+	f.snap = true
 	return nil
 }
 
 func (f *streamHV) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
 	f.mu.Lock()
-	if f.suspended && f.captures > 0 {
+	defer f.mu.Unlock()
+	if f.captures > 0 {
 		f.log.violate("ReadPages after the checkpoint's CaptureState")
 	}
 	f.read = true
-	f.mu.Unlock()
-	return f.Hypervisor.ReadPages(dom, pfns, dst)
+	if !f.snap {
+		return f.Hypervisor.ReadPages(dom, pfns, dst)
+	}
+	for i, q := range pfns {
+		copy(dst[i*libxl.PageSize:(i+1)*libxl.PageSize], f.snapPages[int(q)*libxl.PageSize:])
+	}
+	return nil
 }
 
 func (f *streamHV) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State, error) {
-	dst, err := f.Hypervisor.CaptureState(dom, dst)
-	if err != nil {
-		return dst, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !f.snap {
+		f.log.violate("CaptureState without a checkpoint")
+		return dst, libxl.ErrBadState
+	}
+	dst = append(dst, f.snapState...)
 	f.captures++
 	switch {
 	case f.captures > 1:
@@ -131,9 +181,6 @@ func (f *streamHV) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.Sta
 
 func (f *streamHV) Resume(dom libxl.DomID) error {
 	f.mu.Lock()
-	if f.suspended && f.captures != 1 {
-		f.log.violate("checkpoint resumed after %d CaptureState calls", f.captures)
-	}
 	f.suspended = false
 	f.mu.Unlock()
 	return f.Hypervisor.Resume(dom)

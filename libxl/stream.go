@@ -30,6 +30,10 @@ type StreamCapture interface {
 	//     page types) must reach Sink.RestoreState of the same epoch whole
 	//     and in order; pages of pre-copy rounds are covered by the first
 	//     checkpoint's blobs.
+	//   - A checkpoint is a private copy once ReadAndClearDirty returned
+	//     it: its ReadPages and CaptureState work after Source.Resume too,
+	//     until the next Suspend, and the engine makes them with the guest
+	//     running (the copy then costs no pause).
 	//   - Sink.RestoreState hands the committed epoch to the hypervisor's
 	//     restore, and Sink.Activate ends the stream so that the restore
 	//     finishes from the last complete checkpoint, then unpauses.

@@ -150,7 +150,9 @@ func (p *Primary) Step(ev Event) []Action {
 	case EvGranted:
 		if p.state == PArbitrating {
 			p.state = PUnprotected
-			out = append(out, Action{Kind: ActUnprotect}, notify("standby lost; arbiter granted; running unprotected"))
+			// Told before it happens: an observer's log then bounds the
+			// time from which output is no longer held.
+			out = append(out, notify("standby lost; arbiter granted; running unprotected"), Action{Kind: ActUnprotect})
 		}
 	case EvDenied:
 		if p.state == PArbitrating {
@@ -286,7 +288,8 @@ func (p *Primary) lost(why string, out []Action) []Action {
 		return append(out, Action{Kind: ActAcquire}, notify("standby lost ("+why+"); asking the arbiter"))
 	}
 	p.state = PUnprotected
-	return append(out, Action{Kind: ActUnprotect}, notify("standby lost ("+why+"); running unprotected"))
+	// Told before it happens (see EvGranted).
+	return append(out, notify("standby lost ("+why+"); running unprotected"), Action{Kind: ActUnprotect})
 }
 
 // timers fires whatever is due at p.now.

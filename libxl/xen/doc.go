@@ -95,16 +95,25 @@
 //     ReadAndClearDirty on the suspended domain waits for the CHECKPOINT
 //     record, ReadPages and CaptureState read the Capture, Resume resumes
 //     the guest and lets libxc on; SetLogDirty(dom, false) ends the save.
-//   - Sink (pvreplica.go): CreateReplica starts the restore under a
+//   - Sink (pvreplica.go): CreateReplica prepares a restore under a
 //     temporary name and returns a DomID of its own (from 0x10000, beyond
 //     domid_t); WritePages keeps the canonical pages (the engine's XOR
 //     bases and digests), RestoreState checks the committed epoch
 //     (libxcstream.Check) and queues it for a writer goroutine that
-//     encodes it into the restore's pipe; Activate closes the pipe, waits
-//     for libxl to build the domain from the last whole checkpoint,
+//     encodes it into the restore's pipe, the first one starting
+//     libxl_domain_create_restore (libxl 4.17 crashes the process on a
+//     stream that ends before its header, so a replica destroyed before
+//     its first checkpoint never runs one); Activate closes the pipe,
+//     waits for libxl to build the domain from the last whole checkpoint,
 //     renames it to the primary's name and unpauses it
-//     ([Hypervisor.ReplicaDomid] tells its real id). Destroy ends the
-//     restore and destroys what it built, in the background.
+//     ([Hypervisor.ReplicaDomid] tells its real id). The replica's DomID
+//     stays valid after Activate: Source and Sink calls on it act on the
+//     domain libxl built, and Sink calls that feed epochs fail with
+//     libxl.ErrBadState. Before Activate, Source.Describe answers with the
+//     shape the replica was created with, Destroy is the Sink's, and the
+//     other Source calls fail with libxl.ErrBadState (there is no domain
+//     yet). Destroy ends the restore and destroys what it built, in the
+//     background.
 //
 // The engine honours StreamCapture: every (re)connection is a full sync
 // into a fresh replica, never a resync, since a new stream opens with
@@ -126,9 +135,11 @@
 //     pvreplica_test.go: go test ./libxl/xen).
 //   - In the xenlab (Xen 4.17.5 hypervisor with shadow paging, 4.17.7
 //     tools, PV guests only: TCG offers no HAP, so no HVM or PVH):
-//     xen_integration_test.go (build tags xen and integration, pv=direct)
-//     runs the shared contract suite (hvtest.Run) and TestPrimitives on a
-//     192 MB PV guest; TestRouteA chains save, parse, encode and restore;
+//     xen_integration_test.go (build tags xen and integration) runs the
+//     shared contract suite (hvtest.Run) with pv=stream, as the engine
+//     uses the backend, on 96 MB PV guests, and, with pv=direct,
+//     TestPrimitives on a 192 MB PV guest; TestRouteA chains save, parse,
+//     encode and restore;
 //     test/xenlab/kemari's TestEnginePV protects a PV guest with the
 //     engine on this backend and fails it over. test/xenlab/kemari/run.sh
 //     builds and runs them in the lab.

@@ -123,6 +123,26 @@ func (h *Hypervisor) replica(dom libxl.DomID) *pvReplica {
 	return h.replicas[dom]
 }
 
+// resolve maps a DomID the Source is given to the domain it acts on. The
+// Sink's own DomIDs (replicaBase and up) stay valid after Activate, as the
+// contract has it (the engine protects the activated replica by the id it
+// knows): they stand for the domain the restore built. A replica still
+// under restore is no domain yet, so the Source can do nothing with it.
+func (h *Hypervisor) resolve(op string, dom libxl.DomID) (libxl.DomID, error) {
+	if dom < replicaBase {
+		return dom, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if id, ok := h.active[dom]; ok {
+		return libxl.DomID(id), nil
+	}
+	if h.replicas[dom] != nil {
+		return dom, fmt.Errorf("xen: %s(%d): %w: a replica under restore becomes a domain only when activated", op, dom, libxl.ErrBadState)
+	}
+	return dom, fmt.Errorf("xen: %s(%d): %w: no such replica", op, dom, libxl.ErrNoDomain)
+}
+
 // Lookup implements libxl.Hypervisor: a decimal id is checked with
 // xc_domain_getinfolist, a name resolved with libxl_name_to_domid.
 func (h *Hypervisor) Lookup(name string) (libxl.DomID, error) {
@@ -233,7 +253,7 @@ func (h *Hypervisor) forget(dom libxl.DomID, err error) {
 			// libxc fails on a domain that is gone; reap the goroutines.
 			s := st.stream
 			h.bg.Add(1)
-			go func() { defer h.bg.Done(); s.end() }()
+			go func() { defer h.bg.Done(); s.gone() }()
 		}
 		delete(h.doms, dom)
 		h.mu.Unlock()
@@ -257,6 +277,16 @@ type source Hypervisor
 // JSON config (libxl_retrieve_domain_configuration).
 func (s *source) Describe(dom libxl.DomID) (libxl.DomainInfo, error) {
 	h := (*Hypervisor)(s)
+	if r := h.replica(dom); r != nil {
+		// The domain libxl builds when the stream ends: the shape it was
+		// created with, named (as the simulator names its replicas) after
+		// the domain it replicates.
+		return r.info, nil
+	}
+	dom, err := h.resolve("Describe", dom)
+	if err != nil {
+		return libxl.DomainInfo{}, err
+	}
 	d, err := h.lookupDomain(dom)
 	if err != nil {
 		return libxl.DomainInfo{}, err
@@ -291,6 +321,10 @@ func (s *source) Describe(dom libxl.DomID) (libxl.DomainInfo, error) {
 // Suspend implements libxl.Source with libxl_domain_suspend_only.
 func (s *source) Suspend(dom libxl.DomID) error {
 	h := (*Hypervisor)(s)
+	dom, err := h.resolve("Suspend", dom)
+	if err != nil {
+		return err
+	}
 	d, err := h.lookupDomain(dom)
 	if err != nil {
 		return err
@@ -313,6 +347,10 @@ func (s *source) Suspend(dom libxl.DomID) error {
 // Resume implements libxl.Source with libxl_domain_resume(suspend_cancel=1).
 func (s *source) Resume(dom libxl.DomID) error {
 	h := (*Hypervisor)(s)
+	dom, err := h.resolve("Resume", dom)
+	if err != nil {
+		return err
+	}
 	d, err := h.lookupDomain(dom)
 	if err != nil {
 		return err
@@ -334,6 +372,10 @@ func (s *source) Resume(dom libxl.DomID) error {
 // (QMP xen-set-global-dirty-log) is not switched yet.
 func (s *source) SetLogDirty(dom libxl.DomID, on bool) error {
 	h := (*Hypervisor)(s)
+	dom, err := h.resolve("SetLogDirty", dom)
+	if err != nil {
+		return err
+	}
 	d, err := h.lookupDomain(dom)
 	if err != nil {
 		return err
@@ -421,6 +463,10 @@ func (x ctxRestorer) NameToID(name string) (libxl.DomID, error) {
 // (OP_CLEAN), which reads and clears Xen's log in one hypercall.
 func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
 	h := (*Hypervisor)(s)
+	dom, err := h.resolve("ReadAndClearDirty", dom)
+	if err != nil {
+		return err
+	}
 	if _, err := h.lookupDomain(dom); err != nil {
 		return err
 	}
@@ -458,6 +504,10 @@ func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
 // so page-table pages contain machine frame numbers of this host.
 func (s *source) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
 	h := (*Hypervisor)(s)
+	dom, err := h.resolve("ReadPages", dom)
+	if err != nil {
+		return err
+	}
 	if st := h.stream(dom); st != nil {
 		if _, err := h.lookupDomain(dom); err != nil {
 			return err
@@ -588,15 +638,21 @@ func (h *Hypervisor) p2m(dom libxl.DomID, d domain) ([]uint64, error) {
 // the standby.
 func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State, error) {
 	h := (*Hypervisor)(s)
+	dom, err := h.resolve("CaptureState", dom)
+	if err != nil {
+		return dst, err
+	}
 	d, err := h.lookupDomain(dom)
 	if err != nil {
 		return dst, err
 	}
+	if st := h.stream(dom); st != nil {
+		// A stream's checkpoint stays readable after Resume
+		// (libxl.StreamCapture); the stream checks its own state.
+		return st.captureState(dst)
+	}
 	if !d.suspended {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: not suspended", dom, libxl.ErrBadState)
-	}
-	if st := h.stream(dom); st != nil {
-		return st.captureState(dst)
 	}
 	if d.typ == libxl.TypePV {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: PV state capture needs MFN canonicalisation (libxenguest stream route), not implemented yet", dom, libxl.ErrUnsupported)
@@ -608,8 +664,12 @@ func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State
 	return splitHVM(ctx, int(d.xc.MaxVCPUID)+1, dst)
 }
 
-// Destroy implements libxl.Source with libxl_domain_destroy.
+// Destroy implements libxl.Source with libxl_domain_destroy; a DomID the
+// Sink handed out is destroyed as Sink.Destroy does.
 func (s *source) Destroy(dom libxl.DomID) error {
+	if dom >= replicaBase {
+		return (*sink)(s).Destroy(dom)
+	}
 	return (*Hypervisor)(s).destroy(dom)
 }
 
@@ -626,7 +686,7 @@ func (h *Hypervisor) destroy(dom libxl.DomID) error {
 	delete(h.doms, dom)
 	h.mu.Unlock()
 	if s != nil {
-		s.end() // libxc fails on the destroyed domain at once
+		s.gone() // libxc fails on the destroyed domain at once
 	}
 	return err
 }
@@ -661,10 +721,14 @@ func (s *sink) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 	return r.id, nil
 }
 
-// noReplica is the answer for a DomID that is neither a replica under
-// restore nor a real domain the sink could act on.
+// noReplica is the answer for a DomID that is not a replica under
+// restore: an activated replica takes no more epochs (ErrBadState), any
+// other DomID is no replica of this sink.
 func (s *sink) noReplica(op string, dom libxl.DomID) error {
 	if dom >= replicaBase {
+		if _, ok := (*Hypervisor)(s).ReplicaDomid(dom); ok {
+			return fmt.Errorf("xen: %s(%d): %w: the replica was activated", op, dom, libxl.ErrBadState)
+		}
 		return fmt.Errorf("xen: %s(%d): %w: no such replica", op, dom, libxl.ErrNoDomain)
 	}
 	if _, err := (*Hypervisor)(s).lookupDomain(dom); err != nil {
@@ -685,13 +749,18 @@ func (s *sink) WritePages(dom libxl.DomID, pfns []libxl.PFN, data []byte) error 
 // form the stream carries: PV page tables canonical), a real domain's like
 // Source.ReadPages.
 func (s *sink) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
-	if r := (*Hypervisor)(s).replica(dom); r != nil {
+	h := (*Hypervisor)(s)
+	if r := h.replica(dom); r != nil {
 		return r.readPages(pfns, dst)
+	}
+	if id, ok := h.ReplicaDomid(dom); ok {
+		// Activated: the running domain, as its Source reads it.
+		return (*source)(s).ReadPages(libxl.DomID(id), pfns, dst)
 	}
 	if dom >= replicaBase {
 		return s.noReplica("ReadPages", dom)
 	}
-	return (*Hypervisor)(s).readPages(dom, pfns, dst)
+	return h.readPages(dom, pfns, dst)
 }
 
 // RestoreState implements libxl.Sink: the committed epoch (the pages
@@ -739,7 +808,14 @@ func (s *sink) Destroy(dom libxl.DomID) error {
 	if r == nil {
 		if dom >= replicaBase {
 			if id, ok := h.ReplicaDomid(dom); ok {
-				return h.destroy(libxl.DomID(id))
+				err := h.destroy(libxl.DomID(id))
+				if err == nil || errors.Is(err, libxl.ErrNoDomain) {
+					// Its domid may be reused: forget it.
+					h.mu.Lock()
+					delete(h.active, dom)
+					h.mu.Unlock()
+				}
+				return err
 			}
 			return s.noReplica("Destroy", dom)
 		}

@@ -15,22 +15,23 @@ import (
 // (checkpointed REMUS stream) reading a pipe, plus the canonical pages the
 // engine writes (it reads them back as XOR bases and for digests). Each
 // committed epoch (RestoreState) is checked at once and queued for a writer
-// goroutine, which encodes it from the pages into the pipe; Activate closes
-// the pipe, so libxl builds the domain from the last whole checkpoint, then
-// renames it and unpauses it.
+// goroutine, which encodes it from the pages into the pipe (the first one
+// starts the restore); Activate closes the pipe, so libxl builds the domain
+// from the last whole checkpoint, then renames it and unpauses it.
 //
-// The engine's next WritePages waits while the writer still reads the
-// pages of a queued checkpoint (a read lock the writer holds for it): a
-// restore slower than the checkpoints slows the standby's commits, it does
-// not tear them.
+// A queued checkpoint carries its pages as they were committed, and a page
+// that a snapshot may still see is replaced, not overwritten, when the
+// engine writes it again (copy on write, per page), so the writer encodes
+// each checkpoint as it was committed while the engine goes on
+// committing: a restore slower than the checkpoints (the first one is the
+// whole guest) neither tears them nor stalls the standby's loop, whose
+// heartbeats and acks would stop. (It did, in the lab, when the engine
+// waited for the writer: 7 s to feed 192 MiB under load, and the primary
+// gave up on its silent standby.)
 
 // replicaBase is the first DomID the Sink hands out for a replica under
 // restore: beyond domid_t (16 bits), so never a real domain's.
 const replicaBase libxl.DomID = 0x10000
-
-// replicaChunk is the number of pages one allocation of the page store
-// holds; pages never written stay unallocated (zeros).
-const replicaChunk = 1024
 
 // restorer is what a pvReplica needs of Xen: a Context (ctxRestorer), or
 // a fake libxl in tests.
@@ -51,11 +52,17 @@ type pvReplica struct {
 	name  string      // the domain's name once activated
 	tmp   string      // its name while restored
 	pages uint64
+	info  libxl.DomainInfo // the shape it was created with (Describe)
 
-	// mu guards chunks: WritePages holds it, ReadPages and each queued
-	// checkpoint (until written) read-hold it.
-	mu     sync.RWMutex
-	chunks [][]byte
+	// mu guards store, gen and cur: WritePages and restoreState hold it,
+	// ReadPages read-holds it. store[pfn] is the page (nil: never written,
+	// zeros); gen[pfn] the snapshot generation it was allocated in. A page
+	// of an older generation than cur may be in a queued checkpoint's
+	// snapshot, so it is replaced, never written in place.
+	mu    sync.RWMutex
+	store [][]byte
+	gen   []uint32
+	cur   uint32
 
 	// Loop-owned (the engine's one goroutine per replica).
 	pending *libxl.Bitmap // pages written since the last checkpoint
@@ -64,6 +71,8 @@ type pvReplica struct {
 
 	endOnce   sync.Once
 	jobs      chan replicaJob
+	cfg       []byte   // libxl JSON for the restore
+	rd        *os.File // the restore's end of the pipe
 	w         *os.File
 	writeDone chan struct{}
 	werr      error // the writer's failure; read after writeDone, or under wmu
@@ -77,6 +86,7 @@ type pvReplica struct {
 type replicaJob struct {
 	pfns   []libxl.PFN
 	states []libxl.State
+	data   [][]byte // pfns' pages as committed (nil: zeros; copy on write)
 }
 
 // newReplica starts the restore of a PV replica of info, called id.
@@ -90,17 +100,28 @@ func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, 
 	}
 	syscall.Syscall(syscall.SYS_FCNTL, w.Fd(), syscall.F_SETPIPE_SZ, 1<<20)
 	rep := &pvReplica{x: x, id: id, name: info.Name, tmp: fmt.Sprintf("%s--kemari-%d-%d", info.Name, os.Getpid(), id-replicaBase),
-		pages: info.Pages, chunks: make([][]byte, (info.Pages+replicaChunk-1)/replicaChunk),
-		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 16), w: w,
+		pages: info.Pages, info: info, store: make([][]byte, info.Pages), gen: make([]uint32, info.Pages),
+		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 1024), w: w,
 		writeDone: make(chan struct{}), restoreDone: make(chan struct{})}
-	cfg := info.Config
-	go func() {
-		defer close(rep.restoreDone)
-		rep.domid, rep.rerr = x.CreateRestore(cfg, rep.tmp, r)
-		r.Close()
-	}()
+	rep.cfg, rep.rd = info.Config, r
 	go rep.write()
 	return rep, nil
+}
+
+// errNoRestore: the replica ended before its first checkpoint, so no
+// restore ever ran.
+var errNoRestore = fmt.Errorf("%w: no checkpoint was restored", libxl.ErrBadState)
+
+// startRestore starts libxl's restore, with the first checkpoint: libxl
+// must never see a stream that ends before its header (Xen 4.17's
+// libxl_domain_create_restore then calls a NULL callback and takes the
+// process down).
+func (r *pvReplica) startRestore() {
+	go func() {
+		defer close(r.restoreDone)
+		r.domid, r.rerr = r.x.CreateRestore(r.cfg, r.tmp, r.rd)
+		r.rd.Close()
+	}()
 }
 
 // write encodes queued checkpoints into the restore's pipe.
@@ -112,14 +133,18 @@ func (r *pvReplica) write() {
 		failed := r.werr != nil
 		r.wmu.Unlock()
 		if !failed {
-			err := enc.WriteCheckpoint(r.w, j.pfns, func(i int) []byte { return r.page(j.pfns[i]) }, j.states)
+			err := enc.WriteCheckpoint(r.w, j.pfns, func(i int) []byte {
+				if d := j.data[i]; d != nil {
+					return d
+				}
+				return zeroPage
+			}, j.states)
 			if err != nil {
 				r.wmu.Lock()
 				r.werr = fmt.Errorf("xen: replica %q: feeding the restore: %w", r.tmp, err)
 				r.wmu.Unlock()
 			}
 		}
-		r.mu.RUnlock() // taken for this job by restoreState
 	}
 }
 
@@ -127,12 +152,10 @@ var zeroPage = make([]byte, libxl.PageSize)
 
 // page returns pfn's stored contents (aliased). Callers read-hold mu.
 func (r *pvReplica) page(pfn libxl.PFN) []byte {
-	c := r.chunks[uint64(pfn)/replicaChunk]
-	if c == nil {
-		return zeroPage
+	if p := r.store[pfn]; p != nil {
+		return p
 	}
-	off := (uint64(pfn) % replicaChunk) * libxl.PageSize
-	return c[off : off+libxl.PageSize]
+	return zeroPage
 }
 
 func (r *pvReplica) check(op string, pfns []libxl.PFN, n int) error {
@@ -157,12 +180,10 @@ func (r *pvReplica) writePages(pfns []libxl.PFN, data []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, p := range pfns {
-		ci := uint64(p) / replicaChunk
-		if r.chunks[ci] == nil {
-			r.chunks[ci] = make([]byte, replicaChunk*libxl.PageSize)
+		if r.store[p] == nil || r.gen[p] != r.cur {
+			r.store[p], r.gen[p] = make([]byte, libxl.PageSize), r.cur
 		}
-		off := (uint64(p) % replicaChunk) * libxl.PageSize
-		copy(r.chunks[ci][off:off+libxl.PageSize], data[i*libxl.PageSize:])
+		copy(r.store[p], data[i*libxl.PageSize:])
 		r.pending.Set(p)
 	}
 	return nil
@@ -205,10 +226,19 @@ func (r *pvReplica) restoreState(st []libxl.State) error {
 	if err := libxcstream.Check(pfns, st, r.started); err != nil {
 		return fmt.Errorf("xen: RestoreState(%d): %w", r.id, err)
 	}
+	if !r.started {
+		r.startRestore()
+	}
 	r.started = true
 	r.pending.Reset()
-	r.mu.RLock() // released by the writer once the job is in the pipe
-	r.jobs <- replicaJob{pfns: pfns, states: slices.Clone(st)}
+	r.mu.Lock()
+	data := make([][]byte, len(pfns))
+	for i, p := range pfns {
+		data[i] = r.store[p]
+	}
+	r.cur++ // every page now stored may be read by a queued job
+	r.mu.Unlock()
+	r.jobs <- replicaJob{pfns: pfns, states: slices.Clone(st), data: data}
 	return nil
 }
 
@@ -219,6 +249,11 @@ func (r *pvReplica) finish() (libxl.DomID, error) {
 		close(r.jobs)
 		<-r.writeDone
 		r.w.Close()
+		if !r.started {
+			r.rd.Close()
+			r.domid, r.rerr = libxl.DomIDInvalid, errNoRestore
+			close(r.restoreDone)
+		}
 	})
 	<-r.restoreDone
 	return r.domid, r.rerr

@@ -87,7 +87,7 @@ type pvStream struct {
 	// Protected by mu.
 	cur       *libxcstream.Capture   // being filled by the reader
 	full      []*libxcstream.Capture // complete checkpoints not yet handed out
-	ck        *libxcstream.Capture   // the checkpoint handed out, until Resume
+	ck        *libxcstream.Capture   // the checkpoint handed out, until the next one
 	fresh     *libxl.Bitmap          // pfns read since the last ReadAndClearDirty
 	rounds    int                    // round-end markers read
 	handed    int                    // pre-copy rounds handed to the engine
@@ -269,7 +269,8 @@ func (s *pvStream) parse() error {
 }
 
 // readAndClear implements Source.ReadAndClearDirty: on a running domain
-// one pre-copy round, on a suspended one the checkpoint just taken.
+// one pre-copy round, on a suspended one the checkpoint just taken (and,
+// read again before Resume, nothing: a suspended guest writes nothing).
 func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	if dst.Len() < s.pages {
 		return fmt.Errorf("xen: ReadAndClearDirty(%d): bitmap of %d bits for %d pages: %w", s.dom, dst.Len(), s.pages, libxl.ErrRange)
@@ -277,14 +278,18 @@ func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.suspended {
-		for len(s.full) == 0 {
-			if s.err != nil {
-				return s.err
+		// A second read in the same suspension finds nothing new: libxc
+		// waits in postcopy, having sent the whole checkpoint.
+		if s.ck == nil {
+			for len(s.full) == 0 {
+				if s.err != nil {
+					return s.err
+				}
+				s.cond.Wait()
 			}
-			s.cond.Wait()
+			s.ck, s.full = s.full[0], s.full[1:]
+			s.captured, s.precopy = false, false
 		}
-		s.ck, s.full = s.full[0], s.full[1:]
-		s.captured, s.precopy = false, false
 	} else {
 		if !s.precopy {
 			return fmt.Errorf("xen: ReadAndClearDirty(%d): %w: a running domain's pre-copy rounds end with the stream's first checkpoint", s.dom, libxl.ErrBadState)
@@ -336,18 +341,21 @@ func (s *pvStream) suspend() error {
 		s.tell(ansStop) // libxc aborts the stream; the guest runs on
 		return err
 	}
-	s.suspended = true
+	// The last checkpoint was readable until now (libxl.StreamCapture);
+	// this suspension's comes with its ReadAndClearDirty.
+	s.suspended, s.ck = true, nil
 	s.tell(ansGo)
 	return nil
 }
 
 // readPages implements Source.ReadPages from the capture: during pre-copy
-// the stream's first, still open, while suspended the checkpoint's.
+// the stream's first, still open; after it the last checkpoint handed out,
+// suspended or resumed (libxl.StreamCapture).
 func (s *pvStream) readPages(pfns []libxl.PFN, dst []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.cur
-	if s.suspended {
+	if !s.precopy {
 		c = s.ck
 	}
 	if c == nil {
@@ -367,7 +375,7 @@ func (s *pvStream) captureState(dst []libxl.State) ([]libxl.State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case !s.suspended || s.ck == nil:
+	case s.ck == nil:
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: no checkpoint taken", s.dom, libxl.ErrBadState)
 	case s.captured:
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: the checkpoint's state was already taken", s.dom, libxl.ErrBadState)
@@ -395,7 +403,7 @@ func (s *pvStream) resume() error {
 		}
 		return err
 	}
-	s.suspended, s.ck = false, nil
+	s.suspended = false // ck stays readable until the next checkpoint
 	if serr == nil {
 		s.tell(ansGo)
 	}
@@ -404,14 +412,20 @@ func (s *pvStream) resume() error {
 
 // end stops the stream and waits for the save and the reader. A guest the
 // stream left suspended is resumed.
-func (s *pvStream) end() {
+func (s *pvStream) end() { s.stop(true) }
+
+// gone stops the stream of a domain that no longer exists, which there is
+// no resuming.
+func (s *pvStream) gone() { s.stop(false) }
+
+func (s *pvStream) stop(resume bool) {
 	s.mu.Lock()
 	s.stopping = true
 	s.cond.Broadcast()
 	susp := s.suspended
 	s.suspended = false
 	s.mu.Unlock()
-	if susp {
+	if susp && resume {
 		s.x.ResumeCancel(s.dom)
 	}
 	<-s.saveDone

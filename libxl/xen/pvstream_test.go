@@ -30,6 +30,7 @@ type fakeXC struct {
 	gen       int
 	suspended bool
 	snap      [][]byte // memory when last suspended
+	hot       int      // if set, the guest writes only pfns below it (each checkpoint rewrites the last's)
 	saveErr   error
 	saved     chan struct{}
 }
@@ -52,6 +53,9 @@ func (f *fakeXC) run(n int) {
 	for range n {
 		f.gen++
 		p := uint64(f.gen*7+3) % uint64(f.pages)
+		if f.hot > 0 {
+			p = uint64(f.gen*7+3) % uint64(f.hot)
+		}
 		binaryFill(f.mem[p], f.gen)
 		f.dirty[p] = true
 	}
@@ -289,6 +293,13 @@ func TestPVStreamAsTheEngineDrivesIt(t *testing.T) {
 		pfns, data := readAll(t, s, bm, extra)
 		extra = nil
 		rep.apply(pfns, data)
+		// The contract: a suspended guest writes nothing, so reading the
+		// log again before Resume finds it empty (and must not wait for a
+		// checkpoint libxc will not send until the guest resumes).
+		again := libxl.NewBitmap(pages)
+		if err := s.readAndClear(again); err != nil || again.Count() != 0 {
+			t.Errorf("checkpoint %d: second read while suspended = %v, %v; want empty, nil", ck, again, err)
+		}
 		states, err := s.captureState(nil)
 		if err != nil {
 			t.Fatalf("checkpoint %d: CaptureState: %v", ck, err)
