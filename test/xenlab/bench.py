@@ -289,11 +289,14 @@ def markdown(r):
 def targets(r):
     """Issue 7's targets, per interval: rate >= 0.95 of configured, and
     pause <= 0.25 x xl remus's (both remus rows when present)."""
-    by = {}
+    by, load = {}, {}
     for run in r.get("runs", []):
         ms = run.get("measure", {})
         if ms.get("ok"):
             by[(run["interval_ms"], run["row"])] = ms
+            # The machine's 1-minute load over the run: before and after.
+            ls = [float(x[0]) for x in (run.get("host_loadavg_before"), run.get("host_loadavg_after")) if x]
+            load[(run["interval_ms"], run["row"])] = sum(ls) / len(ls) if ls else None
     lines = []
     for i in r.get("intervals", []):
         k = by.get((i, "kemari"))
@@ -306,7 +309,12 @@ def targets(r):
             x = by.get((i, rr))
             if x and x.get("pause_ms", {}).get("avg") and k.get("pause_ms", {}).get("avg"):
                 q = k["pause_ms"]["avg"] / x["pause_ms"]["avg"]
-                cmp_.append("%.2f× %s's (target ≤ 0.25: %s)" % (q, rr, "met" if q <= 0.25 else "**not met**"))
+                la, lb = load.get((i, "kemari")), load.get((i, rr))
+                caveat = ""
+                if la is not None and lb is not None and abs(la - lb) > 1.0:
+                    caveat = " — not comparable: machine load %.1f against %.1f" % (la, lb)
+                cmp_.append("%.2f× %s's (target ≤ 0.25: %s%s)" % (q, rr, "met" if q <= 0.25 else "**not met**",
+                                                                    caveat))
         xr = [by[(i, rr)].get("rate_ratio") for rr in ("remus-netbuf", "remus-n") if (i, rr) in by]
         lines.append("* -i %d: xl-kemari %s; xl remus %s; average pause %s" % (
             i, rates, "/".join(fmt(x) for x in xr) or "–", "; ".join(cmp_) or "–"))
