@@ -281,6 +281,7 @@ func runStreamCluster(t *testing.T, on bool, cuts int) *streamLog {
 	cut := &cutter{}
 	net.Wrap = cut.wrap
 	protected := make(chan struct{}, 16)
+	committed := make(chan struct{}, 1)
 	var commitsMu sync.Mutex
 	commits := 0
 	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4,
@@ -294,6 +295,10 @@ func runStreamCluster(t *testing.T, on bool, cuts int) *streamLog {
 	}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Observer: func(o checkpoint.Observation) {
 		if o.Kind == checkpoint.ObsCommit {
+			select {
+			case committed <- struct{}{}:
+			default:
+			}
 			commitsMu.Lock()
 			commits++
 			commitsMu.Unlock()
@@ -312,12 +317,18 @@ func runStreamCluster(t *testing.T, on bool, cuts int) *streamLog {
 		commitsMu.Lock()
 		before := commits
 		commitsMu.Unlock()
-		time.Sleep(150 * time.Millisecond)
-		commitsMu.Lock()
-		after := commits
-		commitsMu.Unlock()
-		if after <= before {
-			t.Fatalf("connection %d: no checkpoint committed while protected", i+1)
+		// A checkpoint must commit on this connection before the next
+		// cut; the bubble's clock bounds the wait.
+		deadline := time.After(2 * time.Second)
+		for done := false; !done; {
+			select {
+			case <-committed:
+				commitsMu.Lock()
+				done = commits > before
+				commitsMu.Unlock()
+			case <-deadline:
+				t.Fatalf("connection %d: no checkpoint committed while protected", i+1)
+			}
 		}
 		if i < cuts {
 			cut.cut()
