@@ -68,6 +68,7 @@ func TestCleanupStale(t *testing.T) {
 		{"ip", "link", "add", "keepme0", "type", "ifb"},
 		{"tc", "qdisc", "add", "dev", vif, "ingress"},
 		{"iptables", "-w", "-A", "FORWARD", "-m", "physdev", "--physdev-in", vif, "-m", "comment", "--comment", "xl-kemari:q31000:" + vif, "-j", "NFQUEUE", "--queue-num", "31000"},
+		{"ip6tables", "-w", "-t", "raw", "-A", "PREROUTING", "-m", "physdev", "--physdev-in", vif, "-m", "comment", "--comment", "xl-kemari:q31001:" + vif, "-j", "NFQUEUE", "--queue-num", "31001"},
 		{"iptables", "-w", "-A", "FORWARD", "-m", "comment", "--comment", "not-ours", "-j", "ACCEPT"},
 	} {
 		if _, err := host.Run(ns, argv...); err != nil {
@@ -80,6 +81,8 @@ func TestCleanupStale(t *testing.T) {
 	links, _ := host.Run(ns, "ip", "-o", "link", "show")
 	qd, _ := host.Run(ns, "tc", "qdisc", "show", "dev", vif)
 	rules, _ := host.Run(ns, "iptables", "-w", "-S")
+	raw6, _ := host.Run(ns, "ip6tables", "-w", "-t", "raw", "-S")
+	rules = append(rules, raw6...)
 	if strings.Contains(string(links), plug.IFBPrefix+"7") || strings.Contains(string(qd), "ingress") || strings.Contains(string(rules), "xl-kemari:") {
 		t.Fatalf("stale setup survived:\n%s\n%s\n%s", links, qd, rules)
 	}

@@ -74,11 +74,19 @@ func Run(t *testing.T, h Harness) {
 	}
 }
 
+// WaitLimit bounds every wait of the suite for frames to be held or
+// captured: a frame the kernel lost or a buffer that never releases fails
+// the test with what was seen, instead of hanging until the go test
+// timeout. It is far above any healthy wait (milliseconds).
+const WaitLimit = 30 * time.Second
+
 // WaitHeld blocks until buf holds at least n frames. It is used only to
 // know that frames reached the holder before a Barrier; what is released
 // is checked at the client.
 func WaitHeld(t testing.TB, buf netbuf.Buffer, n uint64) {
 	t.Helper()
+	deadline := time.NewTimer(WaitLimit)
+	defer deadline.Stop()
 	var tick <-chan time.Time
 	if !buf.Capabilities().Notifies {
 		tk := time.NewTicker(time.Millisecond)
@@ -89,6 +97,8 @@ func WaitHeld(t testing.TB, buf netbuf.Buffer, n uint64) {
 		select {
 		case <-buf.Waiting():
 		case <-tick:
+		case <-deadline.C:
+			t.Fatalf("buffer holds %d frames after %v, want %d", buf.Stats().HeldFrames, WaitLimit, n)
 		case <-t.Context().Done():
 			t.Fatalf("buffer holds %d frames, want %d", buf.Stats().HeldFrames, n)
 		}

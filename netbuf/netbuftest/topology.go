@@ -351,6 +351,8 @@ func suiteTags(all []Tag) []Tag {
 // included) and returns the suite tags; the test fails if it ends first.
 func (c *Capture) WaitFor(t testing.TB, pred func([]Tag) bool) []Tag {
 	t.Helper()
+	deadline := time.NewTimer(WaitLimit)
+	defer deadline.Stop()
 	for {
 		c.mu.Lock()
 		all := append([]Tag(nil), c.tags...)
@@ -361,6 +363,8 @@ func (c *Capture) WaitFor(t testing.TB, pred func([]Tag) bool) []Tag {
 		}
 		select {
 		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("capture: condition not met within %v; captured %v", WaitLimit, suiteTags(all))
 		case <-t.Context().Done():
 			t.Fatalf("capture: condition not met before the test ended; captured %v", suiteTags(all))
 		}

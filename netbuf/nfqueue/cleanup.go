@@ -33,24 +33,27 @@ func CleanupStale(netnsPath string) error {
 		if len(host.MissingTools(tool)) > 0 {
 			continue // never installed: this backend cannot have used it
 		}
-		out, err := host.Run(netnsPath, tool, "-w", "-S")
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 || f[0] != "-A" {
+		// filter: where earlier builds put their rules (FORWARD, INPUT).
+		for _, table := range []string{ruleTable, "filter"} {
+			out, err := host.Run(netnsPath, tool, "-w", "-t", table, "-S")
+			if err != nil {
+				errs = append(errs, err)
 				continue
 			}
-			num, ok := taggedQueue(f)
-			if !ok || !stale(num) {
-				continue
+			for _, line := range strings.Split(string(out), "\n") {
+				f := strings.Fields(line)
+				if len(f) < 2 || f[0] != "-A" {
+					continue
+				}
+				num, ok := taggedQueue(f)
+				if !ok || !stale(num) {
+					continue
+				}
+				for i := range f {
+					f[i] = strings.Trim(f[i], `"`)
+				}
+				run(append([]string{tool, "-w", "-t", table, "-D"}, f[1:]...)...)
 			}
-			for i := range f {
-				f[i] = strings.Trim(f[i], `"`)
-			}
-			run(append([]string{tool, "-w", "-D"}, f[1:]...)...)
 		}
 	}
 	// Without ebtables installed, no chain of ours can exist.

@@ -5,10 +5,13 @@
 // What Open sets up in dom0 (every rule tagged "xl-kemari:" so that a
 // crashed run's leftovers can be found, see CleanupStale):
 //
-//   - iptables and ip6tables rules in FORWARD and INPUT,
+//   - one iptables and one ip6tables rule in the raw table's PREROUTING,
 //     "-m physdev --physdev-in DEV -j NFQUEUE --queue-num N" (never
 //     --queue-bypass), with bridge-nf-call-ip(6)tables enabled: every IPv4
-//     and IPv6 frame from the guest waits in queue N.
+//     and IPv6 frame from the guest waits in queue N, once, whether the
+//     bridge then forwards it, floods it or delivers it to dom0. Released
+//     frames go on through conntrack and the filter table, so the
+//     administrator's rules (vif-bridge's anti-spoofing) still apply.
 //   - Everything else the guest sends (ARP, VLAN-tagged, any other
 //     ethertype) cannot be queued on this kernel family (the xt NFQUEUE
 //     target is refused in bridge and ARP tables), so an ebtables chain

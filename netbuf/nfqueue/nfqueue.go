@@ -51,6 +51,12 @@ const (
 	queueRange        = 1024
 )
 
+// Where the NFQUEUE rules go (see setup).
+const (
+	ruleTable = "raw"
+	ruleChain = "PREROUTING"
+)
+
 // Config tunes the backend; the zero value is the production setting.
 type Config struct {
 	// NetNS is the path of the network namespace dom0's bridges live in
@@ -300,14 +306,19 @@ func (q *Buffer) setup() error {
 			return fmt.Errorf("%w: %w", ErrSetup, err)
 		}
 	}
+	// One rule per family in raw PREROUTING: the bridge passes every IP
+	// frame from the port through it once, before it decides where the
+	// frame goes. In FORWARD a flooded frame would be queued once per
+	// output port, and an accept verdict there would skip the rest of
+	// the administrator's filter rules (vif-bridge's anti-spoofing);
+	// accepted here, the frame still meets conntrack and every filter
+	// rule after it.
 	for _, tool := range []string{"iptables", "ip6tables"} {
-		for _, c := range []string{"FORWARD", "INPUT"} {
-			rule := []string{"-m", "physdev", "--physdev-in", q.dev.Name, "-m", "comment", "--comment", comment, "-j", "NFQUEUE", "--queue-num", n}
-			add := append([]string{tool, "-w", "-I", c, "1"}, rule...)
-			del := append([]string{tool, "-w", "-D", c}, rule...)
-			if err := q.do(del, add...); err != nil {
-				return err
-			}
+		rule := []string{"-m", "physdev", "--physdev-in", q.dev.Name, "-m", "comment", "--comment", comment, "-j", "NFQUEUE", "--queue-num", n}
+		add := append([]string{tool, "-w", "-t", ruleTable, "-I", ruleChain, "1"}, rule...)
+		del := append([]string{tool, "-w", "-t", ruleTable, "-D", ruleChain}, rule...)
+		if err := q.do(del, add...); err != nil {
+			return err
 		}
 	}
 	if err := q.do([]string{"ebtables", "-X", chain}, "ebtables", "-N", chain, "-P", "RETURN"); err != nil {
