@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/sim"
@@ -188,11 +189,23 @@ func TestDestroyReleasesEverything(t *testing.T) {
 	if err := h.Destroy(dom); err != nil {
 		t.Fatal(err)
 	}
-	// Exited goroutines may take a scheduling round to be reaped.
+	// Destroy waited for the domain's goroutines to finish their work;
+	// each may still be between its deferred Done and its return, on a
+	// thread the OS has not run yet (other packages' tests load the
+	// machine). Poll for the count under a deadline: a goroutine Destroy
+	// failed to stop never exits and fails the test.
 	n := runtime.NumGoroutine()
-	for i := 0; i < 1000 && n > base; i++ {
-		runtime.Gosched()
-		n = runtime.NumGoroutine()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+poll:
+	for n > base {
+		select {
+		case <-tick.C:
+			n = runtime.NumGoroutine()
+		case <-deadline:
+			break poll
+		}
 	}
 	if n > base {
 		t.Errorf("%d goroutines after Destroy, %d before the domain", n, base)

@@ -17,7 +17,9 @@
 //     target is refused in bridge and ARP tables), so an ebtables chain
 //     XLK-DEV drops it in the bridge while an AF_PACKET socket on DEV keeps
 //     a copy in this process; on release the copies re-enter the bridge
-//     through a private veth port "xlki<N>" that neither learns nor floods.
+//     through a private veth port "xlki<N>" that neither learns nor floods
+//     and has the highest address, fe:ff:ff:ff:ff:ff like Xen's vifs, so
+//     that it never becomes the bridge's own (the lowest port's).
 //
 // Walk-through:
 //

@@ -51,6 +51,9 @@ const (
 	queueRange        = 1024
 )
 
+// portMAC is the address of the re-injection veth (see setup).
+const portMAC = "fe:ff:ff:ff:ff:ff"
+
 // Where the NFQUEUE rules go (see setup).
 const (
 	ruleTable = "raw"
@@ -288,6 +291,12 @@ func (q *Buffer) setup() error {
 		_ = host.WriteSysctl(ns, "net/ipv6/conf/"+l+"/disable_ipv6", "1")
 	}
 	steps := [][]string{
+		// A bridge whose address was never set takes its lowest port's:
+		// a random veth address could become dom0's on the bridge and
+		// strand every neighbour's ARP entry. Xen's vifs use the highest
+		// address for the same reason.
+		{"ip", "link", "set", in, "address", portMAC},
+		{"ip", "link", "set", out, "address", portMAC},
 		{"ip", "link", "set", in, "master", q.dev.Bridge},
 		{"bridge", "link", "set", "dev", in, "learning", "off", "flood", "off", "mcast_flood", "off", "bcast_flood", "off"},
 		{"ip", "link", "set", in, "up"},

@@ -219,20 +219,34 @@ func TestHelperHolder(t *testing.T) {
 // (not forwarded) are held like any other, each once, and once released
 // they still meet the administrator's filter rules: an INPUT rule dropping
 // one source port drops it after the release, as it would unprotected.
+// Open leaves the bridge's own address alone.
 func TestDom0DeliveryHeldAndFiltered(t *testing.T) {
 	topo := netbuftest.NewTopology(t, 1)
 	ns, guest := topo.Dom0Path(), netbuftest.NSPath(topo.Guests[0])
 	const dom0IP, guestIP, port = "192.0.2.1", "192.0.2.10", 7001
-	var brMAC string
-	if err := host.InNetNS(ns, func() error {
-		ifi, err := net.InterfaceByName(topo.Bridge)
-		if err == nil {
-			brMAC = ifi.HardwareAddr.String()
+	// The bridge's ports get high addresses (as Xen's vifs have), so the
+	// bridge's own, the lowest of its ports', would change if Open added
+	// a port with a random one; dom0's neighbours would lose it.
+	for i, l := range []string{topo.Vifs[0], topo.Uplink} {
+		if _, err := host.Run(ns, "ip", "link", "set", l, "address", fmt.Sprintf("fe:ff:ff:ff:ff:f%d", i)); err != nil {
+			t.Fatal(err)
 		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
 	}
+	bridgeMAC := func() string {
+		t.Helper()
+		var mac string
+		if err := host.InNetNS(ns, func() error {
+			ifi, err := net.InterfaceByName(topo.Bridge)
+			if err == nil {
+				mac = ifi.HardwareAddr.String()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return mac
+	}
+	brMAC := bridgeMAC()
 	for _, c := range []struct {
 		ns   string
 		argv []string
@@ -262,6 +276,9 @@ func TestDom0DeliveryHeldAndFiltered(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer buf.Close()
+	if got := bridgeMAC(); got != brMAC {
+		t.Fatalf("Open changed the bridge's address from %s to %s", brMAC, got)
+	}
 	send := func(sport int, msg string) {
 		t.Helper()
 		if err := host.InNetNS(guest, func() error {
