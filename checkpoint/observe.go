@@ -59,6 +59,7 @@ type Status struct {
 	OutputHeld       uint64    `json:"output_held_frames"`
 	Released         uint64    `json:"output_released_frames"`
 	Discarded        uint64    `json:"epochs_discarded"`
+	FallbackEpoch    uint64    `json:"fallback_epoch,omitempty"` // standby: the previous replica's, kept while a new one is built
 	ActivatedEpoch   uint64    `json:"activated_epoch,omitempty"`
 	Activation       Dur       `json:"activation_time,omitempty"`
 }

@@ -61,6 +61,8 @@ type Standby struct {
 	has       bool // a replica exists
 	disk      *diskbuf.Replica
 	digest    *memDigest
+	fb        *fallbackReplica // the previous replica while a new one is built
+	memDisks  bool             // cfg.Disks is the default: fresh stores per replica
 	stage     stagedEpoch
 	committed time.Time
 	rate      rateWindow
@@ -74,6 +76,17 @@ type Standby struct {
 	wg        sync.WaitGroup // every goroutine started
 	decodeBuf []byte
 	pfnBuf    []libxl.PFN
+}
+
+// fallbackReplica is a retired replica kept, whole, at its last committed
+// epoch while the primary rebuilds the replica from a full sync (protocol
+// §7.4): if the primary dies before the new one commits, the standby
+// resumes this one.
+type fallbackReplica struct {
+	replica libxl.DomID
+	disk    *diskbuf.Replica
+	digest  *memDigest
+	epoch   uint64
 }
 
 // stagedEpoch is the epoch under reception.
@@ -130,7 +143,8 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Disks == nil {
+	memDisks := cfg.Disks == nil
+	if memDisks {
 		cfg.Disks = func(info libxl.DomainInfo) ([]diskbuf.Store, error) {
 			var st []diskbuf.Store
 			for _, d := range info.Disks {
@@ -139,7 +153,7 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 			return st, nil
 		}
 	}
-	s := &Standby{cfg: cfg, sink: sink, ln: ln, arb: arb, log: cfg.Logger, m: epoch.NewStandby(cfg.Epoch),
+	s := &Standby{cfg: cfg, sink: sink, ln: ln, arb: arb, log: cfg.Logger, m: epoch.NewStandby(cfg.Epoch), memDisks: memDisks,
 		events: make(chan sevent, 16), done: make(chan struct{}), promoteC: make(chan struct{}, 1)}
 	s.status.update(func(st *Status) { st.Role = "standby"; st.Peer = ln.String(); st.State = "waiting" })
 	return s, nil
@@ -202,6 +216,7 @@ func (s *Standby) Run(ctx context.Context) error {
 		if s.has && s.m.State() != epoch.SActive {
 			s.sink.Destroy(s.replica)
 		}
+		s.dropFallback()
 	}()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -350,7 +365,12 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 	// A replica fed by a stream capture (libxl.StreamCapture) cannot take
 	// a second stream: every connection rebuilds it from a full sync.
 	same := s.has && h.Session == s.session && s.m.State() == epoch.SReady && !s.streamed(fromDesc(h.Domain).Type)
-	acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvHello, HasReplica: same, Now: now}))
+	// Otherwise, while the session is the same the primary has held its
+	// output since our last ack, so the replica we hold stays as the
+	// fallback until the rebuilt one commits (protocol §7.4), provided
+	// the rebuild cannot touch its disks.
+	retire := h.Session == s.session && s.disksPerReplica()
+	acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvHello, HasReplica: same, Retire: retire, Now: now}))
 	if s.m.State() != epoch.SSyncing && s.m.State() != epoch.SReady {
 		return acts, nil
 	}
@@ -376,19 +396,69 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 	return acts, nil
 }
 
-// destroyNow carries out the ActDestroyReplica actions of acts at once,
-// before the caller builds the next replica, and returns the others: left
-// in, apply would destroy the new replica too.
+// destroyNow carries out the ActDestroyReplica and ActRetire actions of
+// acts at once, before the caller builds the next replica, and returns the
+// others: left in, apply would destroy or retire the new replica too.
 func (s *Standby) destroyNow(acts []epoch.Action) []epoch.Action {
 	out := acts[:0:0]
 	for _, a := range acts {
-		if a.Kind == epoch.ActDestroyReplica {
+		switch a.Kind {
+		case epoch.ActDestroyReplica:
 			s.destroyReplica()
-			continue
+		case epoch.ActRetire:
+			s.retire(a.Epoch)
+		default:
+			out = append(out, a)
 		}
-		out = append(out, a)
 	}
 	return out
+}
+
+// disksPerReplica reports whether building a new replica leaves the
+// current one's disks alone: it has none, they are shared storage that a
+// sync does not write, or each replica gets fresh stores.
+func (s *Standby) disksPerReplica() bool {
+	return len(s.info.Disks) == 0 || s.mode == diskbuf.Shared || s.memDisks
+}
+
+// retire sets the replica aside as the fallback at committed epoch e.
+func (s *Standby) retire(e uint64) {
+	if !s.has {
+		return
+	}
+	s.dropFallback()
+	s.fb = &fallbackReplica{replica: s.replica, disk: s.disk, digest: s.digest, epoch: e}
+	s.has, s.disk, s.digest = false, nil, nil
+	s.log.Info("replica kept as the fallback while the primary rebuilds it", "epoch", e)
+	s.status.update(func(st *Status) { st.FallbackEpoch = e })
+}
+
+// dropFallback destroys the fallback replica, if any.
+func (s *Standby) dropFallback() {
+	if s.fb == nil {
+		return
+	}
+	if err := s.sink.Destroy(s.fb.replica); err != nil {
+		s.log.Warn("destroy fallback replica", "err", err)
+	}
+	s.fb = nil
+	s.status.update(func(st *Status) { st.FallbackEpoch = 0 })
+}
+
+// useFallback gives up the replica being built; the fallback becomes the
+// replica again, at its committed epoch.
+func (s *Standby) useFallback() error {
+	if s.fb == nil {
+		return fmt.Errorf("checkpoint: no fallback replica to resume")
+	}
+	s.destroyReplica()
+	fb := s.fb
+	s.fb = nil
+	s.replica, s.disk, s.digest, s.has = fb.replica, fb.disk, fb.digest, true
+	s.stage.reset(0, false, s.digest)
+	s.log.Warn("primary lost while the replica was rebuilt; resuming the previous replica", "epoch", fb.epoch)
+	s.status.update(func(st *Status) { st.FallbackEpoch = 0; st.Epoch = fb.epoch })
+	return nil
 }
 
 // streamed reports whether the sink captures domains of type t as a
@@ -583,6 +653,14 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			}
 		case epoch.ActDestroyReplica:
 			s.destroyReplica()
+		case epoch.ActRetire:
+			s.retire(a.Epoch)
+		case epoch.ActDropFallback:
+			s.dropFallback()
+		case epoch.ActUseFallback:
+			if err := s.useFallback(); err != nil {
+				return err
+			}
 		case epoch.ActNotify:
 			st := s.m.State().String()
 			s.log.Info("state", "state", st, "why", a.Reason)

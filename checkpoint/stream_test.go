@@ -63,6 +63,7 @@ type streamHV struct {
 	// that read live memory after Resume would ship pages of the wrong
 	// moment, and the replica's digest would not match.
 	snap      bool
+	onSuspend func(stream uint64) // if set, called before each Suspend
 	snapPages []byte
 	snapState []libxl.State
 	replicas  map[libxl.DomID]*replicaFeed
@@ -100,6 +101,12 @@ func (f *streamHV) SetLogDirty(dom libxl.DomID, on bool) error {
 }
 
 func (f *streamHV) Suspend(dom libxl.DomID) error {
+	f.mu.Lock()
+	hook, stream := f.onSuspend, f.stream
+	f.mu.Unlock()
+	if hook != nil {
+		hook(stream)
+	}
 	if err := f.Hypervisor.Suspend(dom); err != nil {
 		return err
 	}
@@ -372,6 +379,114 @@ func TestStreamCaptureControl(t *testing.T) {
 		log := runStreamCluster(t, false, 3)
 		if log.replicas != 1 {
 			t.Errorf("plain backend: %d replicas created; want 1 (the reconnections resynchronise it)", log.replicas)
+		}
+	})
+}
+
+// TestStreamFallbackOnDeathDuringRebuild: the connection breaks, the
+// primary rebuilds the stream-fed replica with a full sync, and dies just
+// before that sync's checkpoint. The standby must resume the replica it
+// held before the break (its fallback, at the last epoch it acknowledged,
+// which covers every output the primary released), not lose the guest.
+func TestStreamFallbackOnDeathDuringRebuild(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		log := &streamLog{}
+		hp := newStreamHV(true, log, 1)
+		hs := newStreamHV(true, log, 1)
+		defer hp.Close()
+		defer hs.Close()
+		dom, err := hp.CreateDomain(sim.DomainConfig{Name: "g", Pages: 256, Workload: sim.WorkloadUniform,
+			Rate: 2000, Seed: 5, Quantum: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hp.DestroyAll()
+		defer hs.DestroyAll()
+		ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(20 * time.Millisecond),
+			Timeout: epoch.Duration(200 * time.Millisecond), Reprotect: true}
+		net := checkpoint.NewPipeNetwork()
+		cut := &cutter{}
+		net.Wrap = cut.wrap
+		pctx, kill := context.WithCancel(context.Background())
+		defer kill()
+		acked := make(chan uint64, 64)
+		p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4,
+			SyncStopPages: 16, Observer: func(o checkpoint.Observation) {
+				if o.Kind == checkpoint.ObsRelease {
+					select {
+					case acked <- o.Epoch:
+					default:
+					}
+				}
+			}}, hp, net, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var activated []checkpoint.Observation
+		var obsMu sync.Mutex
+		s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: true, Observer: func(o checkpoint.Observation) {
+			if o.Kind == checkpoint.ObsActivate {
+				obsMu.Lock()
+				activated = append(activated, o)
+				obsMu.Unlock()
+			}
+		}}, hs, net, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pdone := make(chan error, 1)
+		go func() { pdone <- p.Run(pctx) }()
+		sdone := make(chan error, 1)
+		go func() { sdone <- s.Run(context.Background()) }()
+
+		// A few acknowledged checkpoints on the first stream.
+		for n := 0; n < 3; n++ {
+			select {
+			case <-acked:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no checkpoint acknowledged on the first connection")
+			}
+		}
+		// The second stream (the rebuild) never reaches its checkpoint:
+		// the primary dies as it suspends the guest for it.
+		hp.mu.Lock()
+		hp.onSuspend = func(stream uint64) {
+			if stream >= 2 {
+				kill()
+				cut.cut()
+			}
+		}
+		hp.mu.Unlock()
+		cut.cut()
+		if err := <-pdone; err != nil && err != context.Canceled {
+			t.Logf("primary: %v", err)
+		}
+		released := p.Status().Epoch // the primary released output through this epoch at most
+		select {
+		case err := <-sdone:
+			if err != nil {
+				t.Fatalf("standby: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the standby did not take over: %+v", s.Status())
+		}
+		st := s.Status()
+		if st.State != "active" || st.ActivatedEpoch < released || st.ActivatedEpoch == 0 {
+			t.Fatalf("standby %s at epoch %d; the primary had released output through epoch %d", st.State, st.ActivatedEpoch, released)
+		}
+		obsMu.Lock()
+		defer obsMu.Unlock()
+		if len(activated) != 1 || activated[0].Msg != "verified" {
+			t.Fatalf("activation: %+v, want one, its memory verified against the committed digest", activated)
+		}
+		if log.streams < 2 || log.replicas < 2 {
+			t.Fatalf("%d streams, %d replicas: the rebuild did not start", log.streams, log.replicas)
+		}
+		if doms := hs.Domains(); len(doms) != 1 {
+			t.Fatalf("standby host holds %d domains after the failover (%v), want the activated one only", len(doms), doms)
+		}
+		for _, v := range log.violations {
+			t.Error(v)
 		}
 	})
 }

@@ -120,6 +120,8 @@ func stateText(s checkpoint.Status) string {
 		return fmt.Sprintf("syncing %.0f%%", s.SyncPercent)
 	case s.State == "active" && s.Role == "standby":
 		return fmt.Sprintf("active (failed over at epoch %d)", s.ActivatedEpoch)
+	case s.State == "syncing" && s.FallbackEpoch != 0:
+		return fmt.Sprintf("syncing (fallback at epoch %d)", s.FallbackEpoch)
 	}
 	return dash(s.State)
 }

@@ -18,7 +18,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of scenar
 // test compares (or, with -rewrite, rewrites). Commands:
 //
 //	config mode=epoch interval=100 min=10 timeout=500 inflight=1 arbiter=0 reprotect=1
-//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1]
+//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1] [retire=1]
 //	p|s state            prints the machine's state
 //	p|s deadline         prints the next deadline
 //
@@ -94,7 +94,11 @@ func runScenario(t *testing.T, path string) {
 			if f[0] == "p" {
 				got = append(got, fmt.Sprintf("> %s acked=%d inflight=%d", p.State(), p.Acked(), p.Inflight()))
 			} else {
-				got = append(got, fmt.Sprintf("> %s committed=%d", s.State(), s.Committed()))
+				st := fmt.Sprintf("> %s committed=%d", s.State(), s.Committed())
+				if s.Fallback() != 0 {
+					st += fmt.Sprintf(" fallback=%d", s.Fallback())
+				}
+				got = append(got, st)
 			}
 			continue
 		case "deadline":
@@ -206,6 +210,8 @@ func parseEvent(t *testing.T, path string, line int, f []string) Event {
 			ev.Verified = n != 0
 		case "initial":
 			ev.Initial = n != 0
+		case "retire":
+			ev.Retire = n != 0
 		default:
 			t.Fatalf("%s:%d: unknown argument %q", path, line, a)
 		}

@@ -23,6 +23,7 @@ type Standby struct {
 	cfg       Config
 	state     StandbyState
 	committed uint64 // highest committed epoch
+	fallback  uint64 // committed epoch of the retired replica kept while a new one syncs; 0: none
 	staging   uint64 // epoch being received, 0 if none; ^0 for a pre-copy round
 	initial   bool   // staging a pre-copy round
 	connected bool
@@ -39,6 +40,10 @@ func (s *Standby) State() StandbyState { return s.state }
 
 // Committed returns the highest committed epoch.
 func (s *Standby) Committed() uint64 { return s.committed }
+
+// Fallback returns the epoch of the replica kept aside while a new one is
+// built (protocol §7.4), or 0.
+func (s *Standby) Fallback() uint64 { return s.fallback }
 
 // Deadline returns when the machine next needs an EvTick, or -1.
 func (s *Standby) Deadline() Duration {
@@ -66,8 +71,21 @@ func (s *Standby) Step(ev Event) []Action {
 		switch s.state {
 		case SWaiting, SStopped, SSyncing, SReady:
 			if !ev.HasReplica || s.state != SReady {
-				if s.state == SSyncing || s.state == SReady {
+				switch {
+				case s.state == SReady && ev.Retire:
+					// The primary held its output since our last ack:
+					// this replica covers all it released. Keep it until
+					// the new one commits. (I3, protocol §7.4)
+					s.fallback = s.committed
+					out = append(out, Action{Kind: ActRetire, Epoch: s.fallback})
+				case s.state == SSyncing || s.state == SReady:
 					out = append(out, Action{Kind: ActDestroyReplica})
+				}
+				if s.fallback != 0 && !ev.Retire {
+					// Another session: the primary ran unprotected since,
+					// so the fallback no longer covers its output.
+					out = append(out, Action{Kind: ActDropFallback})
+					s.fallback = 0
 				}
 				s.state = SSyncing
 				s.committed = 0
@@ -130,7 +148,14 @@ func (s *Standby) Step(ev Event) []Action {
 		default:
 			// Commit, then ack: Ack(k) means k is held, verified, applied.
 			s.committed, s.staging = ev.Epoch, 0
-			out = append(out, Action{Kind: ActCommit, Epoch: ev.Epoch}, Action{Kind: ActAck, Epoch: ev.Epoch})
+			out = append(out, Action{Kind: ActCommit, Epoch: ev.Epoch})
+			if s.fallback != 0 {
+				// Before the ack: once the primary has it, it releases
+				// output the fallback does not cover.
+				out = append(out, Action{Kind: ActDropFallback})
+				s.fallback = 0
+			}
+			out = append(out, Action{Kind: ActAck, Epoch: ev.Epoch})
 			if s.state == SSyncing {
 				s.state = SReady
 				out = append(out, notify("replica ready"))
@@ -154,11 +179,15 @@ func (s *Standby) Step(ev Event) []Action {
 			out = append(out, s.discardStaging()...)
 			s.state = SStopped
 			s.connected = false
-			out = append(out, Action{Kind: ActDestroyReplica}, notify("primary ended protection"))
+			out = append(out, Action{Kind: ActDestroyReplica})
+			out = append(s.dropFallback(out), notify("primary ended protection"))
 		}
 	case EvPromote:
-		if s.state == SReady {
+		switch {
+		case s.state == SReady:
 			out = s.failover("failover requested by hand", out)
+		case s.state == SSyncing && s.fallback != 0:
+			out = s.failover("failover requested by hand", s.useFallback(out))
 		}
 	case EvGranted:
 		if s.state == SArbitrating {
@@ -176,12 +205,30 @@ func (s *Standby) Step(ev Event) []Action {
 			if s.state == SSyncing || s.state == SReady || s.state == SArbitrating {
 				out = append(out, Action{Kind: ActDestroyReplica})
 			}
+			out = s.dropFallback(out)
 			s.state = SStopped
 			s.connected = false
 			out = append(out, Action{Kind: ActDisconnect, Reason: "stop"}, notify("stopped"))
 		}
 	}
 	return s.timers(out)
+}
+
+func (s *Standby) dropFallback(out []Action) []Action {
+	if s.fallback == 0 {
+		return out
+	}
+	s.fallback = 0
+	return append(out, Action{Kind: ActDropFallback})
+}
+
+// useFallback gives up the replica being built for the fallback, which
+// becomes the committed replica again.
+func (s *Standby) useFallback(out []Action) []Action {
+	out = append(out, s.discardStaging()...)
+	out = append(out, Action{Kind: ActUseFallback, Epoch: s.fallback})
+	s.committed, s.fallback, s.state = s.fallback, 0, SReady
+	return out
 }
 
 func (s *Standby) discardStaging() []Action {
@@ -225,6 +272,11 @@ func (s *Standby) timers(out []Action) []Action {
 		if s.state == SReady {
 			// Resume at the last acknowledged checkpoint. (I3)
 			return s.failover("primary silent for the timeout", out)
+		}
+		if s.fallback != 0 {
+			// Lost while rebuilding: the fallback is the last checkpoint
+			// acknowledged. (I3)
+			return s.failover("primary silent for the timeout while the replica was rebuilt; resuming the previous replica", s.useFallback(out))
 		}
 		// No complete checkpoint: nothing consistent to resume.
 		out = append(out, s.discardStaging()...)

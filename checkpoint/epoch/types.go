@@ -123,6 +123,11 @@ type Event struct {
 	HasReplica bool // EvConnected: the standby still holds a replica of this session
 	Verified   bool // EvEpochEnd: counts, digests and memory digest matched
 	Initial    bool // EvEpochBegin/EvEpochEnd: a pre-copy round (epoch 0), not a checkpoint
+	// Retire (EvHello, standby): the primary rebuilds a replica of the
+	// session the standby holds (its output is still held, so the held
+	// replica covers every output released) and the standby can keep
+	// that replica as a fallback until the new one commits.
+	Retire bool
 }
 
 // ActionKind says what the driver must do.
@@ -151,11 +156,14 @@ const (
 	ActNack           // send Nack(Epoch)
 	ActActivate       // failover: activate the replica at the committed epoch
 	ActDestroyReplica // drop the replica
+	ActRetire         // keep the replica aside as the fallback (at Epoch); the next replica is built beside it
+	ActDropFallback   // drop the fallback replica: a newer checkpoint is committed, or it is stale
+	ActUseFallback    // drop the replica being built and make the fallback (at Epoch) the replica again
 )
 
 var actionNames = [...]string{"", "connect", "sync", "checkpoint", "release", "unprotect", "fence",
 	"goodbye", "teardown", "heartbeat", "disconnect", "acquire", "notify", "commit", "ack", "discard",
-	"nack", "activate", "destroy-replica"}
+	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) {
@@ -181,7 +189,7 @@ func (a Action) String() string {
 			return fmt.Sprintf("sync full epoch=%d", a.Epoch)
 		}
 		return fmt.Sprintf("sync resync epoch=%d since=%d", a.Epoch, a.Since)
-	case ActCheckpoint, ActRelease, ActCommit, ActAck, ActDiscard:
+	case ActCheckpoint, ActRelease, ActCommit, ActAck, ActDiscard, ActRetire, ActUseFallback:
 		return fmt.Sprintf("%s %d", s, a.Epoch)
 	case ActNack:
 		return fmt.Sprintf("%s %d (%s)", s, a.Epoch, a.Reason)

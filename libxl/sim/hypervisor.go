@@ -329,7 +329,9 @@ func (h *Hypervisor) Describe(dom libxl.DomID) (libxl.DomainInfo, error) {
 		return libxl.DomainInfo{}, err
 	}
 	cfg := d.cfg
-	cfg.Name = strings.TrimSuffix(d.Name(), replicaSuffix)
+	if n := d.Name(); !strings.HasPrefix(n, cfg.Name+replicaSuffix) {
+		cfg.Name = n
+	}
 	cfg.Paused = false
 	raw, err := json.Marshal(cfg)
 	if err != nil {
@@ -588,7 +590,8 @@ func ConfigFromInfo(info libxl.DomainInfo) (DomainConfig, error) {
 }
 
 // CreateReplica implements libxl.Sink: a paused domain of info's shape,
-// named "<name>--incoming", with zeroed memory and no sockets; Activate
+// named "<name>--incoming" (or "<name>--incoming-N" while that one
+// exists), with zeroed memory and no sockets; Activate
 // binds them.
 func (h *Hypervisor) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 	if f := h.hooks().CreateReplica; f != nil {
@@ -605,7 +608,12 @@ func (h *Hypervisor) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 		return libxl.DomIDInvalid, err
 	}
 	h.mu.Lock()
+	// A standby keeps its previous replica while it builds the next
+	// (checkpoint: the fallback replica), so a second one gets a number.
 	d, err := h.add(cfg, cfg.Name+replicaSuffix, stateReplica)
+	for n := 2; errors.Is(err, ErrExists) && n < 16; n++ {
+		d, err = h.add(cfg, fmt.Sprintf("%s%s-%d", cfg.Name, replicaSuffix, n), stateReplica)
+	}
 	if err == nil {
 		d.uuid = info.UUID
 	}
