@@ -370,6 +370,14 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 	// fallback until the rebuilt one commits (protocol §7.4), provided
 	// the rebuild cannot touch its disks.
 	retire := h.Session == s.session && s.disksPerReplica()
+	if retire && !same && s.has && s.m.State() == epoch.SReady {
+		if r, ok := s.sink.(libxl.ReplicaRoom); ok {
+			if err := r.RoomFor(s.info); err != nil {
+				s.log.Warn("no room to keep the replica while the primary rebuilds it; rebuilding without a fallback", "err", err)
+				retire = false
+			}
+		}
+	}
 	acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvHello, HasReplica: same, Retire: retire, Now: now}))
 	if s.m.State() != epoch.SSyncing && s.m.State() != epoch.SReady {
 		return acts, nil

@@ -389,7 +389,25 @@ func TestStreamCaptureControl(t *testing.T) {
 // held before the break (its fallback, at the last epoch it acknowledged,
 // which covers every output the primary released), not lose the guest.
 func TestStreamFallbackOnDeathDuringRebuild(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) { runFallback(t, true) })
+}
+
+// TestStreamFallbackNoRoom: a sink without room for a second replica
+// (libxl.ReplicaRoom) gets the replica rebuilt in place, as before the
+// fallback existed: the same death then leaves nothing to resume.
+func TestStreamFallbackNoRoom(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) { runFallback(t, false) })
+}
+
+// noRoomHV is a stream sink whose host has no room for another replica.
+type noRoomHV struct{ *streamHV }
+
+func (noRoomHV) RoomFor(info libxl.DomainInfo) error {
+	return fmt.Errorf("no room for %q", info.Name)
+}
+
+func runFallback(t *testing.T, room bool) {
+	{
 		log := &streamLog{}
 		hp := newStreamHV(true, log, 1)
 		hs := newStreamHV(true, log, 1)
@@ -422,6 +440,10 @@ func TestStreamFallbackOnDeathDuringRebuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		var sink libxl.Sink = hs
+		if !room {
+			sink = noRoomHV{hs}
+		}
 		var activated []checkpoint.Observation
 		var obsMu sync.Mutex
 		s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: true, Observer: func(o checkpoint.Observation) {
@@ -430,14 +452,16 @@ func TestStreamFallbackOnDeathDuringRebuild(t *testing.T) {
 				activated = append(activated, o)
 				obsMu.Unlock()
 			}
-		}}, hs, net, nil)
+		}}, sink, net, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		pdone := make(chan error, 1)
 		go func() { pdone <- p.Run(pctx) }()
 		sdone := make(chan error, 1)
-		go func() { sdone <- s.Run(context.Background()) }()
+		sctx, scancel := context.WithCancel(context.Background())
+		defer scancel()
+		go func() { sdone <- s.Run(sctx) }()
 
 		// A few acknowledged checkpoints on the first stream.
 		for n := 0; n < 3; n++ {
@@ -462,6 +486,25 @@ func TestStreamFallbackOnDeathDuringRebuild(t *testing.T) {
 			t.Logf("primary: %v", err)
 		}
 		released := p.Status().Epoch // the primary released output through this epoch at most
+		if !room {
+			// Rebuilt in place: after the timeout the standby has nothing
+			// to resume and waits for a primary.
+			for deadline := time.After(10 * time.Second); s.Status().State != "waiting"; {
+				select {
+				case err := <-sdone:
+					t.Fatalf("standby ended: %v (%+v)", err, s.Status())
+				case <-deadline:
+					t.Fatalf("standby %+v, want waiting", s.Status())
+				case <-time.After(50 * time.Millisecond): // the bubble's clock
+				}
+			}
+			if doms := hs.Domains(); len(doms) != 0 {
+				t.Fatalf("standby host holds %v with no replica to resume", doms)
+			}
+			scancel()
+			<-sdone
+			return
+		}
 		select {
 		case err := <-sdone:
 			if err != nil {
@@ -488,5 +531,5 @@ func TestStreamFallbackOnDeathDuringRebuild(t *testing.T) {
 		for _, v := range log.violations {
 			t.Error(v)
 		}
-	})
+	}
 }

@@ -39,3 +39,14 @@ type StreamCapture interface {
 	//     finishes from the last complete checkpoint, then unpauses.
 	StreamCaptured(t DomainType) bool
 }
+
+// ReplicaRoom is an optional interface of a Sink that can tell whether the
+// host has room for one more replica of info beside those it holds. The
+// standby asks it before it keeps its replica as the fallback while a new
+// one is built (checkpoint, protocol §7.4), which holds two copies of the
+// guest for a while; a Sink without it is assumed to have room.
+type ReplicaRoom interface {
+	// RoomFor returns nil if a replica of info fits now, else an error
+	// saying what is short (for the log).
+	RoomFor(info DomainInfo) error
+}

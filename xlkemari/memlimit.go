@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
@@ -57,6 +60,38 @@ type budgetSink struct{ libxl.Sink }
 func (s budgetSink) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 	reserveGuestMemory(info.Name, info.Pages)
 	return s.Sink.CreateReplica(info)
+}
+
+// RoomFor implements libxl.ReplicaRoom: this process keeps a replica's
+// pages (about the guest's memory again, with headroom) beside those it
+// holds, so the host must have that much available; then the backend's
+// own answer, if it has one.
+func (s budgetSink) RoomFor(info libxl.DomainInfo) error {
+	if avail, ok := memAvailable(); ok {
+		need := uint64(float64(info.Pages*libxl.PageSize) * memPerGuest)
+		if avail < need {
+			return fmt.Errorf("%d MiB available in this host's memory for a replica of %q that needs %d MiB", avail>>20, info.Name, need>>20)
+		}
+	}
+	if r, ok := s.Sink.(libxl.ReplicaRoom); ok {
+		return r.RoomFor(info)
+	}
+	return nil
+}
+
+// memAvailable returns MemAvailable from /proc/meminfo, in bytes.
+func memAvailable() (uint64, bool) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err == nil
+		}
+	}
+	return 0, false
 }
 
 // StreamCaptured forwards libxl.StreamCapture, which the engine asks of its

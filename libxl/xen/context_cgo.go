@@ -457,6 +457,21 @@ func (c *Context) DomainResume(id Domid, suspendCancel bool) error {
 	return nil
 }
 
+// GetFreeMemory returns the memory Xen has free for new domains, in KiB
+// (libxl_get_free_memory: the host's free pages less what libxl keeps
+// aside).
+func (c *Context) GetFreeMemory() (uint64, error) {
+	if err := c.lock(); err != nil {
+		return 0, err
+	}
+	defer c.unlock()
+	var kb C.uint64_t
+	if rc := C.libxl_get_free_memory(c.ctx, &kb); rc != 0 {
+		return 0, fmt.Errorf("xen: libxl_get_free_memory: %w", Error(rc))
+	}
+	return uint64(kb), nil
+}
+
 // RetrieveDomainConfiguration returns domain id's current configuration as
 // libxl JSON (libxl_retrieve_domain_configuration, then
 // libxl_domain_config_to_json), the form libxl_domain_config_from_json

@@ -721,6 +721,22 @@ func (s *sink) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 	return r.id, nil
 }
 
+// RoomFor implements libxl.ReplicaRoom: Xen must have the guest's memory
+// free (libxl_get_free_memory), with 1/64 more for page tables and
+// libxl's per-domain overhead.
+func (s *sink) RoomFor(info libxl.DomainInfo) error {
+	free, err := (*Hypervisor)(s).ctx.GetFreeMemory()
+	if err != nil {
+		return err
+	}
+	need := info.Pages * libxl.PageSize / 1024
+	need += max(need/64, 8<<10)
+	if free < need {
+		return fmt.Errorf("xen: %d MiB free for a replica of %q that needs %d MiB", free>>10, info.Name, need>>10)
+	}
+	return nil
+}
+
 // noReplica is the answer for a DomID that is not a replica under
 // restore: an activated replica takes no more epochs (ErrBadState), any
 // other DomID is no replica of this sink.
