@@ -271,3 +271,145 @@ func TestEnginePV(t *testing.T) {
 	out, _ = exec.Command("xl", "list").CombinedOutput()
 	t.Logf("xl list:\n%s", out)
 }
+
+// TestFallbackPV: the link breaks, the primary starts rebuilding the
+// stream-fed replica with a full sync, and its host fails during that
+// sync. The standby kept the replica it held before the break (its
+// fallback, protocol §7.4) and must resume it: the guest's boot id, its
+// tick not reset and at least what it was two commits before the break.
+// Without the fallback the standby would have nothing to resume.
+func TestFallbackPV(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root in a Xen dom0")
+	}
+	hvi, err := libxl.Open("xen", nil)
+	if err != nil {
+		t.Skipf("no Xen here: %v", err)
+	}
+	hv := hvi.(*xen.Hypervisor)
+	defer hv.Close()
+	dom, name := createGuest(t, hv)
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(200 * time.Millisecond),
+		Timeout: epoch.Duration(10 * time.Second), Heartbeat: epoch.Duration(time.Second), Inflight: 1}
+	net := checkpoint.NewPipeNetwork()
+	var conns struct {
+		sync.Mutex
+		live []checkpoint.Conn
+	}
+	net.Wrap = func(c checkpoint.Conn) checkpoint.Conn {
+		conns.Lock()
+		conns.live = append(conns.live, c)
+		conns.Unlock()
+		return c
+	}
+	commits := make(chan uint64, 1024)
+	activated := make(chan libxl.DomID, 1)
+	var actMsg string
+	scfg := checkpoint.StandbyConfig{Epoch: ecfg, Verify: true, Logger: logger.With("side", "standby"),
+		Observer: func(o checkpoint.Observation) {
+			switch o.Kind {
+			case checkpoint.ObsCommit:
+				commits <- o.Epoch
+			case checkpoint.ObsActivate:
+				actMsg = o.Msg
+			}
+		},
+		OnActivate: func(d libxl.DomID, _ libxl.DomainInfo) { activated <- d }}
+	standby, err := checkpoint.NewStandby(scfg, hv.Sink(), net, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	primary, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4,
+		Logger: logger.With("side", "primary")}, hv.Source(), net, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	defer scancel()
+	pctx, pcancel := context.WithCancel(context.Background())
+	defer pcancel()
+	sdone := make(chan error, 1)
+	pdone := make(chan error, 1)
+	go func() { sdone <- standby.Run(sctx) }()
+	go func() { pdone <- primary.Run(pctx) }()
+	commit := func(what string) uint64 {
+		t.Helper()
+		select {
+		case e := <-commits:
+			return e
+		case err := <-sdone:
+			t.Fatalf("standby ended waiting for %s: %v", what, err)
+		case <-time.After(5 * time.Minute):
+			t.Fatalf("no commit for %s in 5 minutes: %+v", what, primary.Status())
+		}
+		return 0
+	}
+	for n := 0; n < 5; n++ {
+		commit("the first checkpoints")
+	}
+	boot0, tick0, line := guestStatus(t)
+	t.Logf("guest %s before the break: %s", name, line)
+	// Two commits after the sample: the fallback holds a later state.
+	commit("a checkpoint after the sample")
+	commit("a second checkpoint after the sample")
+
+	conns.Lock()
+	for _, c := range conns.live {
+		c.Close()
+	}
+	conns.live = nil
+	conns.Unlock()
+	tCut := time.Now()
+	var fb uint64
+	for tick := time.NewTicker(20 * time.Millisecond); fb == 0; <-tick.C {
+		if fb = standby.Status().FallbackEpoch; fb == 0 && time.Since(tCut) > 2*time.Minute {
+			t.Fatalf("no fallback kept 2 minutes after the break: %+v", standby.Status())
+		}
+	}
+	t.Logf("fallback at epoch %d kept %v after the break; the primary's host fails during the rebuild", fb, time.Since(tCut).Round(time.Millisecond))
+	select {
+	case e := <-commits:
+		if e > fb {
+			t.Fatalf("the rebuilt replica committed epoch %d before the failure could be injected", e)
+		}
+	default:
+	}
+	pcancel()
+	t.Logf("primary driver: %v", <-pdone)
+	if err := hv.Source().Destroy(dom); err != nil {
+		t.Fatalf("destroying the primary: %v", err)
+	}
+	tFail := time.Now()
+	var rep libxl.DomID
+	select {
+	case rep = <-activated:
+	case err := <-sdone:
+		t.Fatalf("standby ended without activating: %v (%+v)", err, standby.Status())
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("nothing activated 3 minutes after the failure: %+v", standby.Status())
+	}
+	st := standby.Status()
+	id, _ := hv.ReplicaDomid(rep)
+	t.Logf("activated %v after the failure: domain %d at epoch %d (%s)", time.Since(tFail).Round(time.Millisecond), id, st.ActivatedEpoch, actMsg)
+	if st.ActivatedEpoch != fb {
+		t.Errorf("activated at epoch %d, the fallback was at %d", st.ActivatedEpoch, fb)
+	}
+	if actMsg != "verified" {
+		t.Errorf("activation: %q, want the replica's memory verified against the committed digest", actMsg)
+	}
+	if err := <-sdone; err != nil {
+		t.Errorf("standby: %v", err)
+	}
+	boot1, tick1, line := guestStatus(t)
+	t.Logf("resumed guest: %s", line)
+	if boot1 != boot0 || tick1 < tick0 {
+		t.Errorf("resumed guest boot %s tick %d; before the break boot %s tick %d: not the fallback checkpoint", boot1, tick1, boot0, tick0)
+	}
+	out, _ := exec.Command("xl", "list").CombinedOutput()
+	t.Logf("xl list:\n%s", out)
+	if strings.Contains(string(out), "--kemari-") {
+		t.Errorf("a replica under restore was left behind:\n%s", out)
+	}
+}
