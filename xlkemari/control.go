@@ -39,6 +39,11 @@ const (
 	opStatus   = "status"
 	opStop     = "stop"
 	opFailover = "failover"
+	// opAttach hands the connection itself, after the answer, to the
+	// standby of Domain as a replication stream: how a `receive --stdio`
+	// that ssh started for a reconnecting primary reaches the standby
+	// that holds the domain's replica (see attachToStandby).
+	opAttach = "attach"
 )
 
 // ctlRequest is what a client sends.
@@ -76,6 +81,10 @@ type ctlHandlers struct {
 	Stop func(ctx context.Context, domain string) error
 	// Failover promotes the replica of domain and returns its state.
 	Failover func(ctx context.Context, domain string, force bool) error
+	// Attach returns where to hand a replication stream for domain, or
+	// an error if this protector takes none now. push owns c once called
+	// and reports false if the standby ended meanwhile.
+	Attach func(domain string) (push func(c net.Conn) bool, err error)
 }
 
 // resolveRunDir picks the run directory: flag, then KEMARI_RUN_DIR, then
@@ -203,8 +212,9 @@ func (s *ctlServer) serve() {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer c.Close()
-			s.handle(c)
+			if !s.handle(c) {
+				c.Close()
+			}
 		}()
 	}
 }
@@ -227,12 +237,19 @@ func peerAllowed(c *net.UnixConn) bool {
 	return cred.Uid == 0 || int(cred.Uid) == os.Geteuid()
 }
 
-func (s *ctlServer) handle(c *net.UnixConn) {
+// handle answers one request; it reports whether it handed c on (an
+// attach), so that the caller must not close it.
+func (s *ctlServer) handle(c *net.UnixConn) (kept bool) {
 	resp := ctlResponse{PID: os.Getpid()}
+	var push func(net.Conn) bool
 	defer func() {
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		b, _ := json.Marshal(resp)
-		c.Write(append(b, '\n'))
+		_, werr := c.Write(append(b, '\n'))
+		c.SetWriteDeadline(time.Time{})
+		if push != nil && resp.OK && werr == nil {
+			kept = push(c)
+		}
 	}()
 	if !peerAllowed(c) {
 		resp.Error, resp.Code = "permission denied", exitFailure
@@ -262,6 +279,12 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		} else {
 			err = s.h.Stop(ctx, req.Domain)
 		}
+	case opAttach:
+		if s.h.Attach == nil {
+			err = &ctlError{exitFailure, "this protector takes no replication streams"}
+		} else {
+			push, err = s.h.Attach(req.Domain)
+		}
 	case opFailover:
 		if s.h.Failover == nil {
 			err = &ctlError{exitFailure, "this protector is not a standby; run failover on the standby host"}
@@ -285,6 +308,7 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		return
 	}
 	resp.OK = true
+	return
 }
 
 // Shutdown removes the socket and stops accepting; requests under way go

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bufio"
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/xl-kemari/xl-kemari/arbiter"
@@ -77,19 +82,19 @@ func runReceive(e *env, args []string) int {
 
 	var conn *eofConn
 	var ln checkpoint.Listener
+	var attached *chanListener // --stdio: the stream, then those attached later
+	var out *os.File
 	stderr := e.Stderr
 	if *stdio {
 		// The stream is stdin/stdout. Keep stray writes to stdout off it,
 		// and survive the primary's end: a broken pipe or a hangup from
 		// sshd must not kill the replica the standby may have to run.
 		signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
-		out, err := privateStdout()
+		out, err = privateStdout()
 		if err != nil {
 			e.errorf("receive: %v", err)
 			return exitFailure
 		}
-		conn = &eofConn{Conn: checkpoint.StdioConn{R: os.Stdin, W: out}, eof: make(chan struct{})}
-		ln = checkpoint.NewOneConnListener(conn, "stdio")
 	}
 	if *logFile != "" {
 		lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
@@ -101,6 +106,28 @@ func runReceive(e *env, args []string) int {
 		stderr = io.MultiWriter(lf, stderrWriter{e.Stderr})
 	}
 	log := f.loggerTo(stderr, "standby")
+	if *stdio {
+		// A primary reconnecting over ssh starts a new receiver. If a
+		// standby on this host already holds its domain (the receiver of
+		// the broken session, still within its timeout), the stream goes
+		// to it: it keeps its replica, resynchronises or rebuilds it, and
+		// does not activate behind the back of a primary that is alive.
+		name, stream, err := peekHello(checkpoint.StdioConn{R: os.Stdin, W: out})
+		if err != nil {
+			e.errorf("receive: %v", err)
+			return exitFailure
+		}
+		if ok, err := attachToStandby(resolveRunDir(e, *runDir), name, stream, log); ok {
+			if err != nil {
+				log.Info("attached stream ended", "err", err)
+			}
+			return exitOK
+		}
+		conn = &eofConn{Conn: stream, eof: make(chan struct{})}
+		attached = newChanListener("stdio")
+		go attached.push(conn)
+		ln = attached
+	}
 	if !*stdio {
 		switch *kind {
 		case transportTCP:
@@ -173,6 +200,21 @@ func runReceive(e *env, args []string) int {
 			}
 			return ss.failover(ctx, force)
 		},
+		Attach: func(d string) (func(net.Conn) bool, error) {
+			if attached == nil {
+				return nil, &ctlError{exitFailure, "this standby listens for its primaries itself"}
+			}
+			switch st := s.Status(); {
+			case st.Domain != d:
+				return nil, &ctlError{exitNotFound, fmt.Sprintf("this standby holds %s, not %s", dash(st.Domain), d)}
+			case st.State != "ready" && st.State != "syncing":
+				return nil, &ctlError{exitFailure, fmt.Sprintf("this standby of %s is %s", d, st.State)}
+			}
+			return func(c net.Conn) bool {
+				log.Info("primary reconnected through another receiver; stream attached")
+				return attached.push(c)
+			}, nil
+		},
 	})
 	if err != nil {
 		ln.Close()
@@ -203,6 +245,47 @@ func runReceive(e *env, args []string) int {
 		<-ctx.Done()
 	}
 	return exitOK
+}
+
+// attachToStandby hands stream, the primary's (its hello peeked), to the
+// standby on this host that holds domain, if there is one that takes it,
+// and copies both ways until either side ends. It reports whether it did;
+// the error is what ended the copy.
+func attachToStandby(runDir, domain string, stream checkpoint.Conn, log *slog.Logger) (bool, error) {
+	ps, err := find(runDir, "standby", domain, 2*time.Second)
+	if err != nil {
+		return false, nil // no run directory: no standby to find
+	}
+	for _, p := range ps {
+		if p.PID == os.Getpid() {
+			continue
+		}
+		c, err := net.DialTimeout("unix", p.Socket, 2*time.Second)
+		if err != nil {
+			continue
+		}
+		b, _ := json.Marshal(ctlRequest{Op: opAttach, Domain: domain})
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		var resp ctlResponse
+		br := bufio.NewReader(c)
+		_, werr := c.Write(append(b, '\n'))
+		line, rerr := br.ReadBytes('\n')
+		if werr != nil || rerr != nil || json.Unmarshal(line, &resp) != nil || !resp.OK {
+			log.Info("standby of the domain on this host did not take the stream", "pid", p.PID, "err", cmp.Or(resp.Error, fmt.Sprint(cmp.Or(werr, rerr))))
+			c.Close()
+			continue
+		}
+		c.SetDeadline(time.Time{})
+		log.Info("stream handed to the standby already holding the domain", "domain", domain, "pid", p.PID)
+		errc := make(chan error, 2)
+		go func() { _, err := io.Copy(c, stream); errc <- err }()
+		go func() { _, err := io.Copy(stream, br); errc <- err }()
+		err = <-errc
+		c.Close()
+		stream.Close()
+		return true, err
+	}
+	return false, nil
 }
 
 // endWithStream ends a --stdio receiver whose primary went away leaving

@@ -2,9 +2,11 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -199,6 +201,71 @@ func TestSSHTransport(t *testing.T) {
 	c.waitGone("ssh1", "standby", 10*time.Second)
 	if alive(s.PID) {
 		t.Errorf("receiver %d still runs", s.PID)
+	}
+}
+
+// TestSSHReconnectAttaches: the ssh session breaks (the connection dies,
+// the receiver does not). The primary reconnects through a new ssh
+// session; the receiver that starts hands the stream to the standby that
+// already holds the domain, which resynchronises its replica instead of
+// activating it behind the back of a primary that is alive. Killed later,
+// the primary is then taken over by that standby.
+func TestSSHReconnectAttaches(t *testing.T) {
+	c := newCluster(t)
+	pids := filepath.Join(c.dir, "ssh-pids")
+	c.env = append(c.env, relayEnv+"="+pids)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := []string{"--hypervisor=sim", "--interval=20ms", "--timeout=3s", "--log-level=info"}
+	primary := c.spawn("primary", append(append([]string{"start", "-F", "--transport=ssh", "--ssh-command=" + self,
+		"--remote-command=" + filepath.Join(bin, "xl-kemari")}, opts...), simDomain("ssh2", "root@standby-host")...)...)
+	c.waitState("ssh2", "primary", "protected", 15*time.Second)
+	s1 := c.waitState("ssh2", "standby", "ready", 10*time.Second)
+	before := c.waitEpoch("ssh2", 5, 15*time.Second)
+
+	b, err := os.ReadFile(pids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var relay int
+	fmt.Sscan(string(b), &relay)
+	if relay == 0 {
+		t.Fatalf("no relay pid in %q", b)
+	}
+	if err := syscall.Kill(relay, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Protected again, past the epoch before the break, through a second
+	// session...
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ = os.ReadFile(pids)
+		if len(strings.Fields(string(b))) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the primary did not reconnect through a new ssh session")
+		}
+		<-time.After(20 * time.Millisecond)
+	}
+	after := c.waitEpoch("ssh2", before.Epoch+5, 15*time.Second)
+	// ...to the same standby, the only one of the domain, never active.
+	var standbys []entry
+	for _, e := range c.status() {
+		if e.Domain == "ssh2" && e.Role == "standby" {
+			standbys = append(standbys, e)
+		}
+	}
+	if len(standbys) != 1 || standbys[0].PID != s1.PID || standbys[0].State != "ready" {
+		t.Fatalf("after the reconnect: standbys %+v; want only the first receiver (pid %d), ready", standbys, s1.PID)
+	}
+	t.Logf("reconnected through a second session to receiver %d: acked epoch %d before the break, %d after", s1.PID, before.Epoch, after.Epoch)
+	primary.kill()
+	s := c.waitState("ssh2", "standby", "active", 10*time.Second)
+	if s.PID != s1.PID || s.ActivatedEpoch < after.Epoch {
+		t.Errorf("activated by pid %d at epoch %d; want pid %d at or after %d", s.PID, s.ActivatedEpoch, s1.PID, after.Epoch)
 	}
 }
 

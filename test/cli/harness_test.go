@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -26,6 +27,9 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(relayEnv) != "" {
+		os.Exit(sshRelay(os.Args[1:]))
+	}
 	dir, err := os.MkdirTemp("", "kemari-cli-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -320,4 +324,47 @@ func alive(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(b), ')')
 	return i < 0 || i+2 >= len(b) || (b[i+2] != 'Z' && b[i+2] != 'X')
+}
+
+// relayEnv makes this test binary a fake ssh that relays (see sshRelay);
+// its value is the file the relay appends its pid to.
+const relayEnv = "KEMARI_CLI_SSH_RELAY"
+
+// sshRelay is a fake ssh, as the primary runs it (options, "--", host,
+// command): it runs the command and copies its standard input and output
+// through itself, as sshd's connection does, so that killing the relay
+// breaks the session without touching the remote command.
+func sshRelay(args []string) int {
+	for len(args) > 0 && args[0] != "--" {
+		args = args[1:]
+	}
+	if len(args) < 3 {
+		fmt.Fprintln(os.Stderr, "fake ssh: no host and command")
+		return 255
+	}
+	f, err := os.OpenFile(os.Getenv(relayEnv), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 255
+	}
+	fmt.Fprintln(f, os.Getpid())
+	f.Close()
+	cmd := exec.Command("sh", "-c", strings.Join(args[2:], " "))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return 255
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 255
+	}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 255
+	}
+	go func() { io.Copy(in, os.Stdin); in.Close() }()
+	io.Copy(os.Stdout, out)
+	cmd.Wait()
+	return 0
 }
