@@ -539,6 +539,23 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 		writes = p.disk.Barrier(e)
 	}
 	tBarrier := time.Now()
+	var pause time.Duration
+	resume := func() error {
+		if err := p.src.Resume(dom); err != nil {
+			return fmt.Errorf("%w: epoch %d: %w", ErrGuest, e, err)
+		}
+		pause = time.Since(t0)
+		return nil
+	}
+	if p.stream {
+		// The hypervisor's save engine wrote the checkpoint (its dirty set
+		// and pages) while the guest was suspended: it is a private copy
+		// already (libxl.StreamCapture), read below with the guest running.
+		if err := resume(); err != nil {
+			return err
+		}
+	}
+	tRead := time.Now()
 	p.dirty.Reset()
 	derr := p.src.ReadAndClearDirty(dom, p.dirty)
 	pfns := p.dirty.AppendSet(make([]libxl.PFN, 0, p.dirty.Count()))
@@ -568,25 +585,18 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 		rerr = p.src.ReadPages(dom, pfns, pages)
 		states, serr = p.src.CaptureState(dom, nil)
 	}
-	tRead := time.Now()
+	tDirty := time.Now()
 	if !p.stream {
 		// Live memory: copy it while the guest cannot change it.
 		copyOut()
-	}
-	tResume := time.Now()
-	if err := p.src.Resume(dom); err != nil {
-		return fmt.Errorf("%w: epoch %d: %w", ErrGuest, e, err)
-	}
-	pause := time.Since(t0)
-	if p.stream {
-		// A stream's checkpoint is already a private copy, readable until
-		// the next Suspend (libxl.StreamCapture): copy it with the guest
-		// running.
+		if err := resume(); err != nil {
+			return err
+		}
+	} else {
 		copyOut()
 	}
 	p.log.Debug("pause", "epoch", e, "pages", len(pfns), "suspend+barrier", tBarrier.Sub(t0),
-		"dirty", tRead.Sub(tBarrier), "copy", copyDur, "copy-while-paused", !p.stream,
-		"resume", pause-tResume.Sub(t0), "total", pause)
+		"dirty", tDirty.Sub(tRead), "copy", copyDur, "copy-while-paused", !p.stream, "total", pause)
 	if err := errors.Join(berr, derr, rerr, serr); err != nil {
 		p.log.Error("capture failed", "epoch", e, "err", err)
 		p.observe(Observation{Kind: ObsError, Epoch: e, Msg: "capture: " + err.Error()})

@@ -64,6 +64,7 @@ type streamHV struct {
 	// moment, and the replica's digest would not match.
 	snap      bool
 	onSuspend func(stream uint64) // if set, called before each Suspend
+	owed      *libxl.Bitmap       // the dirty set of a checkpoint taken at Resume, until read
 	snapPages []byte
 	snapState []libxl.State
 	replicas  map[libxl.DomID]*replicaFeed
@@ -114,20 +115,32 @@ func (f *streamHV) Suspend(dom libxl.DomID) error {
 	if f.snap && f.captures != 1 {
 		f.log.violate("a checkpoint ended with %d CaptureState calls", f.captures)
 	}
-	f.suspended, f.read, f.captures, f.snap = true, false, 0, false
+	f.suspended, f.read, f.captures, f.snap, f.owed = true, false, 0, false, nil
 	f.mu.Unlock()
 	return nil
 }
 
 func (f *streamHV) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.owed != nil {
+		// The checkpoint taken while suspended, read after Resume.
+		dst.Or(f.owed)
+		f.owed = nil
+		return nil
+	}
 	if err := f.Hypervisor.ReadAndClearDirty(dom, dst); err != nil {
 		return err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if !f.suspended {
 		return nil // a pre-copy round: live pages, read at once
 	}
+	return f.snapshot(dom)
+}
+
+// snapshot copies the suspended guest as the stream's checkpoint. Callers
+// hold mu.
+func (f *streamHV) snapshot(dom libxl.DomID) error {
 	info, err := f.Hypervisor.Describe(dom)
 	if err != nil {
 		return err
@@ -188,6 +201,22 @@ func (f *streamHV) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.Sta
 
 func (f *streamHV) Resume(dom libxl.DomID) error {
 	f.mu.Lock()
+	if f.suspended && !f.snap && f.stream != 0 {
+		// As xc_domain_save does, the checkpoint was written while the
+		// guest was suspended, whether or not the engine read it yet.
+		info, err := f.Hypervisor.Describe(dom)
+		if err == nil {
+			f.owed = libxl.NewBitmap(info.Pages)
+			err = f.Hypervisor.ReadAndClearDirty(dom, f.owed)
+		}
+		if err == nil {
+			err = f.snapshot(dom)
+		}
+		if err != nil {
+			f.mu.Unlock()
+			return err
+		}
+	}
 	f.suspended = false
 	f.mu.Unlock()
 	return f.Hypervisor.Resume(dom)

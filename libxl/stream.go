@@ -21,7 +21,10 @@ type StreamCapture interface {
 	//     headers a restore in progress cannot take.
 	//   - Source.ReadAndClearDirty on a running domain returns the pages of
 	//     one pre-copy round of the save engine and may block for it; on a
-	//     suspended domain, the pages of the checkpoint it just took.
+	//     suspended domain, or on the first call after the Resume that
+	//     ends a suspension, the pages of the checkpoint that suspension
+	//     took (the engine resumes the guest first: the save engine wrote
+	//     the checkpoint while the guest was suspended).
 	//   - Source.ReadPages returns the pages as the stream carries them
 	//     (for PV, page tables canonicalised), and Sink.ReadPages the same
 	//     form: digests compare, but the bytes are not raw guest memory.
@@ -30,10 +33,10 @@ type StreamCapture interface {
 	//     page types) must reach Sink.RestoreState of the same epoch whole
 	//     and in order; pages of pre-copy rounds are covered by the first
 	//     checkpoint's blobs.
-	//   - A checkpoint is a private copy once ReadAndClearDirty returned
-	//     it: its ReadPages and CaptureState work after Source.Resume too,
-	//     until the next Suspend, and the engine makes them with the guest
-	//     running (the copy then costs no pause).
+	//   - A checkpoint is a private copy once its suspension ended: its
+	//     ReadAndClearDirty, ReadPages and CaptureState work after
+	//     Source.Resume too, until the next Suspend, and the engine makes
+	//     them with the guest running (reading it then costs no pause).
 	//   - Sink.RestoreState hands the committed epoch to the hypervisor's
 	//     restore, and Sink.Activate ends the stream so that the restore
 	//     finishes from the last complete checkpoint, then unpauses.

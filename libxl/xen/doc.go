@@ -91,10 +91,12 @@
 //     on the running domain is one live round (the reader learns a round
 //     is whole from a marker record the precopy callback writes into the
 //     pipe), Suspend answers the callback with stop-and-copy (first
-//     checkpoint) or next-checkpoint and suspends the guest,
-//     ReadAndClearDirty on the suspended domain waits for the CHECKPOINT
-//     record, ReadPages and CaptureState read the Capture, Resume resumes
-//     the guest and lets libxc on; SetLogDirty(dom, false) ends the save.
+//     checkpoint) or next-checkpoint and suspends the guest, Resume
+//     waits until libxc has written the checkpoint (into a 64 MiB pipe,
+//     without waiting for the reader) and resumes the guest,
+//     ReadAndClearDirty (the engine's first call after Resume, or before
+//     it) waits for the CHECKPOINT record, ReadPages and CaptureState read
+//     the Capture; SetLogDirty(dom, false) ends the save.
 //   - Sink (pvreplica.go): CreateReplica prepares a restore under a
 //     temporary name and returns a DomID of its own (from 0x10000, beyond
 //     domid_t); WritePages keeps the canonical pages (the engine's XOR

@@ -26,14 +26,22 @@ import (
 //	Suspend             ──stop / next checkpoint─> suspend callback: waits
 //	  DomainSuspendOnly ──ok──> libxc sends the last pages, the state
 //	                            records and CHECKPOINT ───────────> Capture done
+//	Resume (waits for postcopy: all of it is in the pipe)
+//	  DomainResume      ──ok──> postcopy returns; checkpoint callback waits
 //	ReadAndClearDirty     (waits for the CHECKPOINT; the checkpoint's pages)
 //	ReadPages, CaptureState (from the complete Capture)
-//	Resume: DomainResume ──ok──> postcopy returns; checkpoint callback waits
 //	SetLogDirty(false)  ──end──> checkpoint callback returns 0
 //
 // The reader drains the pipe into the Capture on its own goroutine, always
-// (after a parse error into io.Discard), so libxc never blocks on a full
-// pipe while the guest is suspended.
+// (after a parse error into io.Discard). The pipe holds pipeBytes, so
+// libxc writes a checkpoint of up to that many bytes without waiting for
+// the reader, and the guest resumes as soon as libxc is done with it; the
+// engine reads the checkpoint afterwards (ReadAndClearDirty may follow
+// Resume). (The engine may also read it before Resume, as the contract
+// suite does.)
+
+// pipeBytes is the save pipe's capacity: 16,384 dirty pages a checkpoint.
+const pipeBytes = 64 << 20
 
 // ErrStream: the domain's save stream broke or ended; the engine must
 // start a new one (a full sync).
@@ -95,6 +103,7 @@ type pvStream struct {
 	wait      saveWait
 	answer    saveAnswer
 	suspended bool // by the engine's Suspend, until its Resume
+	owed      bool // a checkpoint was taken that ReadAndClearDirty has not handed out
 	captured  bool // CaptureState taken for ck
 	stopping  bool
 	err       error // first failure of the save, the reader or the pipe
@@ -109,8 +118,15 @@ func startStream(x saver, dom libxl.DomID, pages uint64) (*pvStream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xen: save pipe: %w", err)
 	}
-	// A bigger pipe saves context switches; the reader drains it anyway.
-	syscall.Syscall(syscall.SYS_FCNTL, w.Fd(), syscall.F_SETPIPE_SZ, 1<<20)
+	// A pipe that holds a whole checkpoint lets libxc write it without
+	// waiting for the reader, so the guest resumes as soon as libxc is
+	// done; the kernel allocates its pages only as they fill. Root may
+	// exceed fs.pipe-max-size; if not, 1 MiB still saves context switches.
+	for _, size := range []int{pipeBytes, 1 << 20} {
+		if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, w.Fd(), syscall.F_SETPIPE_SZ, uintptr(size)); e == 0 {
+			break
+		}
+	}
 	s := &pvStream{x: x, dom: dom, pages: pages, r: r, w: w, cur: libxcstream.NewCapture(),
 		fresh: libxl.NewBitmap(pages), precopy: true, saveDone: make(chan struct{}), readDone: make(chan struct{})}
 	s.cond.L = &s.mu
@@ -277,10 +293,11 @@ func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.suspended {
-		// A second read in the same suspension finds nothing new: libxc
-		// waits in postcopy, having sent the whole checkpoint.
-		if s.ck == nil {
+	if s.suspended || s.owed {
+		// The checkpoint of the last suspension, before or after Resume:
+		// libxc wrote it whole while the guest was suspended. A second
+		// read finds nothing new (libxc waits for the next checkpoint).
+		if s.owed {
 			for len(s.full) == 0 {
 				if s.err != nil {
 					return s.err
@@ -288,7 +305,7 @@ func (s *pvStream) readAndClear(dst *libxl.Bitmap) error {
 				s.cond.Wait()
 			}
 			s.ck, s.full = s.full[0], s.full[1:]
-			s.captured, s.precopy = false, false
+			s.captured, s.precopy, s.owed = false, false, false
 		}
 	} else {
 		if !s.precopy {
@@ -343,7 +360,7 @@ func (s *pvStream) suspend() error {
 	}
 	// The last checkpoint was readable until now (libxl.StreamCapture);
 	// this suspension's comes with its ReadAndClearDirty.
-	s.suspended, s.ck = true, nil
+	s.suspended, s.owed, s.ck = true, true, nil
 	s.tell(ansGo)
 	return nil
 }
