@@ -134,6 +134,7 @@ func TestStatusTable(t *testing.T) {
 		{PID: 2, Status: checkpoint.Status{Role: "primary", Domain: "db", Peer: "tls:xen3:8011", State: "unprotected", UnprotectedSince: now.Add(-90 * time.Second)}},
 		{PID: 3, Status: checkpoint.Status{Role: "primary", Domain: "mail", State: "syncing", SyncPercent: 42}},
 		{PID: 4, Status: checkpoint.Status{Role: "standby", Domain: "old", State: "active", ActivatedEpoch: 99}},
+		{PID: 5, Status: checkpoint.Status{Role: "standby", Domain: "pv", Peer: "stdio", State: "syncing", FallbackEpoch: 41}},
 	}
 	var b bytes.Buffer
 	writeStatusTable(&b, entries, now)
@@ -143,6 +144,7 @@ func TestStatusTable(t *testing.T) {
 		"db      primary  tls:xen3:8011  unprotected                       0      -       -               -      -          -      -       1m30s ago",
 		"mail    primary  -              syncing 42%                       0      -       -               -      -          -      -       -",
 		"old     standby  -              active (failed over at epoch 99)  0      -       -               -      -          -      -       -",
+		"pv      standby  stdio          syncing (fallback at epoch 41)    0      -       -               -      -          -      -       -",
 	}
 	got := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
 	if len(got) != len(want) {
