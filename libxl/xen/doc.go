@@ -92,7 +92,7 @@
 //     is whole from a marker record the precopy callback writes into the
 //     pipe), Suspend answers the callback with stop-and-copy (first
 //     checkpoint) or next-checkpoint and suspends the guest, Resume
-//     waits until libxc has written the checkpoint (into a 64 MiB pipe,
+//     waits until libxc has written the checkpoint (into a 16 MiB pipe,
 //     without waiting for the reader) and resumes the guest,
 //     ReadAndClearDirty (the engine's first call after Resume, or before
 //     it) waits for the CHECKPOINT record, ReadPages and CaptureState read

@@ -218,11 +218,30 @@ func TestSSHReconnectAttaches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The receivers are ssh's children, not the cluster's: end them, and
+	// the relays, whatever happens (an activated one runs until signalled).
+	var standbyPIDs []int
+	t.Cleanup(func() {
+		b, _ := os.ReadFile(pids)
+		for _, f := range strings.Fields(string(b)) {
+			var pid int
+			fmt.Sscan(f, &pid)
+			standbyPIDs = append(standbyPIDs, pid)
+		}
+		for _, pid := range standbyPIDs {
+			// Only if it is still ours: a pid that ended may be reused.
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if pid > 0 && (strings.Contains(string(cmd), bin) || strings.HasPrefix(string(cmd), self)) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 	opts := []string{"--hypervisor=sim", "--interval=20ms", "--timeout=3s", "--log-level=info"}
 	primary := c.spawn("primary", append(append([]string{"start", "-F", "--transport=ssh", "--ssh-command=" + self,
 		"--remote-command=" + filepath.Join(bin, "xl-kemari")}, opts...), simDomain("ssh2", "root@standby-host")...)...)
 	c.waitState("ssh2", "primary", "protected", 15*time.Second)
 	s1 := c.waitState("ssh2", "standby", "ready", 10*time.Second)
+	standbyPIDs = append(standbyPIDs, s1.PID)
 	before := c.waitEpoch("ssh2", 5, 15*time.Second)
 
 	b, err := os.ReadFile(pids)
@@ -257,6 +276,9 @@ func TestSSHReconnectAttaches(t *testing.T) {
 		if e.Domain == "ssh2" && e.Role == "standby" {
 			standbys = append(standbys, e)
 		}
+	}
+	for _, e := range standbys {
+		standbyPIDs = append(standbyPIDs, e.PID)
 	}
 	if len(standbys) != 1 || standbys[0].PID != s1.PID || standbys[0].State != "ready" {
 		t.Fatalf("after the reconnect: standbys %+v; want only the first receiver (pid %d), ready", standbys, s1.PID)
