@@ -602,6 +602,49 @@ func (s *suite) readPages() {
 	s.reads(src, dom)
 	_, err := src.CaptureState(dom, nil)
 	s.ok(err, "CaptureState")
+
+	// A checkpoint is a private copy once its suspension ended
+	// (libxl.StreamCapture): read before Resume and again after it, with
+	// the guest writing meanwhile, its pages are the same.
+	s.ok(src.Resume(dom), "Resume")
+	s.f.Advance(s.t)
+	s.ok(src.Suspend(dom), "Suspend")
+	pfns := s.dirty(src, dom).AppendSet(nil)
+	before := make([]byte, len(pfns)*libxl.PageSize)
+	s.ok(src.ReadPages(dom, pfns, before), "ReadPages(checkpoint, suspended)")
+	s.ok(src.Resume(dom), "Resume")
+	s.f.Advance(s.t)
+	after := make([]byte, len(pfns)*libxl.PageSize)
+	s.ok(src.ReadPages(dom, pfns, after), "ReadPages(checkpoint, after Resume)")
+	if !bytes.Equal(before, after) {
+		s.t.Error("a stream's checkpoint read after Resume differs from the same checkpoint read before it")
+	}
+	_, err = src.CaptureState(dom, nil)
+	s.ok(err, "CaptureState(after Resume)")
+
+	// The engine's order: the whole checkpoint read after Resume.
+	s.f.Advance(s.t)
+	pfns, _, _ = s.epochAfterResume(src, dom)
+	if len(pfns) == 0 {
+		s.t.Error("a checkpoint read after Resume carries no page: ReadAndClearDirty must return the suspension's checkpoint")
+	}
+	s.ok(src.Suspend(dom), "Suspend")
+}
+
+// epochAfterResume takes a checkpoint as the engine does for a stream:
+// Suspend, Resume, then (the guest writing meanwhile) the checkpoint's
+// dirty set, pages and state. The guest is left running.
+func (s *suite) epochAfterResume(src libxl.Source, dom libxl.DomID) ([]libxl.PFN, []byte, []libxl.State) {
+	s.t.Helper()
+	s.ok(src.Suspend(dom), "Suspend")
+	s.ok(src.Resume(dom), "Resume (before reading the checkpoint)")
+	s.f.Advance(s.t)
+	pfns := s.dirty(src, dom).AppendSet(nil)
+	data := make([]byte, len(pfns)*libxl.PageSize)
+	s.ok(src.ReadPages(dom, pfns, data), "ReadPages(checkpoint, after Resume)")
+	st, err := src.CaptureState(dom, nil)
+	s.ok(err, "CaptureState(after Resume)")
+	return pfns, data, st
 }
 
 // reads checks ReadPages on suspended dom, all of whose pages it can read.
@@ -741,10 +784,11 @@ func (s *suite) replica() {
 	s.ok(sink.RestoreState(r, st), "RestoreState")
 	tFeed := time.Now()
 	if s.streamed {
-		// Each epoch restores: the next checkpoint of the stream.
+		// Each epoch restores: the next checkpoint of the stream, read as
+		// the engine reads it (after Resume).
 		s.ok(src.Resume(dom), "Resume")
 		s.f.Advance(s.t)
-		pfns, data, st2 := s.epoch(src, dom)
+		pfns, data, st2 := s.epochAfterResume(src, dom)
 		overlay(mem, pfns, data)
 		s.ok(sink.WritePages(r, pfns, data), "WritePages(second checkpoint)")
 		s.ok(sink.RestoreState(r, st2), "RestoreState(second checkpoint)")

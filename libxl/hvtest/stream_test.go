@@ -16,10 +16,12 @@ import (
 // over its domains (all PVH): it answers as the xen backend's stream does
 // where a stream differs (a running domain's log read only before the
 // stream's first checkpoint, a checkpoint's pages only readable after its
-// ReadAndClearDirty, and then only the pages it carries) and reports every
-// rule the caller breaks (the state taken twice, or before the pages, a
-// checkpoint resumed without its state, a replica fed out of order). It
-// lets the suite's stream path run, and be checked, without Xen.
+// ReadAndClearDirty, and then only the pages it carries; a checkpoint
+// taken at its suspension and readable after Resume until the next
+// Suspend, as libxc writes it) and reports every rule the caller breaks
+// (the state taken twice, or before the pages, a checkpoint left without
+// its state, a replica fed out of order). It lets the suite's stream path
+// run, and be checked, without Xen.
 type streamSim struct {
 	*sim.Hypervisor
 	t *testing.T
@@ -38,6 +40,11 @@ type simStream struct {
 	paged     bool   // ReadPages after it
 	captured  bool
 	carried   *libxl.Bitmap // the pages the checkpoint carries; nil: all
+	// After Resume, until the next Suspend: the checkpoint as taken.
+	open  bool
+	owed  *libxl.Bitmap // its dirty set, if ReadAndClearDirty has not returned it yet
+	pages []byte        // every page at the suspension
+	state []libxl.State // the state at the suspension
 }
 
 type feed struct{ stream, seq uint64 }
@@ -93,6 +100,9 @@ func (f *streamSim) Suspend(dom libxl.DomID) error {
 		return err
 	}
 	if s := f.stream(dom); s != nil {
+		if s.open && !s.captured {
+			f.violate("checkpoint of stream %d left without its CaptureState", s.id)
+		}
 		*s = simStream{id: s.id, seq: s.seq, suspended: true}
 	}
 	return nil
@@ -102,6 +112,14 @@ func (f *streamSim) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error 
 	s := f.stream(dom)
 	if s == nil {
 		return f.Hypervisor.ReadAndClearDirty(dom, dst)
+	}
+	if s.open && s.owed != nil {
+		dst.Or(s.owed)
+		s.owed, s.read = nil, true
+		return nil
+	}
+	if s.open {
+		return nil // a second read of the checkpoint: nothing new
 	}
 	if !s.suspended && s.seq > 0 {
 		return fmt.Errorf("streamsim: %w: pre-copy rounds end with the stream's first checkpoint", libxl.ErrBadState)
@@ -122,7 +140,7 @@ func (f *streamSim) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error 
 
 func (f *streamSim) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
 	s := f.stream(dom)
-	if s != nil && s.suspended {
+	if s != nil && (s.suspended || s.open) {
 		if !s.read {
 			return fmt.Errorf("streamsim: %w: no checkpoint read yet", libxl.ErrBadState)
 		}
@@ -133,12 +151,24 @@ func (f *streamSim) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) err
 		}
 		s.paged = true
 	}
+	if s != nil && s.open {
+		if len(dst) < len(pfns)*libxl.PageSize {
+			return fmt.Errorf("streamsim: short buffer: %w", libxl.ErrRange)
+		}
+		for i, p := range pfns {
+			if int(p+1)*libxl.PageSize > len(s.pages) {
+				return fmt.Errorf("streamsim: pfn %d: %w", p, libxl.ErrRange)
+			}
+			copy(dst[i*libxl.PageSize:(i+1)*libxl.PageSize], s.pages[int(p)*libxl.PageSize:])
+		}
+		return nil
+	}
 	return f.Hypervisor.ReadPages(dom, pfns, dst)
 }
 
 func (f *streamSim) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State, error) {
 	s := f.stream(dom)
-	if s == nil || !s.suspended {
+	if s == nil || (!s.suspended && !s.open) {
 		return f.Hypervisor.CaptureState(dom, dst)
 	}
 	switch {
@@ -149,8 +179,10 @@ func (f *streamSim) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.St
 		f.violate("CaptureState before the checkpoint's ReadAndClearDirty and ReadPages (stream %d)", s.id)
 		return dst, fmt.Errorf("streamsim: %w: no checkpoint read yet", libxl.ErrBadState)
 	}
-	dst, err := f.Hypervisor.CaptureState(dom, dst)
-	if err != nil {
+	var err error
+	if s.open {
+		dst = append(dst, s.state...)
+	} else if dst, err = f.Hypervisor.CaptureState(dom, dst); err != nil {
 		return dst, err
 	}
 	s.captured = true
@@ -161,16 +193,43 @@ func (f *streamSim) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.St
 }
 
 func (f *streamSim) Resume(dom libxl.DomID) error {
-	if err := f.Hypervisor.Resume(dom); err != nil {
-		return err
-	}
 	if s := f.stream(dom); s != nil && s.suspended {
-		if !s.captured {
-			f.violate("checkpoint of stream %d resumed without its CaptureState", s.id)
+		// The checkpoint as libxc writes it during the suspension: its
+		// dirty set, if nobody read it yet, every page and the state.
+		if !s.read {
+			info, err := f.Hypervisor.Describe(dom)
+			if err != nil {
+				return err
+			}
+			got := libxl.NewBitmap(info.Pages)
+			if err := f.Hypervisor.ReadAndClearDirty(dom, got); err != nil {
+				return err
+			}
+			s.owed = got
+			if s.seq > 0 {
+				s.carried = got
+			}
 		}
-		s.suspended = false
+		info, err := f.Hypervisor.Describe(dom)
+		if err != nil {
+			return err
+		}
+		all := make([]libxl.PFN, info.Pages)
+		for i := range all {
+			all[i] = libxl.PFN(i)
+		}
+		s.pages = make([]byte, int(info.Pages)*libxl.PageSize)
+		if err := f.Hypervisor.ReadPages(dom, all, s.pages); err != nil {
+			return err
+		}
+		if !s.captured {
+			if s.state, err = f.Hypervisor.CaptureState(dom, nil); err != nil {
+				return err
+			}
+		}
+		s.suspended, s.open = false, true
 	}
-	return nil
+	return f.Hypervisor.Resume(dom)
 }
 
 func (f *streamSim) Destroy(dom libxl.DomID) error {
