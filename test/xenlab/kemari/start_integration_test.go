@@ -453,8 +453,14 @@ func TestStartXen(t *testing.T) {
 	name := fmt.Sprintf("kemari-e2e-%d", os.Getpid())
 	if d := os.Getenv("KEMARI_E2E_LOGS"); d != "" {
 		// Keep the processes' logs and events (dom0.sh: /mnt/out, which
-		// is run/host1.out on the machine running the lab).
-		dir = filepath.Join(d, name)
+		// is run/host1.out on the machine running the lab, kept across
+		// lab boots). Pids repeat from boot to boot and the event logs
+		// are appended to, so the directory is named by the time too:
+		// a run must never read an earlier run's events.
+		dir = filepath.Join(d, name+"-"+time.Now().UTC().Format("20060102T150405"))
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
