@@ -298,24 +298,41 @@ func (c *cutter) cut() {
 // runStreamCluster protects a sim guest whose backend says (on) or does
 // not say its capture is a stream, breaks the replication connection
 // cuts times, each once the domain is protected again, and stops.
-func runStreamCluster(t *testing.T, on bool, cuts int) *streamLog {
-	log := &streamLog{}
-	hp := newStreamHV(on, log, 1)
-	hs := newStreamHV(on, log, 1)
-	defer hp.Close()
-	defer hs.Close()
-	dom, err := hp.CreateDomain(sim.DomainConfig{Name: "g", Pages: 256, Workload: sim.WorkloadUniform,
-		Rate: 2000, Seed: 3, Quantum: time.Millisecond})
+// streamRig is a primary and a standby host with the fake stream backend,
+// a guest on the primary, and a transport whose connections a test can cut.
+type streamRig struct {
+	log    *streamLog
+	hp, hs *streamHV
+	dom    libxl.DomID
+	ecfg   epoch.Config
+	net    *checkpoint.PipeNetwork
+	cut    *cutter
+}
+
+func newStreamRig(t *testing.T, on bool, seed uint64) *streamRig {
+	r := &streamRig{log: &streamLog{}, cut: &cutter{}, net: checkpoint.NewPipeNetwork(),
+		ecfg: epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(20 * time.Millisecond),
+			Timeout: epoch.Duration(200 * time.Millisecond), Reprotect: true}}
+	r.hp, r.hs = newStreamHV(on, r.log, 1), newStreamHV(on, r.log, 1)
+	t.Cleanup(func() {
+		r.hp.DestroyAll()
+		r.hs.DestroyAll()
+		r.hp.Close()
+		r.hs.Close()
+	})
+	var err error
+	r.dom, err = r.hp.CreateDomain(sim.DomainConfig{Name: "g", Pages: 256, Workload: sim.WorkloadUniform,
+		Rate: 2000, Seed: seed, Quantum: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hp.DestroyAll()
-	defer hs.DestroyAll()
-	ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(20 * time.Millisecond),
-		Timeout: epoch.Duration(200 * time.Millisecond), Reprotect: true}
-	net := checkpoint.NewPipeNetwork()
-	cut := &cutter{}
-	net.Wrap = cut.wrap
+	r.net.Wrap = r.cut.wrap
+	return r
+}
+
+func runStreamCluster(t *testing.T, on bool, cuts int) *streamLog {
+	r := newStreamRig(t, on, 3)
+	log, hp, hs, dom, ecfg, net, cut := r.log, r.hp, r.hs, r.dom, r.ecfg, r.net, r.cut
 	protected := make(chan struct{}, 16)
 	committed := make(chan struct{}, 1)
 	var commitsMu sync.Mutex
@@ -436,129 +453,112 @@ func (noRoomHV) RoomFor(info libxl.DomainInfo) error {
 }
 
 func runFallback(t *testing.T, room bool) {
-	{
-		log := &streamLog{}
-		hp := newStreamHV(true, log, 1)
-		hs := newStreamHV(true, log, 1)
-		defer hp.Close()
-		defer hs.Close()
-		dom, err := hp.CreateDomain(sim.DomainConfig{Name: "g", Pages: 256, Workload: sim.WorkloadUniform,
-			Rate: 2000, Seed: 5, Quantum: time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer hp.DestroyAll()
-		defer hs.DestroyAll()
-		ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(20 * time.Millisecond),
-			Timeout: epoch.Duration(200 * time.Millisecond), Reprotect: true}
-		net := checkpoint.NewPipeNetwork()
-		cut := &cutter{}
-		net.Wrap = cut.wrap
-		pctx, kill := context.WithCancel(context.Background())
-		defer kill()
-		acked := make(chan uint64, 64)
-		p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4,
-			SyncStopPages: 16, Observer: func(o checkpoint.Observation) {
-				if o.Kind == checkpoint.ObsRelease {
-					select {
-					case acked <- o.Epoch:
-					default:
-					}
-				}
-			}}, hp, net, nil, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sink libxl.Sink = hs
-		if !room {
-			sink = noRoomHV{hs}
-		}
-		var activated []checkpoint.Observation
-		var obsMu sync.Mutex
-		s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: true, Observer: func(o checkpoint.Observation) {
-			if o.Kind == checkpoint.ObsActivate {
-				obsMu.Lock()
-				activated = append(activated, o)
-				obsMu.Unlock()
-			}
-		}}, sink, net, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pdone := make(chan error, 1)
-		go func() { pdone <- p.Run(pctx) }()
-		sdone := make(chan error, 1)
-		sctx, scancel := context.WithCancel(context.Background())
-		defer scancel()
-		go func() { sdone <- s.Run(sctx) }()
-
-		// A few acknowledged checkpoints on the first stream.
-		for n := 0; n < 3; n++ {
-			select {
-			case <-acked:
-			case <-time.After(5 * time.Second):
-				t.Fatal("no checkpoint acknowledged on the first connection")
-			}
-		}
-		// The second stream (the rebuild) never reaches its checkpoint:
-		// the primary dies as it suspends the guest for it.
-		hp.mu.Lock()
-		hp.onSuspend = func(stream uint64) {
-			if stream >= 2 {
-				kill()
-				cut.cut()
-			}
-		}
-		hp.mu.Unlock()
-		cut.cut()
-		if err := <-pdone; err != nil && err != context.Canceled {
-			t.Logf("primary: %v", err)
-		}
-		released := p.Status().Epoch // the primary released output through this epoch at most
-		if !room {
-			// Rebuilt in place: after the timeout the standby has nothing
-			// to resume and waits for a primary.
-			for deadline := time.After(10 * time.Second); s.Status().State != "waiting"; {
+	r := newStreamRig(t, true, 5)
+	log, hp, hs, dom, ecfg, net, cut := r.log, r.hp, r.hs, r.dom, r.ecfg, r.net, r.cut
+	pctx, kill := context.WithCancel(context.Background())
+	defer kill()
+	acked := make(chan uint64, 64)
+	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4,
+		SyncStopPages: 16, Observer: func(o checkpoint.Observation) {
+			if o.Kind == checkpoint.ObsRelease {
 				select {
-				case err := <-sdone:
-					t.Fatalf("standby ended: %v (%+v)", err, s.Status())
-				case <-deadline:
-					t.Fatalf("standby %+v, want waiting", s.Status())
-				case <-time.After(50 * time.Millisecond): // the bubble's clock
+				case acked <- o.Epoch:
+				default:
 				}
 			}
-			if doms := hs.Domains(); len(doms) != 0 {
-				t.Fatalf("standby host holds %v with no replica to resume", doms)
-			}
-			scancel()
-			<-sdone
-			return
+		}}, hp, net, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink libxl.Sink = hs
+	if !room {
+		sink = noRoomHV{hs}
+	}
+	var activated []checkpoint.Observation
+	var obsMu sync.Mutex
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: true, Observer: func(o checkpoint.Observation) {
+		if o.Kind == checkpoint.ObsActivate {
+			obsMu.Lock()
+			activated = append(activated, o)
+			obsMu.Unlock()
 		}
+	}}, sink, net, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pdone := make(chan error, 1)
+	go func() { pdone <- p.Run(pctx) }()
+	sdone := make(chan error, 1)
+	sctx, scancel := context.WithCancel(context.Background())
+	defer scancel()
+	go func() { sdone <- s.Run(sctx) }()
+
+	// A few acknowledged checkpoints on the first stream.
+	for n := 0; n < 3; n++ {
 		select {
-		case err := <-sdone:
-			if err != nil {
-				t.Fatalf("standby: %v", err)
+		case <-acked:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no checkpoint acknowledged on the first connection")
+		}
+	}
+	// The second stream (the rebuild) never reaches its checkpoint:
+	// the primary dies as it suspends the guest for it.
+	hp.mu.Lock()
+	hp.onSuspend = func(stream uint64) {
+		if stream >= 2 {
+			kill()
+			cut.cut()
+		}
+	}
+	hp.mu.Unlock()
+	cut.cut()
+	if err := <-pdone; err != nil && err != context.Canceled {
+		t.Logf("primary: %v", err)
+	}
+	released := p.Status().Epoch // the primary released output through this epoch at most
+	if !room {
+		// Rebuilt in place: after the timeout the standby has nothing
+		// to resume and waits for a primary.
+		for deadline := time.After(10 * time.Second); s.Status().State != "waiting"; {
+			select {
+			case err := <-sdone:
+				t.Fatalf("standby ended: %v (%+v)", err, s.Status())
+			case <-deadline:
+				t.Fatalf("standby %+v, want waiting", s.Status())
+			case <-time.After(50 * time.Millisecond): // the bubble's clock
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("the standby did not take over: %+v", s.Status())
 		}
-		st := s.Status()
-		if st.State != "active" || st.ActivatedEpoch < released || st.ActivatedEpoch == 0 {
-			t.Fatalf("standby %s at epoch %d; the primary had released output through epoch %d", st.State, st.ActivatedEpoch, released)
+		if doms := hs.Domains(); len(doms) != 0 {
+			t.Fatalf("standby host holds %v with no replica to resume", doms)
 		}
-		obsMu.Lock()
-		defer obsMu.Unlock()
-		if len(activated) != 1 || activated[0].Msg != "verified" {
-			t.Fatalf("activation: %+v, want one, its memory verified against the committed digest", activated)
+		scancel()
+		<-sdone
+		return
+	}
+	select {
+	case err := <-sdone:
+		if err != nil {
+			t.Fatalf("standby: %v", err)
 		}
-		if log.streams < 2 || log.replicas < 2 {
-			t.Fatalf("%d streams, %d replicas: the rebuild did not start", log.streams, log.replicas)
-		}
-		if doms := hs.Domains(); len(doms) != 1 {
-			t.Fatalf("standby host holds %d domains after the failover (%v), want the activated one only", len(doms), doms)
-		}
-		for _, v := range log.violations {
-			t.Error(v)
-		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the standby did not take over: %+v", s.Status())
+	}
+	st := s.Status()
+	if st.State != "active" || st.ActivatedEpoch < released || st.ActivatedEpoch == 0 {
+		t.Fatalf("standby %s at epoch %d; the primary had released output through epoch %d", st.State, st.ActivatedEpoch, released)
+	}
+	obsMu.Lock()
+	defer obsMu.Unlock()
+	if len(activated) != 1 || activated[0].Msg != "verified" {
+		t.Fatalf("activation: %+v, want one, its memory verified against the committed digest", activated)
+	}
+	if log.streams < 2 || log.replicas < 2 {
+		t.Fatalf("%d streams, %d replicas: the rebuild did not start", log.streams, log.replicas)
+	}
+	if doms := hs.Domains(); len(doms) != 1 {
+		t.Fatalf("standby host holds %d domains after the failover (%v), want the activated one only", len(doms), doms)
+	}
+	for _, v := range log.violations {
+		t.Error(v)
 	}
 }

@@ -38,6 +38,28 @@ func guestStatus(t *testing.T) (boot string, tick int, line string) {
 	return "", 0, ""
 }
 
+// cuttableNetwork is an in-memory transport and a function that breaks
+// every connection made on it so far (the link fails).
+func cuttableNetwork() (*checkpoint.PipeNetwork, func()) {
+	net := checkpoint.NewPipeNetwork()
+	var mu sync.Mutex
+	var live []checkpoint.Conn
+	net.Wrap = func(c checkpoint.Conn) checkpoint.Conn {
+		mu.Lock()
+		live = append(live, c)
+		mu.Unlock()
+		return c
+	}
+	return net, func() {
+		mu.Lock()
+		for _, c := range live {
+			c.Close()
+		}
+		live = nil
+		mu.Unlock()
+	}
+}
+
 // createGuest starts a PV guest from KEMARI_XEN_CFG and waits until its
 // network is up and its workload runs.
 func createGuest(t *testing.T, hv libxl.Hypervisor) (libxl.DomID, string) {
@@ -100,17 +122,7 @@ func TestEnginePV(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(200 * time.Millisecond),
 		Timeout: epoch.Duration(10 * time.Second), Heartbeat: epoch.Duration(time.Second), Inflight: 1}
-	net := checkpoint.NewPipeNetwork()
-	var conns struct {
-		sync.Mutex
-		live []checkpoint.Conn
-	}
-	net.Wrap = func(c checkpoint.Conn) checkpoint.Conn {
-		conns.Lock()
-		conns.live = append(conns.live, c)
-		conns.Unlock()
-		return c
-	}
+	net, cutLink := cuttableNetwork()
 
 	var (
 		mu        sync.Mutex
@@ -196,12 +208,7 @@ func TestEnginePV(t *testing.T) {
 	waitCommits(10)
 	// The link breaks: a stream cannot be resumed, so the primary must
 	// start a new one into a fresh replica (libxl.StreamCapture).
-	conns.Lock()
-	for _, c := range conns.live {
-		c.Close()
-	}
-	conns.live = nil
-	conns.Unlock()
+	cutLink()
 	mu.Lock()
 	before := commits
 	mu.Unlock()
@@ -293,17 +300,7 @@ func TestFallbackPV(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ecfg := epoch.Config{Mode: epoch.ModeEpoch, Interval: epoch.Duration(200 * time.Millisecond),
 		Timeout: epoch.Duration(10 * time.Second), Heartbeat: epoch.Duration(time.Second), Inflight: 1}
-	net := checkpoint.NewPipeNetwork()
-	var conns struct {
-		sync.Mutex
-		live []checkpoint.Conn
-	}
-	net.Wrap = func(c checkpoint.Conn) checkpoint.Conn {
-		conns.Lock()
-		conns.live = append(conns.live, c)
-		conns.Unlock()
-		return c
-	}
+	net, cutLink := cuttableNetwork()
 	commits := make(chan uint64, 1024)
 	activated := make(chan libxl.DomID, 1)
 	var actMsg string
@@ -355,12 +352,7 @@ func TestFallbackPV(t *testing.T) {
 	commit("a checkpoint after the sample")
 	commit("a second checkpoint after the sample")
 
-	conns.Lock()
-	for _, c := range conns.live {
-		c.Close()
-	}
-	conns.live = nil
-	conns.Unlock()
+	cutLink()
 	tCut := time.Now()
 	var fb uint64
 	for tick := time.NewTicker(20 * time.Millisecond); fb == 0; <-tick.C {
