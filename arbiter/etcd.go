@@ -83,8 +83,10 @@ func (e *Etcd) Close() error {
 	return nil
 }
 
-func (e *Etcd) sessionKey(s [16]byte) string { return e.Prefix + "/sessions/" + hex.EncodeToString(s[:]) }
-func (e *Etcd) leaseKey(s [16]byte) string   { return e.Prefix + "/leases/" + hex.EncodeToString(s[:]) }
+func (e *Etcd) sessionKey(s [16]byte) string {
+	return e.Prefix + "/sessions/" + hex.EncodeToString(s[:])
+}
+func (e *Etcd) leaseKey(s [16]byte) string { return e.Prefix + "/leases/" + hex.EncodeToString(s[:]) }
 
 // do runs fn with the client, bounded by ctx (see bounded).
 func (e *Etcd) do(ctx context.Context, op string, fn func(cli *clientv3.Client) error) error {
