@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,5 +143,33 @@ func TestFileRecordFormat(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, "01000000000000000000000000000000"))
 	if err != nil || strings.TrimSpace(string(b)) != "primary" {
 		t.Fatalf("record = %q, %v", b, err)
+	}
+}
+
+// TestFileBlockedLock: the other host holds the directory's lock and
+// does not let go (a stand-in for a hung mount that blocks in the
+// kernel, not in a hook): Acquire returns by its deadline, and answers
+// once the lock is free.
+func TestFileBlockedLock(t *testing.T) {
+	dir := t.TempDir()
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	f := &arbiter.File{Dir: dir}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := f.Acquire(ctx, [16]byte{1}, arbiter.Primary); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire under a held lock: %v, want a deadline", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := f.Acquire(context.Background(), [16]byte{1}, arbiter.Primary); err != nil || !ok {
+		t.Fatalf("after the lock is free: %v, %v", ok, err)
 	}
 }
