@@ -95,10 +95,11 @@ func (e *Etcd) do(ctx context.Context, op string, fn func(cli *clientv3.Client) 
 		if err != nil {
 			return err
 		}
-		if err := fn(cli); err != nil {
-			return fmt.Errorf("arbiter: etcd %s: %s: %w", e.Endpoint, op, err)
+		err = fn(cli)
+		if err == nil || errors.Is(err, ErrHeld) || errors.Is(err, ErrDenied) {
+			return err // answers, not failures to reach etcd
 		}
-		return nil
+		return fmt.Errorf("arbiter: etcd %s: %s: %w", e.Endpoint, op, err)
 	})
 }
 
