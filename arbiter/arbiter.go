@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -149,6 +150,24 @@ type Lease interface {
 // just before it ended.
 func Margin(ttl time.Duration) time.Duration { return ttl / 10 }
 
+var (
+	schemesMu sync.Mutex
+	// Protected by schemesMu.
+	schemes = map[string]func(endpoint, prefix string) (Arbiter, error){}
+)
+
+// Register makes Open serve scheme ("etcd") with open, given the endpoint
+// and key prefix Open parsed from the setting. Backends whose client
+// libraries are heavy live in subpackages that register themselves, so
+// that only the programs that import them link those libraries (the
+// engine and its tests do not). Safe for concurrent use; a later call for
+// the same scheme replaces the earlier.
+func Register(scheme string, open func(endpoint, prefix string) (Arbiter, error)) {
+	schemesMu.Lock()
+	defer schemesMu.Unlock()
+	schemes[scheme] = open
+}
+
 // Open parses an arbiter setting: "none", "file:PATH" or
 // "etcd://HOST:PORT/PREFIX". It does not contact the arbiter.
 func Open(spec string) (Arbiter, error) {
@@ -166,7 +185,13 @@ func Open(spec string) (Arbiter, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Etcd{Endpoint: ep, Prefix: prefix}, nil
+		schemesMu.Lock()
+		open := schemes["etcd"]
+		schemesMu.Unlock()
+		if open == nil {
+			return nil, fmt.Errorf("%w: arbiter %q: the etcd arbiter is not linked into this program (import arbiter/etcd)", ErrBadSpec, spec)
+		}
+		return open(ep, prefix)
 	case strings.HasPrefix(spec, "etcd+tls://") || strings.HasPrefix(spec, "etcds://"):
 		return nil, fmt.Errorf("%w: arbiter %q: etcd over TLS is not available in this build (use etcd:// on a trusted management network)", ErrBadSpec, spec)
 	}
@@ -208,6 +233,11 @@ func (None) Configured() bool { return false }
 
 // Acquire implements Arbiter.
 func (None) Acquire(context.Context, [16]byte, Role) (bool, error) { return true, nil }
+
+// Bounded is bounded for backends in other packages (arbiter/etcd).
+func Bounded(ctx context.Context, fault func(op string) error, op string, fn func() error) error {
+	return bounded(ctx, fault, op, fn)
+}
 
 // bounded runs fault (when not nil) and then fn in a goroutine of their
 // own and waits for them or for ctx's end, whichever comes first. On

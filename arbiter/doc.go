@@ -47,7 +47,7 @@
 //     hung mount (see File).
 //   - etcd://HOST:PORT/PREFIX: keys under PREFIX in an etcd v3 cluster,
 //     etcd leases with keep-alive. Plain gRPC: no TLS or authentication
-//     in this build (see Etcd).
+//     in this build (package arbiter/etcd, linked by the command).
 //
 // Package arbitertest holds the contract suite every backend passes.
 package arbiter

@@ -279,7 +279,7 @@ func (f *File) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 				return err
 			}
 			if !ok || l.nonce != mine.nonce {
-				return fmt.Errorf("arbiter: renew %s: %w (reaped or replaced)", f.leasePath(s), errStopRenewing)
+				return fmt.Errorf("arbiter: renew %s: %w (reaped or replaced)", f.leasePath(s), ErrStopRenewing)
 			}
 			mu.Lock()
 			mine.seq++

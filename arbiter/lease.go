@@ -28,9 +28,9 @@ func clockOr(c Clock) Clock {
 	return c
 }
 
-// errStopRenewing, returned by a renew func, means the arbiter no longer
-// knows the lease: the holder loses it at once.
-var errStopRenewing = errors.New("not known to the arbiter")
+// ErrStopRenewing, wrapped in what a renew func (NewLease) returns, means
+// the arbiter no longer knows the lease: the holder loses it at once.
+var ErrStopRenewing = errors.New("arbiter: lease not known to the arbiter")
 
 // held is the holder's side of a lease, common to the backends: a
 // validity computed on the holder's clock, a renewer goroutine that calls
@@ -39,7 +39,7 @@ var errStopRenewing = errors.New("not known to the arbiter")
 type held struct {
 	clock Clock
 	ttl   time.Duration
-	// renew extends the lease on the arbiter; wrapping errStopRenewing
+	// renew extends the lease on the arbiter; wrapping ErrStopRenewing
 	// means it is gone there. Other errors are retried at the next tick.
 	renew func(ctx context.Context) error
 	// drop removes the lease on the arbiter (Release).
@@ -55,6 +55,16 @@ type held struct {
 	until    time.Time
 	err      error
 	released bool
+}
+
+// NewLease is the holder's side of a lease for a backend in another
+// package (arbiter/etcd): validity on clock (nil: the real clock) from
+// start, the instant read before the request that granted the lease was
+// sent, to start+ttl-Margin(ttl), moved forward by each renew that
+// succeeds (renew runs every ttl/3; an error wrapping ErrStopRenewing ends
+// the lease, others are retried); drop runs once, at Release.
+func NewLease(clock Clock, start time.Time, ttl time.Duration, renew, drop func(context.Context) error) Lease {
+	return newHeld(clockOr(clock), start, ttl, renew, drop)
 }
 
 // newHeld starts the lease's goroutines. start is the holder's clock
@@ -133,7 +143,7 @@ func (h *held) renewer() {
 			case h.moved <- struct{}{}:
 			default:
 			}
-		case errors.Is(err, errStopRenewing):
+		case errors.Is(err, ErrStopRenewing):
 			h.end(fmt.Errorf("%w: %v", ErrLeaseLost, err))
 			return
 		}

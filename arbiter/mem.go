@@ -126,7 +126,7 @@ func (m *Mem) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) (
 			now := clock.Now()
 			l := m.live(s, now)
 			if l == nil || l.id != id {
-				return fmt.Errorf("arbiter: renew: %w", errStopRenewing)
+				return fmt.Errorf("arbiter: renew: %w", ErrStopRenewing)
 			}
 			l.expires = now.Add(ttl)
 			return nil

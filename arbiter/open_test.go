@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
+	"github.com/xl-kemari/xl-kemari/arbiter/etcd"
 )
 
 func TestOpen(t *testing.T) {
@@ -17,9 +18,9 @@ func TestOpen(t *testing.T) {
 		{spec: "", want: arbiter.None{}},
 		{spec: "none", want: arbiter.None{}},
 		{spec: "file:/srv/kemari", want: &arbiter.File{Dir: "/srv/kemari"}},
-		{spec: "etcd://127.0.0.1:2379/xl-kemari", want: &arbiter.Etcd{Endpoint: "127.0.0.1:2379", Prefix: "/xl-kemari"}},
-		{spec: "etcd://e.example:2379/a/b/", want: &arbiter.Etcd{Endpoint: "e.example:2379", Prefix: "/a/b"}},
-		{spec: "etcd://[2001:db8::1]:2379/k", want: &arbiter.Etcd{Endpoint: "[2001:db8::1]:2379", Prefix: "/k"}},
+		{spec: "etcd://127.0.0.1:2379/xl-kemari", want: &etcd.Arbiter{Endpoint: "127.0.0.1:2379", Prefix: "/xl-kemari"}},
+		{spec: "etcd://e.example:2379/a/b/", want: &etcd.Arbiter{Endpoint: "e.example:2379", Prefix: "/a/b"}},
+		{spec: "etcd://[2001:db8::1]:2379/k", want: &etcd.Arbiter{Endpoint: "[2001:db8::1]:2379", Prefix: "/k"}},
 		{spec: "file:relative", err: "must be absolute"},
 		{spec: "etcd://e.example/k", err: "needs HOST:PORT"},
 		{spec: "etcd://:2379/k", err: "needs HOST:PORT"},
@@ -43,8 +44,8 @@ func TestOpen(t *testing.T) {
 			continue
 		}
 		switch w := c.want.(type) {
-		case *arbiter.Etcd:
-			g, ok := a.(*arbiter.Etcd)
+		case *etcd.Arbiter:
+			g, ok := a.(*etcd.Arbiter)
 			if !ok || g.Endpoint != w.Endpoint || g.Prefix != w.Prefix {
 				t.Errorf("Open(%q) = %#v, want endpoint %q prefix %q", c.spec, a, w.Endpoint, w.Prefix)
 			}

@@ -1,4 +1,4 @@
-package arbiter_test
+package etcd_test
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
 	"github.com/xl-kemari/xl-kemari/arbiter/arbitertest"
+	"github.com/xl-kemari/xl-kemari/arbiter/etcd"
 )
 
 // etcdServer is an etcd this test started: one member on 127.0.0.1,
@@ -87,7 +88,7 @@ func startEtcd(t *testing.T) *etcdServer {
 		}
 	})
 	// Ready when it answers.
-	probe := &arbiter.Etcd{Endpoint: srv.endpoint, Prefix: "/probe"}
+	probe := &etcd.Arbiter{Endpoint: srv.endpoint, Prefix: "/probe"}
 	defer probe.Close()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -114,8 +115,8 @@ func TestEtcdContract(t *testing.T) {
 	srv := startEtcd(t)
 	arbitertest.Run(t, func(t *testing.T) *arbitertest.Pair {
 		faults := &arbitertest.Faults{}
-		p := &arbiter.Etcd{Endpoint: srv.endpoint, Prefix: "/xl-kemari-test", Fault: faults.Hook}
-		s := &arbiter.Etcd{Endpoint: srv.endpoint, Prefix: "/xl-kemari-test"}
+		p := &etcd.Arbiter{Endpoint: srv.endpoint, Prefix: "/xl-kemari-test", Fault: faults.Hook}
+		s := &etcd.Arbiter{Endpoint: srv.endpoint, Prefix: "/xl-kemari-test"}
 		t.Cleanup(func() { p.Close(); s.Close() })
 		return &arbitertest.Pair{P: p, S: s, TTL: 2 * time.Second,
 			Stall: func() func() { return faults.Block("renew") },
@@ -133,7 +134,7 @@ func TestEtcdContract(t *testing.T) {
 // TestEtcdUnreachable: nothing listens at the endpoint; calls fail by
 // their deadline with an error, not a grant.
 func TestEtcdUnreachable(t *testing.T) {
-	e := &arbiter.Etcd{Endpoint: fmt.Sprintf("127.0.0.1:%d", freePort(t)), Prefix: "/x"}
+	e := &etcd.Arbiter{Endpoint: fmt.Sprintf("127.0.0.1:%d", freePort(t)), Prefix: "/x"}
 	defer e.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

@@ -1,4 +1,8 @@
-package arbiter
+// Package etcd is the etcd arbiter (arbiter=etcd://HOST:PORT/PREFIX): session
+// ownership and leases in an etcd v3 cluster. It registers the "etcd" scheme
+// with arbiter.Open when imported; it lives apart from package arbiter so
+// that only the programs that import it link the etcd client and gRPC.
+package etcd
 
 import (
 	"context"
@@ -12,16 +16,24 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/xl-kemari/xl-kemari/arbiter"
 )
 
-// Etcd arbitrates through an etcd cluster (v3 API), under Prefix:
+func init() {
+	arbiter.Register("etcd", func(endpoint, prefix string) (arbiter.Arbiter, error) {
+		return &Arbiter{Endpoint: endpoint, Prefix: prefix}, nil
+	})
+}
+
+// Arbiter arbitrates through an etcd cluster (v3 API), under Prefix:
 //
 //	PREFIX/sessions/<session hex>  = role   the owner, for good (Acquire)
 //	PREFIX/leases/<session hex>    = role   the live lease, attached to an etcd lease
 //
 // Acquire creates the session key in a transaction only if it is absent
 // (CreateRevision 0) and the lease key has not changed since it was read
-// (so that a live lease of the other role refuses it with ErrHeld); else
+// (so that a live lease of the other role refuses it with arbiter.ErrHeld); else
 // it reads the owner. Hold grants an etcd lease of ttl rounded up to
 // whole seconds and puts the lease key on it if absent and the session is
 // not the other role's. etcd expires it when no keep-alive arrives for its
@@ -34,7 +46,7 @@ import (
 // ctx.Err() by ctx's deadline); the client reconnects by itself.
 //
 // Set the fields before first use; Close releases the client.
-type Etcd struct {
+type Arbiter struct {
 	Endpoint string // HOST:PORT
 	Prefix   string // key prefix, e.g. "/xl-kemari"; no trailing slash
 	// DialTimeout bounds connecting; 0 is 5 s. Each call is bounded by
@@ -50,13 +62,13 @@ type Etcd struct {
 	err  error
 }
 
-var _ Leaser = (*Etcd)(nil)
+var _ arbiter.Leaser = (*Arbiter)(nil)
 
 // Configured implements Arbiter.
-func (*Etcd) Configured() bool { return true }
+func (*Arbiter) Configured() bool { return true }
 
 // client connects lazily (clientv3.New does not block on the network).
-func (e *Etcd) client() (*clientv3.Client, error) {
+func (e *Arbiter) client() (*clientv3.Client, error) {
 	e.once.Do(func() {
 		dt := e.DialTimeout
 		if dt == 0 {
@@ -75,7 +87,7 @@ func (e *Etcd) client() (*clientv3.Client, error) {
 }
 
 // Close closes the client; leases still held lapse after their ttl.
-func (e *Etcd) Close() error {
+func (e *Arbiter) Close() error {
 	e.once.Do(func() { e.err = errors.New("arbiter: etcd client closed") })
 	if e.cli != nil {
 		return e.cli.Close()
@@ -83,20 +95,22 @@ func (e *Etcd) Close() error {
 	return nil
 }
 
-func (e *Etcd) sessionKey(s [16]byte) string {
+func (e *Arbiter) sessionKey(s [16]byte) string {
 	return e.Prefix + "/sessions/" + hex.EncodeToString(s[:])
 }
-func (e *Etcd) leaseKey(s [16]byte) string { return e.Prefix + "/leases/" + hex.EncodeToString(s[:]) }
+func (e *Arbiter) leaseKey(s [16]byte) string {
+	return e.Prefix + "/leases/" + hex.EncodeToString(s[:])
+}
 
 // do runs fn with the client, bounded by ctx (see bounded).
-func (e *Etcd) do(ctx context.Context, op string, fn func(cli *clientv3.Client) error) error {
-	return bounded(ctx, e.Fault, op, func() error {
+func (e *Arbiter) do(ctx context.Context, op string, fn func(cli *clientv3.Client) error) error {
+	return arbiter.Bounded(ctx, e.Fault, op, func() error {
 		cli, err := e.client()
 		if err != nil {
 			return err
 		}
 		err = fn(cli)
-		if err == nil || errors.Is(err, ErrHeld) || errors.Is(err, ErrDenied) {
+		if err == nil || errors.Is(err, arbiter.ErrHeld) || errors.Is(err, arbiter.ErrDenied) {
 			return err // answers, not failures to reach etcd
 		}
 		return fmt.Errorf("arbiter: etcd %s: %s: %w", e.Endpoint, op, err)
@@ -104,7 +118,7 @@ func (e *Etcd) do(ctx context.Context, op string, fn func(cli *clientv3.Client) 
 }
 
 // Acquire implements Arbiter.
-func (e *Etcd) Acquire(ctx context.Context, s [16]byte, r Role) (bool, error) {
+func (e *Arbiter) Acquire(ctx context.Context, s [16]byte, r arbiter.Role) (bool, error) {
 	var granted bool
 	err := e.do(ctx, "acquire", func(cli *clientv3.Client) error {
 		sk, lk := e.sessionKey(s), e.leaseKey(s)
@@ -115,15 +129,15 @@ func (e *Etcd) Acquire(ctx context.Context, s [16]byte, r Role) (bool, error) {
 			}
 			var leaseRev int64
 			if len(lr.Kvs) > 0 {
-				if o := Role(lr.Kvs[0].Value); o != r {
+				if o := arbiter.Role(lr.Kvs[0].Value); o != r {
 					// Refused unless the session is decided already.
 					if sr, err := cli.Get(ctx, sk); err != nil {
 						return err
 					} else if len(sr.Kvs) > 0 {
-						granted = Role(sr.Kvs[0].Value) == r
+						granted = arbiter.Role(sr.Kvs[0].Value) == r
 						return nil
 					}
-					return fmt.Errorf("%w (the %s's)", ErrHeld, o)
+					return fmt.Errorf("%w (the %s's)", arbiter.ErrHeld, o)
 				}
 				leaseRev = lr.Kvs[0].ModRevision
 			}
@@ -141,7 +155,7 @@ func (e *Etcd) Acquire(ctx context.Context, s [16]byte, r Role) (bool, error) {
 				return nil
 			}
 			if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-				granted = Role(kvs[0].Value) == r
+				granted = arbiter.Role(kvs[0].Value) == r
 				return nil
 			}
 			// The lease key changed under us: look again.
@@ -153,8 +167,8 @@ func (e *Etcd) Acquire(ctx context.Context, s [16]byte, r Role) (bool, error) {
 	return granted, nil
 }
 
-// Hold implements Leaser.
-func (e *Etcd) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) (Lease, error) {
+// Hold implements arbiter.Leaser.
+func (e *Arbiter) Hold(ctx context.Context, s [16]byte, r arbiter.Role, ttl time.Duration) (arbiter.Lease, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("arbiter: hold: ttl %v is not positive", ttl)
 	}
@@ -181,9 +195,9 @@ func (e *Etcd) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 			}
 			var sessRev int64
 			if len(sr.Kvs) > 0 {
-				if o := Role(sr.Kvs[0].Value); o != r {
+				if o := arbiter.Role(sr.Kvs[0].Value); o != r {
 					revoke()
-					return fmt.Errorf("%w (the %s won it)", ErrDenied, o)
+					return fmt.Errorf("%w (the %s won it)", arbiter.ErrDenied, o)
 				}
 				sessRev = sr.Kvs[0].ModRevision
 			}
@@ -203,7 +217,7 @@ func (e *Etcd) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 			}
 			if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 				revoke()
-				return fmt.Errorf("%w (the %s's)", ErrHeld, Role(kvs[0].Value))
+				return fmt.Errorf("%w (the %s's)", arbiter.ErrHeld, arbiter.Role(kvs[0].Value))
 			}
 			// The session was decided under us: look again.
 		}
@@ -215,7 +229,7 @@ func (e *Etcd) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 		return e.do(ctx, "renew", func(cli *clientv3.Client) error {
 			ka, err := cli.KeepAliveOnce(ctx, id)
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && ka.TTL <= 0) {
-				return fmt.Errorf("lease %x: %w", int64(id), errStopRenewing)
+				return fmt.Errorf("lease %x: %w", int64(id), arbiter.ErrStopRenewing)
 			}
 			return err
 		})
@@ -229,18 +243,18 @@ func (e *Etcd) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 			return err
 		})
 	}
-	return newHeld(realClock{}, start, ttl, renew, drop), nil
+	return arbiter.NewLease(nil, start, ttl, renew, drop), nil
 }
 
-// WaitLapsed implements Leaser.
-func (e *Etcd) WaitLapsed(ctx context.Context, s [16]byte, r Role) error {
+// WaitLapsed implements arbiter.Leaser.
+func (e *Arbiter) WaitLapsed(ctx context.Context, s [16]byte, r arbiter.Role) error {
 	return e.do(ctx, "wait", func(cli *clientv3.Client) error {
 		lk := e.leaseKey(s)
 		gr, err := cli.Get(ctx, lk)
 		if err != nil {
 			return err
 		}
-		if len(gr.Kvs) == 0 || Role(gr.Kvs[0].Value) != r {
+		if len(gr.Kvs) == 0 || arbiter.Role(gr.Kvs[0].Value) != r {
 			return nil
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -250,7 +264,7 @@ func (e *Etcd) WaitLapsed(ctx context.Context, s [16]byte, r Role) error {
 				return err
 			}
 			for _, ev := range wr.Events {
-				if ev.Type == mvccpb.DELETE || Role(ev.Kv.Value) != r {
+				if ev.Type == mvccpb.DELETE || arbiter.Role(ev.Kv.Value) != r {
 					return nil
 				}
 			}
