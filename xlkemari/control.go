@@ -106,24 +106,46 @@ func resolveRunDir(e *env, flag string) string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("xl-kemari-%d", os.Geteuid()))
 }
 
-// ensureRunDir creates dir with mode 0700 (control sockets are root-only)
-// and tightens it if it exists and is ours.
+// ensureRunDir makes sure dir can hold control sockets: it creates it,
+// mode 0700, if it is missing (and its parents, 0755), and otherwise
+// accepts only a real directory (not a symbolic link) that this user
+// owns and nobody else may enter. It never changes the mode of a
+// directory it did not create: a shared directory (a 1777 /tmp, say)
+// named by mistake is refused, not made private under its other users.
 func ensureRunDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("%w: %w", errControl, err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("%w: %w", errControl, err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || (ok && int(st.Uid) != os.Geteuid()) {
-		return fmt.Errorf("%w: %s is not a directory of this user", errControl, dir)
-	}
-	if fi.Mode().Perm() != 0o700 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("%w: %w", errControl, err)
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("%w: run directory %s: %w", errControl, dir, err)
 		}
+		// Mkdir, not MkdirAll: it fails if someone made dir meanwhile,
+		// which is then checked like any existing directory.
+		if err := os.Mkdir(dir, 0o700); err == nil {
+			// The umask may have taken bits off, never added any.
+			return nil
+		} else if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: run directory %s: %w", errControl, dir, err)
+		}
+		fi, err = os.Lstat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: run directory %s: %w", errControl, dir, err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("%w: run directory %s is a symbolic link; name the directory itself", errControl, dir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: run directory %s is not a directory", errControl, dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		owner := "unknown"
+		if ok {
+			owner = fmt.Sprint(st.Uid)
+		}
+		return fmt.Errorf("%w: run directory %s belongs to uid %s, not to this user (uid %d)", errControl, dir, owner, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: run directory %s has mode %#o: others may enter it; use a private directory (mode 0700)", errControl, dir, perm)
 	}
 	return nil
 }

@@ -103,7 +103,7 @@ func runListen(e *env, args []string) int {
 	}
 	stderr := io.Writer(e.Stderr)
 	if lf := orDefault(*logFile, host.LogFile); lf != "" {
-		w, err := os.OpenFile(lf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		w, err := openAppend(lf, 0o640)
 		if err != nil {
 			e.errorf("listen: log: %v", err)
 			return exitFailure

@@ -97,7 +97,7 @@ func runReceive(e *env, args []string) int {
 		}
 	}
 	if *logFile != "" {
-		lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		lf, err := openAppend(*logFile, 0o640)
 		if err != nil {
 			e.errorf("receive: log: %v", err)
 			return exitFailure

@@ -179,7 +179,7 @@ func runStart(e *env, args []string) int {
 	}
 	stderr := e.Stderr
 	if f.logFile != "" && notify == nil {
-		lf, err := os.OpenFile(f.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		lf, err := openAppend(f.logFile, 0o640)
 		if err != nil {
 			return fail(exitFailure, "start: log: %v", err)
 		}
