@@ -44,6 +44,9 @@ const (
 	// that ssh started for a reconnecting primary reaches the standby
 	// that holds the domain's replica (see attachToStandby).
 	opAttach = "attach"
+	// opAdmit lets the next new protection session of Domain replace
+	// the one a listen service serves (xl kemari admit).
+	opAdmit = "admit"
 )
 
 // ctlRequest is what a client sends.
@@ -85,6 +88,8 @@ type ctlHandlers struct {
 	// an error if this protector takes none now. push owns c once called
 	// and reports false if the standby ended meanwhile.
 	Attach func(domain string) (push func(c net.Conn) bool, err error)
+	// Admit lets the next new session of domain replace the current one.
+	Admit func(domain string) error
 }
 
 // resolveRunDir picks the run directory: flag, then KEMARI_RUN_DIR, then
@@ -306,6 +311,12 @@ func (s *ctlServer) handle(c *net.UnixConn) (kept bool) {
 			err = &ctlError{exitFailure, "this protector takes no replication streams"}
 		} else {
 			push, err = s.h.Attach(req.Domain)
+		}
+	case opAdmit:
+		if s.h.Admit == nil {
+			err = &ctlError{exitFailure, "this protector is not a listen service; admit applies to xl kemari listen"}
+		} else {
+			err = s.h.Admit(req.Domain)
 		}
 	case opFailover:
 		if s.h.Failover == nil {

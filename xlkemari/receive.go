@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -42,9 +43,9 @@ func runReceive(e *env, args []string) int {
 	f.register(fs)
 	t.register(fs, false)
 	nb.register(fs)
-	listen := fs.String("listen", "127.0.0.1:8011", "address to accept one primary on (tcp: loopback only)")
+	listen := fs.String("listen", "", "where to accept one primary: a socket path (unix; default RUN-DIR/receive.sock), or HOST:PORT (tls; tcp: loopback only, default 127.0.0.1:8011)")
 	stdio := fs.Bool("stdio", false, "serve the primary on standard input and output (run by the primary over ssh)")
-	kind := fs.String("transport", transportTCP, "transport of --listen: tcp (loopback only) or tls")
+	kind := fs.String("transport", "", "transport of --listen: unix (default: root or this user only), tls, or tcp (loopback, anyone local: needs --insecure-tcp)")
 	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
 	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
 	verify := fs.Bool("verify", true, "recompute the replica's memory digest before activating it")
@@ -129,15 +130,47 @@ func runReceive(e *env, args []string) int {
 		ln = attached
 	}
 	if !*stdio {
+		if *kind == "" {
+			*kind = transportUnix
+			if t.insecureTCP {
+				*kind = transportTCP
+			}
+		}
 		switch *kind {
-		case transportTCP:
-			var l *checkpoint.TCPListener
-			// In dom0's namespace (--netns), where the primary reaches us.
-			err := nb.inDom0(func() (err error) { l, err = checkpoint.ListenTCP(*listen); return err })
+		case transportUnix:
+			path := *listen
+			if path == "" {
+				path = filepath.Join(resolveRunDir(e, *runDir), "receive.sock")
+				if err := ensureRunDir(filepath.Dir(path)); err != nil {
+					e.errorf("receive: listen: %v", err)
+					return exitFailure
+				}
+			}
+			if !filepath.IsAbs(path) {
+				e.errorf("receive: --listen %q: the unix transport takes an absolute socket path (a tcp address needs --insecure-tcp)", path)
+				return exitUsage
+			}
+			l, err := checkpoint.ListenUnix(path)
 			if err != nil {
 				e.errorf("receive: listen: %v", err)
 				return exitFailure
 			}
+			l.Refused = func(err error) { log.Warn("refused a local peer", "err", err) }
+			l.AcceptError = func(err error, retry time.Duration) { log.Warn("cannot accept connections; retrying", "err", err, "retry", retry) }
+			ln = l
+		case transportTCP:
+			if !t.insecureTCP {
+				e.errorf("receive: %v", errInsecureTCP)
+				return exitUsage
+			}
+			var l *checkpoint.TCPListener
+			// In dom0's namespace (--netns), where the primary reaches us.
+			err := nb.inDom0(func() (err error) { l, err = checkpoint.ListenTCP(cmp.Or(*listen, "127.0.0.1:8011")); return err })
+			if err != nil {
+				e.errorf("receive: listen: %v", err)
+				return exitFailure
+			}
+			l.AcceptError = func(err error, retry time.Duration) { log.Warn("cannot accept connections; retrying", "err", err, "retry", retry) }
 			ln = l
 		case transportTLS:
 			host, err := conf.LoadHost(*tomlPath)
@@ -152,8 +185,13 @@ func runReceive(e *env, args []string) int {
 			}
 			var l *checkpoint.TLSListener
 			err = nb.inDom0(func() (err error) {
-				l, err = checkpoint.ListenTLS(*listen, cfg, func(addr net.Addr, err error) {
-					log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+				l, err = checkpoint.ListenTLSOptions(cmp.Or(*listen, host.Listen), cfg, checkpoint.TLSListenerOptions{
+					Refused: func(addr net.Addr, err error) {
+						log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+					},
+					AcceptError: func(err error, retry time.Duration) {
+						log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
+					},
 				})
 				return err
 			})
@@ -163,7 +201,7 @@ func runReceive(e *env, args []string) int {
 			}
 			ln = l
 		default:
-			e.errorf("receive: --transport %q: want tcp or tls", *kind)
+			e.errorf("receive: --transport %q: want unix, tls or tcp", *kind)
 			return exitUsage
 		}
 	}

@@ -259,6 +259,12 @@ func (c *cluster) waitGone(domain, role string, d time.Duration) {
 	}
 }
 
+// sock returns the path of a unix socket for a standby of this test (the
+// local transport: root or this user only).
+func (c *cluster) sock(name string) string {
+	return filepath.Join(c.dir, name+".sock")
+}
+
 // freePort returns a loopback address nobody listens on now.
 func freePort(t *testing.T) string {
 	t.Helper()
