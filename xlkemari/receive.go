@@ -156,7 +156,9 @@ func runReceive(e *env, args []string) int {
 				return exitFailure
 			}
 			l.Refused = func(err error) { log.Warn("refused a local peer", "err", err) }
-			l.AcceptError = func(err error, retry time.Duration) { log.Warn("cannot accept connections; retrying", "err", err, "retry", retry) }
+			l.AcceptError = func(err error, retry time.Duration) {
+				log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
+			}
 			ln = l
 		case transportTCP:
 			if !t.insecureTCP {
@@ -170,7 +172,9 @@ func runReceive(e *env, args []string) int {
 				e.errorf("receive: listen: %v", err)
 				return exitFailure
 			}
-			l.AcceptError = func(err error, retry time.Duration) { log.Warn("cannot accept connections; retrying", "err", err, "retry", retry) }
+			l.AcceptError = func(err error, retry time.Duration) {
+				log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
+			}
 			ln = l
 		case transportTLS:
 			host, err := conf.LoadHost(*tomlPath)
