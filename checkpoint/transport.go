@@ -114,9 +114,16 @@ func (l *TCPListener) Accept() (Conn, error) {
 	return c, nil
 }
 
-// acceptRetrying accepts from ln, retrying with back-off the errors a
-// process outlives; it returns net.ErrClosed once done is closed, and any
-// other error wrapped.
+// AcceptRetrying accepts from ln, retrying with back-off the errors a
+// process outlives (EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, ...),
+// each reported to report if not nil; it returns net.ErrClosed once done
+// is closed, and any other error wrapped. For every listener of the
+// command (control sockets too), so that running out of descriptors for
+// a moment does not close one for good.
+func AcceptRetrying(ln net.Listener, done <-chan struct{}, report func(error, time.Duration)) (net.Conn, error) {
+	return acceptRetrying(ln, done, report)
+}
+
 func acceptRetrying(ln net.Listener, done <-chan struct{}, report func(error, time.Duration)) (net.Conn, error) {
 	var delay time.Duration
 	for {

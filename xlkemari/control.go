@@ -190,6 +190,8 @@ type ctlServer struct {
 	h    ctlHandlers
 	wg   sync.WaitGroup
 
+	done chan struct{} // closed by Shutdown
+
 	mu sync.Mutex
 	// Protected by mu.
 	closed bool
@@ -223,7 +225,7 @@ func listenControl(dir, name string, h ctlHandlers) (*ctlServer, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("%w: %w", errControl, err)
 	}
-	s := &ctlServer{path: path, ln: ln, h: h}
+	s := &ctlServer{path: path, ln: ln, h: h, done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -232,10 +234,13 @@ func listenControl(dir, name string, h ctlHandlers) (*ctlServer, error) {
 func (s *ctlServer) serve() {
 	defer s.wg.Done()
 	for {
-		c, err := s.ln.AcceptUnix()
+		// Out of descriptors for a while (a flood on another listener)
+		// must not close the control socket for good.
+		nc, err := checkpoint.AcceptRetrying(s.ln, s.done, nil)
 		if err != nil {
 			return
 		}
+		c := nc.(*net.UnixConn)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -353,6 +358,7 @@ func (s *ctlServer) Shutdown() {
 		return
 	}
 	s.closed = true
+	close(s.done)
 	os.Remove(s.path)
 	s.ln.Close()
 }

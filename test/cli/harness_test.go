@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(relayEnv) != "" {
 		os.Exit(sshRelay(os.Args[1:]))
 	}
+	if a := os.Getenv(probeEnv); a != "" {
+		os.Exit(probe(a))
+	}
 	dir, err := os.MkdirTemp("", "kemari-cli-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
