@@ -211,3 +211,40 @@ func issueWith(t *testing.T, ca *testCA, name string, eku []x509.ExtKeyUsage) tl
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
+
+// The tcp listener (receive --insecure-tcp) outlives EMFILE as well, and
+// ends on an error it cannot recover from.
+func TestTCPListenerOutlivesEMFILE(t *testing.T) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &faultListener{Listener: raw, errs: make(chan error, 4)}
+	fl.errs <- acceptErr(syscall.EMFILE)
+	fl.errs <- acceptErr(syscall.ENFILE)
+	var retried int
+	ln := &TCPListener{ln: fl, done: make(chan struct{}), AcceptError: func(error, time.Duration) { retried++ }}
+	defer ln.Close()
+	go func() {
+		if c, err := net.Dial("tcp", raw.Addr().String()); err == nil {
+			defer c.Close()
+			c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("Accept after EMFILE: %v", err)
+	}
+	c.Close()
+	if retried != 2 {
+		t.Errorf("%d retries reported, want 2", retried)
+	}
+	fl.errs <- acceptErr(syscall.EINVAL)
+	if _, err := ln.Accept(); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("Accept after EINVAL: %v", err)
+	}
+	ln.Close()
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v", err)
+	}
+}
