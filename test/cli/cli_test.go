@@ -345,6 +345,13 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"kemari", "listen", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"kemari", "listen", "--toml=/dev/null", "--hypervisor=sim"}, 3, "no [certificate key CA] file given"},
 		{[]string{"kemari", "help", "nosuch"}, 2, `unknown command "nosuch"`},
+		// The local transports: unix, or tcp only when asked for as insecure.
+		{[]string{"kemari", "start", "--hypervisor=sim", "--transport=tcp", "d", "127.0.0.1:1"}, 2, "--insecure-tcp"},
+		{[]string{"kemari", "start", "--hypervisor=sim", "d", "127.0.0.1:1"}, 2, "socket path"},
+		{[]string{"kemari", "receive", "--hypervisor=sim", "--transport=tcp", "--listen=127.0.0.1:1"}, 2, "--insecure-tcp"},
+		{[]string{"kemari", "receive", "--hypervisor=sim", "--listen=rel.sock"}, 2, "absolute socket path"},
+		{[]string{"kemari", "admit"}, 2, "exactly one domain"},
+		{[]string{"kemari", "admit", "web1"}, 4, "no listen service"},
 	}
 	for _, tc := range cases {
 		r := c.xl(tc.args...)
@@ -352,7 +359,7 @@ func TestBadCommandLines(t *testing.T) {
 			t.Errorf("xl %s: exit %d, output %q; want exit %d and %q", strings.Join(tc.args, " "), r.code, r.stderr+r.stdout, tc.code, tc.want)
 		}
 	}
-	for _, sub := range []string{"start", "stop", "status", "receive", "listen", "failover", "autostart", "config", "demo", "version"} {
+	for _, sub := range []string{"start", "stop", "status", "receive", "listen", "admit", "failover", "autostart", "config", "demo", "version"} {
 		if r := c.xl("kemari", "help", sub); r.code != 0 || r.stdout+r.stderr == "" {
 			t.Errorf("help %s: exit %d", sub, r.code)
 		}

@@ -248,6 +248,23 @@ func (c *cluster) byPID(runDir string, pid int) (entry, bool) {
 	return entry{}, false
 }
 
+// waitPID polls until the protector pid (its socket in runDir) is in
+// state, failing the test after d.
+func (c *cluster) waitPID(runDir string, pid int, state string, d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		e, ok := c.byPID(runDir, pid)
+		if ok && e.State == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("protector %d not %s within %v: %+v", pid, state, d, e)
+		}
+		time.Sleep(20 * time.Millisecond) // polling status, not settling
+	}
+}
+
 // Authentication is not authorisation: a certificate of the same CA for
 // another host may not replicate a domain the configuration gives to
 // xen1; a second protection session for a domain already replicated,
@@ -260,6 +277,11 @@ func TestListenAuthorisesPeers(t *testing.T) {
 	standbyTLS := p.host("xen2.test", true)
 	xen1 := p.host("xen1.test", false)
 	xen3 := p.host("xen3.test", false)
+	// Nobody named, nobody allowed: the service does not start.
+	if r := c.xl(append(append([]string{"kemari", "listen", "--listen=" + addr, "--toml=/dev/null"}, standbyTLS...), sim...)...); r.code != 3 ||
+		!strings.Contains(r.stderr, "no peer may replicate") {
+		t.Errorf("listen without a peer: exit %d %q, want 3", r.code, r.stderr)
+	}
 	listen := c.spawn("listen", append(append([]string{"listen", "--listen=" + addr, "--toml=/dev/null", "--peer=web1=xen1.test"}, standbyTLS...), sim...)...)
 	waitLog(t, listen, "standby service listening", 15*time.Second)
 	// Each primary is a host of its own: its own run directory (the
@@ -302,10 +324,8 @@ func TestListenAuthorisesPeers(t *testing.T) {
 	// xen1's certificate, a second protector: a new session.
 	second := tlsStart("second", xen1, "web1")
 	waitLog(t, listen, "refused a second primary for a domain replicated here from another session", 15*time.Second)
-	if e, ok := c.byPID(c.runDir, good.cmd.Process.Pid); !ok || e.State != "protected" {
-		t.Errorf("the real primary after the second session was refused: %+v", e)
-	}
-	if s := c.waitState("web1", "standby", "ready", time.Second); s.PID != ready.PID {
+	c.waitPID(c.runDir, good.cmd.Process.Pid, "protected", 10*time.Second)
+	if s := c.waitState("web1", "standby", "ready", 10*time.Second); s.PID != ready.PID {
 		t.Errorf("the standby changed: %+v, was %+v", s, ready)
 	}
 	if strings.Contains(listen.logText(), "replaces the current one") {
@@ -317,16 +337,7 @@ func TestListenAuthorisesPeers(t *testing.T) {
 		t.Fatalf("admit web1: exit %d %s", r.code, r.stderr)
 	}
 	waitLog(t, listen, "a new protection session replaces the current one", 15*time.Second)
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		if e, ok := c.byPID(runDir("second"), second.cmd.Process.Pid); ok && e.State == "protected" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the admitted session was not protected; status %+v", c.status())
-		}
-		time.Sleep(20 * time.Millisecond) // polling status, not settling
-	}
+	c.waitPID(runDir("second"), second.cmd.Process.Pid, "protected", 20*time.Second)
 	good.kill()
 }
 
