@@ -485,3 +485,61 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) String() string { return l.name }
+
+// authListener passes on the connections of ln whose peer may replicate
+// the domain its hello names (receive --transport=tls: the per-domain
+// authorisation of listen, for one primary). Hellos are read
+// concurrently, at most maxPendingHellos at once, so that a silent peer
+// does not hold up the next.
+type authListener struct {
+	*chanListener
+	ln checkpoint.Listener
+}
+
+func authorize(ln checkpoint.Listener, policy *peerPolicy, log *slog.Logger) *authListener {
+	a := &authListener{chanListener: newChanListener(ln.String()), ln: ln}
+	slots := make(chan struct{}, maxPendingHellos)
+	go func() {
+		defer a.chanListener.Close()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					log.Error("cannot accept connections any more", "err", err)
+				}
+				return
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				log.Warn("dropped a connection: too many connections are waiting to say hello", "max", maxPendingHellos)
+				c.Close()
+				continue
+			}
+			go func() {
+				h, replay, err := readHello(c)
+				<-slots
+				if err != nil {
+					log.Warn("dropped a connection without a valid hello", "err", err)
+					c.Close()
+					return
+				}
+				if err := policy.allow(h.Domain.Name, peerIdentity(c)); err != nil {
+					log.Warn("refused a primary not allowed to replicate the domain here", "domain", h.Domain.Name, "peer", peerIdentity(c), "err", err)
+					c.Close()
+					return
+				}
+				if !a.push(replay) {
+					c.Close()
+				}
+			}()
+		}
+	}()
+	return a
+}
+
+// Close implements checkpoint.Listener.
+func (a *authListener) Close() error {
+	a.chanListener.Close()
+	return a.ln.Close()
+}

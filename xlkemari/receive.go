@@ -52,6 +52,8 @@ func runReceive(e *env, args []string) int {
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this `address` (off when empty)")
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	logFile := fs.String("log-file", "", "log to this `file` as well as to standard error")
+	peers := fs.StringArray("peer", nil, "tls: allow the primary `DOMAIN=HOST[,HOST...]` (its certificate names HOST); as for listen")
+	anyPeer := fs.Bool("any-peer", false, "tls: let any certificate of the CA replicate any domain here")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari receive [options] (--stdio | --listen ADDR)\n\nHold the replica of a protected domain; activate it when the primary is\nsilent for --timeout. The primary runs it over ssh with --stdio, as xl\nmigrate runs migrate-receive; see also listen.\n\nOptions:\n%s", fs.FlagUsages())
 	}
@@ -189,7 +191,7 @@ func runReceive(e *env, args []string) int {
 			}
 			var l *checkpoint.TLSListener
 			err = nb.inDom0(func() (err error) {
-				l, err = checkpoint.ListenTLSOptions(cmp.Or(*listen, host.Listen), cfg, checkpoint.TLSListenerOptions{
+				l, err = checkpoint.ListenTLSOptions(cmp.Or(*listen, "127.0.0.1:8011"), cfg, checkpoint.TLSListenerOptions{
 					Refused: func(addr net.Addr, err error) {
 						log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
 					},
@@ -203,7 +205,13 @@ func runReceive(e *env, args []string) int {
 				e.errorf("receive: listen: %v", err)
 				return exitFailure
 			}
-			ln = l
+			policy, err := newPeerPolicy(*peers, host.Defaults.Standby, *anyPeer)
+			if err != nil {
+				l.Close()
+				e.errorf("receive: %v", err)
+				return exitConfig
+			}
+			ln = authorize(l, policy, log)
 		default:
 			e.errorf("receive: --transport %q: want unix, tls or tcp", *kind)
 			return exitUsage

@@ -399,3 +399,28 @@ func TestListenSurvivesEMFILE(t *testing.T) {
 	}
 	c.waitState("app1", "standby", "ready", 10*time.Second)
 }
+
+// receive over tls authorises like listen: xen3's certificate may not
+// replicate web1 there; xen1's may.
+func TestReceiveTLSAuthorisesPeers(t *testing.T) {
+	c := newCluster(t)
+	addr := freePort(t)
+	p := newPKI(t, filepath.Join(c.dir, "pki"))
+	standbyTLS := p.host("xen2.test", true)
+	xen1 := p.host("xen1.test", false)
+	xen3 := p.host("xen3.test", false)
+	if r := c.xl(append(append([]string{"kemari", "receive", "--transport=tls", "--listen=" + addr, "--toml=/dev/null"}, standbyTLS...), sim...)...); r.code != 3 ||
+		!strings.Contains(r.stderr, "no peer may replicate") {
+		t.Errorf("receive --transport=tls without a peer: exit %d %q, want 3", r.code, r.stderr)
+	}
+	standby := c.spawn("standby", append(append([]string{"receive", "--transport=tls", "--listen=" + addr, "--toml=/dev/null", "--peer=web1=xen1.test"}, standbyTLS...), sim...)...)
+	start := func(name string, tlsArgs []string) *proc {
+		args := append(append([]string{"start", "-F", "--transport=tls", "--run-dir=" + filepath.Join(c.dir, "run-"+name)}, tlsArgs...), sim...)
+		return c.spawn(name, append(args, simDomain("web1", addr)...)...)
+	}
+	intruder := start("intruder", xen3)
+	waitLog(t, standby, "refused a primary not allowed to replicate the domain here", 15*time.Second)
+	intruder.kill()
+	good := start("good", xen1)
+	c.waitPID(filepath.Join(c.dir, "run-good"), good.cmd.Process.Pid, "protected", 15*time.Second)
+}
