@@ -43,7 +43,7 @@ func runReceive(e *env, args []string) int {
 	f.register(fs)
 	t.register(fs, false)
 	nb.register(fs)
-	listen := fs.String("listen", "", "where to accept one primary: a socket path (unix; default RUN-DIR/receive.sock), or HOST:PORT (tls; tcp: loopback only, default 127.0.0.1:8011)")
+	listen := fs.String("listen", "", "where to accept one primary: a socket path (unix; default RUN-DIR/receive.stream), or HOST:PORT (tls; tcp: loopback only, default 127.0.0.1:8011)")
 	stdio := fs.Bool("stdio", false, "serve the primary on standard input and output (run by the primary over ssh)")
 	kind := fs.String("transport", "", "transport of --listen: unix (default: root or this user only), tls, or tcp (loopback, anyone local: needs --insecure-tcp)")
 	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
@@ -142,7 +142,10 @@ func runReceive(e *env, args []string) int {
 		case transportUnix:
 			path := *listen
 			if path == "" {
-				path = filepath.Join(resolveRunDir(e, *runDir), "receive.sock")
+				// Not *.sock: status asks every *.sock of the run
+				// directory, and a control request on the replication
+				// socket would replace the primary's connection.
+				path = filepath.Join(resolveRunDir(e, *runDir), "receive.stream")
 				if err := ensureRunDir(filepath.Dir(path)); err != nil {
 					e.errorf("receive: listen: %v", err)
 					return exitFailure
