@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -153,6 +154,10 @@ func runReceive(e *env, args []string) int {
 			}
 			if !filepath.IsAbs(path) {
 				e.errorf("receive: --listen %q: the unix transport takes an absolute socket path (a tcp address needs --insecure-tcp)", path)
+				return exitUsage
+			}
+			if filepath.Dir(path) == filepath.Clean(resolveRunDir(e, *runDir)) && strings.HasSuffix(path, ".sock") {
+				e.errorf("receive: --listen %q: a *.sock of the run directory is taken for a control socket; name it otherwise", path)
 				return exitUsage
 			}
 			l, err := checkpoint.ListenUnix(path)

@@ -350,6 +350,7 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"kemari", "start", "--hypervisor=sim", "d", "127.0.0.1:1"}, 2, "socket path"},
 		{[]string{"kemari", "receive", "--hypervisor=sim", "--transport=tcp", "--listen=127.0.0.1:1"}, 2, "--insecure-tcp"},
 		{[]string{"kemari", "receive", "--hypervisor=sim", "--listen=rel.sock"}, 2, "absolute socket path"},
+		{[]string{"kemari", "receive", "--hypervisor=sim", "--run-dir=/tmp/rd", "--listen=/tmp/rd/x.sock"}, 2, "taken for a control socket"},
 		{[]string{"kemari", "admit"}, 2, "exactly one domain"},
 		{[]string{"kemari", "admit", "web1"}, 4, "no listen service"},
 	}
