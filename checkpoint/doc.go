@@ -29,7 +29,10 @@
 // The pause is suspend, barrier, dirty log, copy into a staging buffer,
 // state, resume: encoding and sending happen after the guest runs again.
 //
-// Transports: TCPDialer/ListenTCP (loopback only: demo and tests),
+// Transports: UnixDialer/ListenUnix (a local socket; each end checks the
+// other is root or its own user: demo and tests), TCPDialer/ListenTCP
+// (loopback only, authenticating nobody: tests behind --insecure-tcp),
 // PipeNetwork (in memory, with fault hooks, for the cluster harness in
-// checkpointtest); ssh and tls live beside them.
+// checkpointtest); ssh and tls live beside them. Every listener retries
+// the accept errors a process outlives (EMFILE, ...) with back-off.
 package checkpoint

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // Conn is one replication connection: a reliable, ordered byte stream in
@@ -78,10 +79,20 @@ func tuneTCP(c net.Conn) {
 	}
 }
 
-// TCPListener accepts on a loopback TCP address.
-type TCPListener struct{ ln net.Listener }
+// TCPListener accepts on a loopback TCP address. Accept outlives
+// passing shortages (EMFILE, ENFILE, ...) with back-off, as TLSListener.
+type TCPListener struct {
+	ln   net.Listener
+	done chan struct{}
+	once sync.Once
+	// AcceptError, if set before the first Accept, is told of each
+	// accept error retried.
+	AcceptError func(err error, retry time.Duration)
+}
 
 // ListenTCP listens on a loopback address ("127.0.0.1:0" picks a port).
+// Plain TCP authenticates nobody: any local user can connect, so
+// xl-kemari offers it only behind --insecure-tcp.
 func ListenTCP(addr string) (*TCPListener, error) {
 	if err := checkLoopback(addr); err != nil {
 		return nil, err
@@ -90,12 +101,12 @@ func ListenTCP(addr string) (*TCPListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &TCPListener{ln: ln}, nil
+	return &TCPListener{ln: ln, done: make(chan struct{})}, nil
 }
 
 // Accept implements Listener.
 func (l *TCPListener) Accept() (Conn, error) {
-	c, err := l.ln.Accept()
+	c, err := acceptRetrying(l.ln, l.done, l.AcceptError)
 	if err != nil {
 		return nil, err
 	}
@@ -103,8 +114,46 @@ func (l *TCPListener) Accept() (Conn, error) {
 	return c, nil
 }
 
+// AcceptRetrying accepts from ln, retrying with back-off the errors a
+// process outlives (EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, ...),
+// each reported to report if not nil; it returns net.ErrClosed once done
+// is closed, and any other error wrapped. For every listener of the
+// command (control sockets too), so that running out of descriptors for
+// a moment does not close one for good.
+func AcceptRetrying(ln net.Listener, done <-chan struct{}, report func(error, time.Duration)) (net.Conn, error) {
+	return acceptRetrying(ln, done, report)
+}
+
+func acceptRetrying(ln net.Listener, done <-chan struct{}, report func(error, time.Duration)) (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-done:
+			return nil, net.ErrClosed
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) || !retryableAccept(err) {
+			return nil, fmt.Errorf("checkpoint: listener %s: accept: %w", ln.Addr(), err)
+		}
+		if !acceptRetry(&delay, done, report, err) {
+			return nil, net.ErrClosed
+		}
+	}
+}
+
 // Close implements Listener.
-func (l *TCPListener) Close() error { return l.ln.Close() }
+func (l *TCPListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.ln.Close()
+	})
+	return err
+}
 
 // Addr is the address listened on.
 func (l *TCPListener) Addr() string { return l.ln.Addr().String() }

@@ -44,6 +44,9 @@ const (
 	// that ssh started for a reconnecting primary reaches the standby
 	// that holds the domain's replica (see attachToStandby).
 	opAttach = "attach"
+	// opAdmit lets the next new protection session of Domain replace
+	// the one a listen service serves (xl kemari admit).
+	opAdmit = "admit"
 )
 
 // ctlRequest is what a client sends.
@@ -85,6 +88,8 @@ type ctlHandlers struct {
 	// an error if this protector takes none now. push owns c once called
 	// and reports false if the standby ended meanwhile.
 	Attach func(domain string) (push func(c net.Conn) bool, err error)
+	// Admit lets the next new session of domain replace the current one.
+	Admit func(domain string) error
 }
 
 // resolveRunDir picks the run directory: flag, then KEMARI_RUN_DIR, then
@@ -106,24 +111,46 @@ func resolveRunDir(e *env, flag string) string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("xl-kemari-%d", os.Geteuid()))
 }
 
-// ensureRunDir creates dir with mode 0700 (control sockets are root-only)
-// and tightens it if it exists and is ours.
+// ensureRunDir makes sure dir can hold control sockets: it creates it,
+// mode 0700, if it is missing (and its parents, 0755), and otherwise
+// accepts only a real directory (not a symbolic link) that this user
+// owns and nobody else may enter. It never changes the mode of a
+// directory it did not create: a shared directory (a 1777 /tmp, say)
+// named by mistake is refused, not made private under its other users.
 func ensureRunDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("%w: %w", errControl, err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("%w: %w", errControl, err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || (ok && int(st.Uid) != os.Geteuid()) {
-		return fmt.Errorf("%w: %s is not a directory of this user", errControl, dir)
-	}
-	if fi.Mode().Perm() != 0o700 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("%w: %w", errControl, err)
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("%w: run directory %s: %w", errControl, dir, err)
 		}
+		// Mkdir, not MkdirAll: it fails if someone made dir meanwhile,
+		// which is then checked like any existing directory.
+		if err := os.Mkdir(dir, 0o700); err == nil {
+			// The umask may have taken bits off, never added any.
+			return nil
+		} else if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: run directory %s: %w", errControl, dir, err)
+		}
+		fi, err = os.Lstat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: run directory %s: %w", errControl, dir, err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("%w: run directory %s is a symbolic link; name the directory itself", errControl, dir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: run directory %s is not a directory", errControl, dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		owner := "unknown"
+		if ok {
+			owner = fmt.Sprint(st.Uid)
+		}
+		return fmt.Errorf("%w: run directory %s belongs to uid %s, not to this user (uid %d)", errControl, dir, owner, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: run directory %s has mode %#o: others may enter it; use a private directory (mode 0700)", errControl, dir, perm)
 	}
 	return nil
 }
@@ -163,6 +190,8 @@ type ctlServer struct {
 	h    ctlHandlers
 	wg   sync.WaitGroup
 
+	done chan struct{} // closed by Shutdown
+
 	mu sync.Mutex
 	// Protected by mu.
 	closed bool
@@ -196,7 +225,7 @@ func listenControl(dir, name string, h ctlHandlers) (*ctlServer, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("%w: %w", errControl, err)
 	}
-	s := &ctlServer{path: path, ln: ln, h: h}
+	s := &ctlServer{path: path, ln: ln, h: h, done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -205,10 +234,13 @@ func listenControl(dir, name string, h ctlHandlers) (*ctlServer, error) {
 func (s *ctlServer) serve() {
 	defer s.wg.Done()
 	for {
-		c, err := s.ln.AcceptUnix()
+		// Out of descriptors for a while (a flood on another listener)
+		// must not close the control socket for good.
+		nc, err := checkpoint.AcceptRetrying(s.ln, s.done, nil)
 		if err != nil {
 			return
 		}
+		c := nc.(*net.UnixConn)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -285,6 +317,12 @@ func (s *ctlServer) handle(c *net.UnixConn) (kept bool) {
 		} else {
 			push, err = s.h.Attach(req.Domain)
 		}
+	case opAdmit:
+		if s.h.Admit == nil {
+			err = &ctlError{exitFailure, "this protector is not a listen service; admit applies to xl kemari listen"}
+		} else {
+			err = s.h.Admit(req.Domain)
+		}
 	case opFailover:
 		if s.h.Failover == nil {
 			err = &ctlError{exitFailure, "this protector is not a standby; run failover on the standby host"}
@@ -320,6 +358,7 @@ func (s *ctlServer) Shutdown() {
 		return
 	}
 	s.closed = true
+	close(s.done)
 	os.Remove(s.path)
 	s.ln.Close()
 }

@@ -82,7 +82,10 @@ func TestControlRoundTrip(t *testing.T) {
 // A socket left by a protector that was killed is replaced, and survey
 // skips it meanwhile.
 func TestControlStaleSocket(t *testing.T) {
-	dir := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "run")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(dir, "primary-db.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -96,7 +97,7 @@ func daemonize(e *env, args []string, domain, logPath string, wait bool) int {
 		e.errorf("start: log: %v", err)
 		return exitFailure
 	}
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	logf, err := openAppend(logPath, 0o640)
 	if err != nil {
 		e.errorf("start: log: %v", err)
 		return exitFailure
@@ -179,6 +180,43 @@ func daemonize(e *env, args []string, domain, logPath string, wait bool) int {
 		e.errorf("start: the protector of %s did not start (%v); see %s", domain, err, logPath)
 	}
 	return code
+}
+
+// openAppend opens the log or event file path for appending, creating it
+// with mode perm if it does not exist. It never follows a symbolic link
+// in the last component (a link planted where root writes its log would
+// make it append to, or create, any file), and refuses anything but a
+// regular file with a single link. The file is not chmod-ed: one that
+// exists keeps the mode its owner gave it.
+func openAppend(path string, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, perm)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s is a symbolic link; name the file itself: %w", path, err)
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file (%v)", path, fi.Mode().Type())
+	case ok && st.Nlink > 1:
+		f.Close()
+		return nil, fmt.Errorf("%s has %d hard links; refusing to append to a file linked elsewhere", path, st.Nlink)
+	}
+	// O_NONBLOCK only kept a FIFO from blocking the open; writes to a
+	// regular file never block.
+	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
 }
 
 // progress shows the initial synchronisation: a bar on a terminal,

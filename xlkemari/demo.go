@@ -113,9 +113,12 @@ func runDemo(e *env, args []string) int {
 			os.RemoveAll(dir)
 		}
 	}()
-	repl, err1 := freePort("tcp")
-	svcAddr, err2 := freePort("udp")
-	if err := errors.Join(err1, err2); err != nil {
+	// Replication over a unix socket in the demo's private directory:
+	// the local transport, root's or this user's only (see xl-kemari(1),
+	// SECURITY); no loopback port any local user could reach.
+	repl := filepath.Join(dir, "replication.sock")
+	svcAddr, err := freePort("udp")
+	if err != nil {
 		e.errorf("%v", err)
 		return exitFailure
 	}

@@ -141,9 +141,9 @@ func openEventLog(path string) (*eventLog, error) {
 	if path == "" {
 		return nil, nil
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := openAppend(path, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("events: %w", err)
 	}
 	return &eventLog{f: f}, nil
 }

@@ -51,6 +51,8 @@ func runListen(e *env, args []string) int {
 	verify := fs.Bool("verify", true, "recompute a replica's memory digest before activating it")
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	logFile := fs.String("log-file", "", "log to this `file` instead of standard error (default kemari.toml log.file)")
+	peers := fs.StringArray("peer", nil, "allow the primary `DOMAIN=HOST[,HOST...]` (its certificate names HOST) to replicate DOMAIN here; DOMAIN * is every domain (repeatable; default *=kemari.toml [defaults] standby)")
+	anyPeer := fs.Bool("any-peer", false, "let any certificate of the CA replicate any domain here (no authorisation: tests and single-tenant sites)")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari listen [options]\n\nThe standby service: accept primaries over TLS 1.3 with mutual certificate\nauthentication and hold a replica for each domain; activate a domain's\nreplica when its primary is silent for --timeout. Runs in the foreground\n(systemd Type=notify: xl-kemari-listen.service).\n\nOptions:\n%s", fs.FlagUsages())
 	}
@@ -101,9 +103,14 @@ func runListen(e *env, args []string) int {
 		e.errorf("listen: %v", err)
 		return exitConfig
 	}
+	policy, err := newPeerPolicy(*peers, host.Defaults.Standby, *anyPeer)
+	if err != nil {
+		e.errorf("listen: %v", err)
+		return exitConfig
+	}
 	stderr := io.Writer(e.Stderr)
 	if lf := orDefault(*logFile, host.LogFile); lf != "" {
-		w, err := os.OpenFile(lf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		w, err := openAppend(lf, 0o640)
 		if err != nil {
 			e.errorf("listen: log: %v", err)
 			return exitFailure
@@ -123,8 +130,13 @@ func runListen(e *env, args []string) int {
 		e.errorf("listen: %v", err)
 		return exitFailure
 	}
-	ln, err := checkpoint.ListenTLS(orDefault(*addr, host.Listen), cfg, func(addr net.Addr, err error) {
-		log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+	ln, err := checkpoint.ListenTLSOptions(orDefault(*addr, host.Listen), cfg, checkpoint.TLSListenerOptions{
+		Refused: func(addr net.Addr, err error) {
+			log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+		},
+		AcceptError: func(err error, retry time.Duration) {
+			log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
+		},
 	})
 	if err != nil {
 		e.errorf("listen: %v", err)
@@ -133,10 +145,15 @@ func runListen(e *env, args []string) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 	svc := &listenService{ctx: ctx, log: log, hv: hv, arb: a, verify: *verify, ecfg: ecfg, timeout: f.timeout,
-		observe: ev.observe, getenv: e.Getenv, sessions: map[string]*domainStandby{}}
+		observe: ev.observe, getenv: e.Getenv, sessions: map[string]*domainStandby{}, policy: policy,
+		hellos: make(chan struct{}, maxPendingHellos), admitted: map[string]bool{}}
+	if policy.any {
+		log.Warn("--any-peer: every certificate of the CA may replicate, replace and take over any domain here")
+	}
 	srv, err := listenControl(resolveRunDir(e, *runDir), socketName("listen", "", os.Getpid()), ctlHandlers{
 		Status:   svc.status,
 		Failover: svc.failover,
+		Admit:    svc.admit,
 	})
 	if err != nil {
 		ln.Close()
@@ -152,18 +169,32 @@ func runListen(e *env, args []string) int {
 		<-ctx.Done()
 		ln.Close()
 	}()
+	code := exitOK
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			if ctx.Err() == nil {
+				// Not a signal: the listener cannot go on. Exit non-zero,
+				// so that the service manager restarts it.
+				log.Error("standby service cannot accept connections any more", "err", err)
+				e.errorf("listen: %v", err)
+				code = exitFailure
+				cancel()
+			}
 			break
 		}
-		go svc.route(c)
+		svc.wg.Add(1)
+		go func() { defer svc.wg.Done(); svc.route(c) }()
 	}
 	sdNotify(e.Getenv, "STOPPING=1")
 	log.Info("standby service stopping")
 	svc.wait()
-	return exitOK
+	return code
 }
+
+// maxPendingHellos bounds the connections the service waits on for a
+// hello (each at most helloTimeout); more are closed at once.
+const maxPendingHellos = 64
 
 // listenService routes each primary's connection, by the domain its hello
 // names, to that domain's Standby: a reconnecting primary finds its
@@ -178,47 +209,108 @@ type listenService struct {
 	timeout time.Duration
 	observe func(checkpoint.Observation)
 	getenv  func(string) string
+	policy  *peerPolicy
+	hellos  chan struct{} // a slot per connection waiting for its hello
 	wg      sync.WaitGroup
 
 	mu sync.Mutex
 	// Protected by mu.
 	sessions map[string]*domainStandby
+	admitted map[string]bool // domains whose next new session the operator admitted
 }
 
 // domainStandby is one domain's Standby in the service, fed by ln.
 type domainStandby struct {
 	sess *standbySession
 	ln   *chanListener
+	// session is the protection session of the primary it serves (from
+	// its first hello): only a connection that presents it reaches the
+	// Standby, unless the operator admits a new one (xl kemari admit).
+	session [16]byte
+	// peer names the primary's certificate, for logs.
+	peer string
 }
 
 // route reads the hello of a new connection and hands the connection,
-// hello included, to its domain's Standby, starting one if needed.
+// hello included, to its domain's Standby, starting one if needed, if
+// the primary may replicate that domain here.
 func (l *listenService) route(c checkpoint.Conn) {
-	name, replay, err := peekHello(c)
+	select {
+	case l.hellos <- struct{}{}:
+	default:
+		l.log.Warn("dropped a connection: too many connections are waiting to say hello", "max", maxPendingHellos)
+		c.Close()
+		return
+	}
+	h, replay, err := readHello(c)
+	<-l.hellos
 	if err != nil {
 		l.log.Warn("dropped a connection without a valid hello", "err", err)
 		c.Close()
 		return
 	}
+	name := h.Domain.Name
+	id := peerIdentity(c)
+	if err := l.policy.allow(name, id); err != nil {
+		l.log.Warn("refused a primary not allowed to replicate the domain here", "domain", name, "peer", id, "err", err)
+		c.Close()
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ds := l.sessions[name]; ds != nil {
+	if ds := l.sessions[name]; ds != nil && !ds.ended() {
 		if st := ds.sess.s.Status(); st.State == "active" {
 			l.log.Warn("refused a primary for a domain that runs here since its failover", "domain", name)
 			c.Close()
 			return
 		}
+		if h.Session != ds.session {
+			if !l.admitted[name] {
+				l.log.Warn("refused a second primary for a domain replicated here from another session (xl kemari admit DOMAIN lets the next one in)",
+					"domain", name, "peer", id, "serving", ds.peer)
+				c.Close()
+				return
+			}
+			delete(l.admitted, name)
+			l.log.Warn("a new protection session replaces the current one, as the operator admitted", "domain", name, "peer", id, "was", ds.peer)
+			ds.session, ds.peer = h.Session, id.String()
+		}
 		if ds.ln.push(replay) {
 			return
 		}
 	}
+	delete(l.admitted, name)
 	ds, err := l.startDomain(name)
 	if err != nil {
 		l.log.Error("cannot hold a replica", "domain", name, "err", err)
 		c.Close()
 		return
 	}
+	ds.session, ds.peer = h.Session, id.String()
 	ds.ln.push(replay)
+}
+
+// ended reports whether the domain's Standby has returned.
+func (ds *domainStandby) ended() bool {
+	select {
+	case <-ds.sess.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// admit is `xl kemari admit DOMAIN`: the next connection for domain
+// that presents a new session replaces the current one.
+func (l *listenService) admit(domain string) error {
+	if domain == "" {
+		return &ctlError{exitUsage, "admit needs a domain"}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.admitted[domain] = true
+	l.log.Warn("the operator admits a new primary session for the domain", "domain", domain)
+	return nil
 }
 
 // startDomain starts a Standby for one domain. Preconditions: l.mu held.
@@ -311,6 +403,15 @@ func (l *listenService) wait() { l.wg.Wait() }
 // and returns the domain it names and a Conn that reads the whole stream
 // again from its first byte.
 func peekHello(c checkpoint.Conn) (string, checkpoint.Conn, error) {
+	h, replay, err := readHello(c)
+	if err != nil {
+		return "", nil, err
+	}
+	return h.Domain.Name, replay, nil
+}
+
+// readHello is peekHello returning the whole hello.
+func readHello(c checkpoint.Conn) (*wire.Hello, checkpoint.Conn, error) {
 	type deadliner interface{ SetReadDeadline(time.Time) error }
 	if d, ok := c.(deadliner); ok {
 		d.SetReadDeadline(time.Now().Add(helloTimeout))
@@ -319,20 +420,23 @@ func peekHello(c checkpoint.Conn) (string, checkpoint.Conn, error) {
 	var seen bytes.Buffer
 	r := wire.NewReader(io.TeeReader(c, &seen), wire.DefaultLimits())
 	if _, _, err := r.ReadHeader(); err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	rec, err := r.Next()
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	h, ok := rec.(*wire.Hello)
 	if !ok || h.Role != wire.RolePrimary {
-		return "", nil, fmt.Errorf("%w: first record is %v, not a primary's hello", checkpoint.ErrPeer, rec.Type())
+		return nil, nil, fmt.Errorf("%w: first record is %v, not a primary's hello", checkpoint.ErrPeer, rec.Type())
 	}
 	if h.Domain.Name == "" {
-		return "", nil, fmt.Errorf("%w: hello without a domain name", checkpoint.ErrPeer)
+		return nil, nil, fmt.Errorf("%w: hello without a domain name", checkpoint.ErrPeer)
 	}
-	return h.Domain.Name, &replayConn{Conn: c, r: io.MultiReader(&seen, c)}, nil
+	// The record aliases the reader's buffer: keep a copy.
+	hc := *h
+	hc.Domain.Name = strings.Clone(h.Domain.Name)
+	return &hc, &replayConn{Conn: c, r: io.MultiReader(&seen, c)}, nil
 }
 
 // replayConn reads what was already read from Conn, then Conn.
@@ -381,3 +485,61 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) String() string { return l.name }
+
+// authListener passes on the connections of ln whose peer may replicate
+// the domain its hello names (receive --transport=tls: the per-domain
+// authorisation of listen, for one primary). Hellos are read
+// concurrently, at most maxPendingHellos at once, so that a silent peer
+// does not hold up the next.
+type authListener struct {
+	*chanListener
+	ln checkpoint.Listener
+}
+
+func authorize(ln checkpoint.Listener, policy *peerPolicy, log *slog.Logger) *authListener {
+	a := &authListener{chanListener: newChanListener(ln.String()), ln: ln}
+	slots := make(chan struct{}, maxPendingHellos)
+	go func() {
+		defer a.chanListener.Close()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					log.Error("cannot accept connections any more", "err", err)
+				}
+				return
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				log.Warn("dropped a connection: too many connections are waiting to say hello", "max", maxPendingHellos)
+				c.Close()
+				continue
+			}
+			go func() {
+				h, replay, err := readHello(c)
+				<-slots
+				if err != nil {
+					log.Warn("dropped a connection without a valid hello", "err", err)
+					c.Close()
+					return
+				}
+				if err := policy.allow(h.Domain.Name, peerIdentity(c)); err != nil {
+					log.Warn("refused a primary not allowed to replicate the domain here", "domain", h.Domain.Name, "peer", peerIdentity(c), "err", err)
+					c.Close()
+					return
+				}
+				if !a.push(replay) {
+					c.Close()
+				}
+			}()
+		}
+	}()
+	return a
+}
+
+// Close implements checkpoint.Listener.
+func (a *authListener) Close() error {
+	a.chanListener.Close()
+	return a.ln.Close()
+}

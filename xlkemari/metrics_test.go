@@ -8,13 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/xl-kemari/xl-kemari/checkpoint"
 )
 
-func TestMetricsEndpoint(t *testing.T) {
-	st := checkpoint.Status{Role: "primary", Domain: `web"1`, State: "protected", Epoch: 42,
-		Checkpoints: 40, AvgPause: checkpoint.Dur(1500 * time.Microsecond)}
-	addr, stop, err := serveMetrics("127.0.0.1:0", func() []checkpoint.Status { return []checkpoint.Status{st} }, slog.New(slog.DiscardHandler))
+// scrape serves sts on a loopback endpoint and returns the body.
+func scrape(t *testing.T, sts []checkpoint.Status) (string, http.Header) {
+	t.Helper()
+	addr, stop, err := serveMetrics("127.0.0.1:0", func() []checkpoint.Status { return sts }, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,20 +25,82 @@ func TestMetricsEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s\n%s", resp.Status, body)
+	}
+	return string(body), resp.Header
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	st := checkpoint.Status{Role: "primary", Domain: "web1", State: "protected", Epoch: 42,
+		Checkpoints: 40, AvgPause: checkpoint.Dur(1500 * time.Microsecond)}
+	out, hdr := scrape(t, []checkpoint.Status{st})
+	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
 		t.Errorf("content type %q", ct)
 	}
-	out := string(body)
 	for _, want := range []string{
 		"# TYPE xl_kemari_state gauge",
-		`xl_kemari_state{domain="web\"1",role="primary",state="protected"} 2`,
-		`xl_kemari_epoch{domain="web\"1",role="primary",state="protected"} 42`,
-		`xl_kemari_pause_seconds_avg{domain="web\"1",role="primary",state="protected"} 0.0015`,
+		"# TYPE xl_kemari_checkpoints_total counter",
+		`xl_kemari_state{domain="web1",role="primary"} 2`,
+		`xl_kemari_state_info{domain="web1",role="primary",state="protected"} 1`,
+		`xl_kemari_epoch{domain="web1",role="primary"} 42`,
+		`xl_kemari_checkpoints_total{domain="web1",role="primary"} 40`,
+		`xl_kemari_pause_seconds_avg{domain="web1",role="primary"} 0.0015`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %q:\n%s", want, out)
+		}
+	}
+}
+
+// A domain's name comes from the peer's hello: whatever it holds, the
+// exposition parses (Prometheus's own parser), each name reads back as
+// itself (invalid UTF-8 as \xHH text), and no series but the info one
+// carries the state, so counters keep their identity across states.
+func TestMetricsHostileDomainName(t *testing.T) {
+	names := map[string]string{
+		`web"1`:        `web"1`,
+		`back\slash`:   `back\slash`,
+		"new\nline":    "new\nline",
+		"bad\xffbyte":  `bad\xffbyte`,
+		"ünïcødé":      "ünïcødé",
+		`"} 1` + "\n#": `"} 1` + "\n#",
+	}
+	var sts []checkpoint.Status
+	for n := range names {
+		sts = append(sts, checkpoint.Status{Role: "standby", Domain: n, State: "ready", Checkpoints: 7})
+	}
+	out, _ := scrape(t, sts)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(out))
+	if err != nil {
+		t.Fatalf("the Prometheus text parser rejects the exposition: %v\n%s", err, out)
+	}
+	for _, fname := range []string{"xl_kemari_checkpoints_total", "xl_kemari_state"} {
+		fam := fams[fname]
+		if fam == nil {
+			t.Fatalf("no %s in\n%s", fname, out)
+		}
+		got := map[string]bool{}
+		for _, m := range fam.GetMetric() {
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "domain":
+					got[l.GetValue()] = true
+				case "state":
+					t.Errorf("%s carries a state label", fname)
+				}
+			}
+		}
+		for sent, want := range names {
+			if !got[want] {
+				t.Errorf("%s: domain %q does not read back as %q; read %v", fname, sent, want, got)
+			}
 		}
 	}
 }

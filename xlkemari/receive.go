@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -42,15 +44,17 @@ func runReceive(e *env, args []string) int {
 	f.register(fs)
 	t.register(fs, false)
 	nb.register(fs)
-	listen := fs.String("listen", "127.0.0.1:8011", "address to accept one primary on (tcp: loopback only)")
+	listen := fs.String("listen", "", "where to accept one primary: a socket path (unix; default RUN-DIR/receive.stream), or HOST:PORT (tls; tcp: loopback only, default 127.0.0.1:8011)")
 	stdio := fs.Bool("stdio", false, "serve the primary on standard input and output (run by the primary over ssh)")
-	kind := fs.String("transport", transportTCP, "transport of --listen: tcp (loopback only) or tls")
+	kind := fs.String("transport", "", "transport of --listen: unix (default: root or this user only), tls, or tcp (loopback, anyone local: needs --insecure-tcp)")
 	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
 	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
 	verify := fs.Bool("verify", true, "recompute the replica's memory digest before activating it")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this `address` (off when empty)")
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	logFile := fs.String("log-file", "", "log to this `file` as well as to standard error")
+	peers := fs.StringArray("peer", nil, "tls: allow the primary `DOMAIN=HOST[,HOST...]` (its certificate names HOST); as for listen")
+	anyPeer := fs.Bool("any-peer", false, "tls: let any certificate of the CA replicate any domain here")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari receive [options] (--stdio | --listen ADDR)\n\nHold the replica of a protected domain; activate it when the primary is\nsilent for --timeout. The primary runs it over ssh with --stdio, as xl\nmigrate runs migrate-receive; see also listen.\n\nOptions:\n%s", fs.FlagUsages())
 	}
@@ -97,7 +101,7 @@ func runReceive(e *env, args []string) int {
 		}
 	}
 	if *logFile != "" {
-		lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		lf, err := openAppend(*logFile, 0o640)
 		if err != nil {
 			e.errorf("receive: log: %v", err)
 			return exitFailure
@@ -129,14 +133,57 @@ func runReceive(e *env, args []string) int {
 		ln = attached
 	}
 	if !*stdio {
+		if *kind == "" {
+			*kind = transportUnix
+			if t.insecureTCP {
+				*kind = transportTCP
+			}
+		}
 		switch *kind {
-		case transportTCP:
-			var l *checkpoint.TCPListener
-			// In dom0's namespace (--netns), where the primary reaches us.
-			err := nb.inDom0(func() (err error) { l, err = checkpoint.ListenTCP(*listen); return err })
+		case transportUnix:
+			path := *listen
+			if path == "" {
+				// Not *.sock: status asks every *.sock of the run
+				// directory, and a control request on the replication
+				// socket would replace the primary's connection.
+				path = filepath.Join(resolveRunDir(e, *runDir), "receive.stream")
+				if err := ensureRunDir(filepath.Dir(path)); err != nil {
+					e.errorf("receive: listen: %v", err)
+					return exitFailure
+				}
+			}
+			if !filepath.IsAbs(path) {
+				e.errorf("receive: --listen %q: the unix transport takes an absolute socket path (a tcp address needs --insecure-tcp)", path)
+				return exitUsage
+			}
+			if filepath.Dir(path) == filepath.Clean(resolveRunDir(e, *runDir)) && strings.HasSuffix(path, ".sock") {
+				e.errorf("receive: --listen %q: a *.sock of the run directory is taken for a control socket; name it otherwise", path)
+				return exitUsage
+			}
+			l, err := checkpoint.ListenUnix(path)
 			if err != nil {
 				e.errorf("receive: listen: %v", err)
 				return exitFailure
+			}
+			l.Refused = func(err error) { log.Warn("refused a local peer", "err", err) }
+			l.AcceptError = func(err error, retry time.Duration) {
+				log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
+			}
+			ln = l
+		case transportTCP:
+			if !t.insecureTCP {
+				e.errorf("receive: %v", errInsecureTCP)
+				return exitUsage
+			}
+			var l *checkpoint.TCPListener
+			// In dom0's namespace (--netns), where the primary reaches us.
+			err := nb.inDom0(func() (err error) { l, err = checkpoint.ListenTCP(cmp.Or(*listen, "127.0.0.1:8011")); return err })
+			if err != nil {
+				e.errorf("receive: listen: %v", err)
+				return exitFailure
+			}
+			l.AcceptError = func(err error, retry time.Duration) {
+				log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
 			}
 			ln = l
 		case transportTLS:
@@ -152,8 +199,13 @@ func runReceive(e *env, args []string) int {
 			}
 			var l *checkpoint.TLSListener
 			err = nb.inDom0(func() (err error) {
-				l, err = checkpoint.ListenTLS(*listen, cfg, func(addr net.Addr, err error) {
-					log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+				l, err = checkpoint.ListenTLSOptions(cmp.Or(*listen, "127.0.0.1:8011"), cfg, checkpoint.TLSListenerOptions{
+					Refused: func(addr net.Addr, err error) {
+						log.Warn("refused a peer without a valid certificate", "peer", addr, "err", err)
+					},
+					AcceptError: func(err error, retry time.Duration) {
+						log.Warn("cannot accept connections; retrying", "err", err, "retry", retry)
+					},
 				})
 				return err
 			})
@@ -161,9 +213,15 @@ func runReceive(e *env, args []string) int {
 				e.errorf("receive: listen: %v", err)
 				return exitFailure
 			}
-			ln = l
+			policy, err := newPeerPolicy(*peers, host.Defaults.Standby, *anyPeer)
+			if err != nil {
+				l.Close()
+				e.errorf("receive: %v", err)
+				return exitConfig
+			}
+			ln = authorize(l, policy, log)
 		default:
-			e.errorf("receive: --transport %q: want tcp or tls", *kind)
+			e.errorf("receive: --transport %q: want unix, tls or tcp", *kind)
 			return exitUsage
 		}
 	}

@@ -118,8 +118,8 @@ func runStart(e *env, args []string) int {
 	host.SSHCommand = orDefault(f.sshCommand, host.SSHCommand)
 	if f.kind == transportSSH || f.kind == transportTLS {
 		over.Set("transport", f.kind)
-	} else if f.kind != "" && f.kind != transportTCP {
-		return fail(exitUsage, "start: --transport %q: want ssh, tls or tcp", f.kind)
+	} else if f.kind != "" && f.kind != transportTCP && f.kind != transportUnix {
+		return fail(exitUsage, "start: --transport %q: want ssh, tls, unix or tcp", f.kind)
 	}
 	var dom *conf.Domain
 	if f.config != "" {
@@ -151,7 +151,7 @@ func runStart(e *env, args []string) int {
 	if kind == "" {
 		kind = prot.Transport
 		if f.hv == sim.BackendName && prot.Origin(conf.FieldTransport).Source == conf.SourceDefault {
-			kind = transportTCP
+			kind = localTransport(peer, f.insecureTCP)
 		}
 	}
 	remote := []string{"receive", "--stdio", "--hypervisor=" + f.hv, "--mode=" + prot.Mode,
@@ -179,7 +179,7 @@ func runStart(e *env, args []string) int {
 	}
 	stderr := e.Stderr
 	if f.logFile != "" && notify == nil {
-		lf, err := os.OpenFile(f.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		lf, err := openAppend(f.logFile, 0o640)
 		if err != nil {
 			return fail(exitFailure, "start: log: %v", err)
 		}

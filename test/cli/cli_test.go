@@ -16,7 +16,7 @@ import (
 // no protector process or control socket of the primary is left.
 func TestStartStatusStop(t *testing.T) {
 	c := newCluster(t)
-	addr := freePort(t)
+	addr := c.sock("repl")
 	c.spawn("standby", append([]string{"receive", "--listen=" + addr}, sim...)...)
 	// start returns once the domain is protected; the standby may still
 	// be coming up, so the primary retries until it answers.
@@ -32,7 +32,7 @@ func TestStartStatusStop(t *testing.T) {
 	}
 	p := c.waitState("web1", "primary", "protected", 10*time.Second)
 	s := c.waitState("web1", "standby", "ready", 10*time.Second)
-	if p.Peer != "tcp:"+addr || p.PID == s.PID || !strings.HasSuffix(p.Socket, "/primary-web1.sock") {
+	if p.Peer != "unix:"+addr || p.PID == s.PID || !strings.HasSuffix(p.Socket, "/primary-web1.sock") {
 		t.Errorf("status: primary %+v, standby %+v", p, s)
 	}
 
@@ -87,7 +87,7 @@ func TestStartStatusStop(t *testing.T) {
 // timeout, and status on the standby says so.
 func TestKillPrimary(t *testing.T) {
 	c := newCluster(t)
-	addr := freePort(t)
+	addr := c.sock("repl")
 	c.spawn("standby", append([]string{"receive", "--listen=" + addr}, sim...)...)
 	primary := c.spawn("primary", append(append([]string{"start", "-F"}, sim...), simDomain("db1", addr)...)...)
 	c.waitState("db1", "standby", "ready", 15*time.Second)
@@ -109,7 +109,7 @@ func TestKillPrimary(t *testing.T) {
 // timeout, and protects again once a standby is back on the same address.
 func TestKillStandby(t *testing.T) {
 	c := newCluster(t)
-	addr := freePort(t)
+	addr := c.sock("repl")
 	standby := c.spawn("standby", append([]string{"receive", "--listen=" + addr}, sim...)...)
 	c.spawn("primary", append(append([]string{"start", "-F"}, sim...), simDomain("mail1", addr)...)...)
 	c.waitState("mail1", "primary", "protected", 15*time.Second)
@@ -136,7 +136,7 @@ func TestTLSListen(t *testing.T) {
 	addr := freePort(t)
 	cert, key, ca := certs(t, filepath.Join(c.dir, "pki"), "standby")
 	tlsArgs := []string{"--tls-cert=" + cert, "--tls-key=" + key, "--tls-ca=" + ca}
-	listen := c.spawn("listen", append(append([]string{"listen", "--listen=" + addr, "--toml=/dev/null"}, tlsArgs...), sim...)...)
+	listen := c.spawn("listen", append(append([]string{"listen", "--listen=" + addr, "--toml=/dev/null", "--peer=*=localhost"}, tlsArgs...), sim...)...)
 
 	good := c.spawn("good", append(append(append([]string{"start", "-F", "--transport=tls"}, tlsArgs...), sim...), simDomain("app1", addr)...)...)
 	c.waitState("app1", "primary", "protected", 15*time.Second)
@@ -295,7 +295,7 @@ func TestSSHReconnectAttaches(t *testing.T) {
 // done once it is gone.
 func TestFailoverByHand(t *testing.T) {
 	c := newCluster(t)
-	addr := freePort(t)
+	addr := c.sock("repl")
 	c.spawn("standby", append([]string{"receive", "--listen=" + addr, "--timeout=5s"}, sim[:2]...)...)
 	primary := c.spawn("primary", append(append([]string{"start", "-F", "--timeout=5s"}, sim[:2]...), simDomain("fo1", addr)...)...)
 	c.waitState("fo1", "standby", "ready", 15*time.Second)
@@ -345,6 +345,14 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"kemari", "listen", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"kemari", "listen", "--toml=/dev/null", "--hypervisor=sim"}, 3, "no [certificate key CA] file given"},
 		{[]string{"kemari", "help", "nosuch"}, 2, `unknown command "nosuch"`},
+		// The local transports: unix, or tcp only when asked for as insecure.
+		{[]string{"kemari", "start", "--hypervisor=sim", "--transport=tcp", "d", "127.0.0.1:1"}, 2, "--insecure-tcp"},
+		{[]string{"kemari", "start", "--hypervisor=sim", "d", "127.0.0.1:1"}, 2, "socket path"},
+		{[]string{"kemari", "receive", "--hypervisor=sim", "--transport=tcp", "--listen=127.0.0.1:1"}, 2, "--insecure-tcp"},
+		{[]string{"kemari", "receive", "--hypervisor=sim", "--listen=rel.sock"}, 2, "absolute socket path"},
+		{[]string{"kemari", "receive", "--hypervisor=sim", "--run-dir=/tmp/rd", "--listen=/tmp/rd/x.sock"}, 2, "taken for a control socket"},
+		{[]string{"kemari", "admit"}, 2, "exactly one domain"},
+		{[]string{"kemari", "admit", "web1"}, 4, "no listen service"},
 	}
 	for _, tc := range cases {
 		r := c.xl(tc.args...)
@@ -352,7 +360,7 @@ func TestBadCommandLines(t *testing.T) {
 			t.Errorf("xl %s: exit %d, output %q; want exit %d and %q", strings.Join(tc.args, " "), r.code, r.stderr+r.stdout, tc.code, tc.want)
 		}
 	}
-	for _, sub := range []string{"start", "stop", "status", "receive", "listen", "failover", "autostart", "config", "demo", "version"} {
+	for _, sub := range []string{"start", "stop", "status", "receive", "listen", "admit", "failover", "autostart", "config", "demo", "version"} {
 		if r := c.xl("kemari", "help", sub); r.code != 0 || r.stdout+r.stderr == "" {
 			t.Errorf("help %s: exit %d", sub, r.code)
 		}

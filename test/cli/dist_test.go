@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // shimEnv lays out a PATH with the shim as xl first; realXL is the
@@ -176,4 +178,117 @@ func TestManPage(t *testing.T) {
 			}
 		}
 	}
+}
+
+// shimRunIn is shimRun with a working directory and extra environment,
+// bounded by a deadline: a shim that loops must fail the test, not hang
+// it.
+func shimRunIn(t *testing.T, cwd, path string, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "xl", args...)
+	cmd.Err = nil
+	for _, dir := range filepath.SplitList(path) {
+		if p := filepath.Join(dir, "xl"); filepath.IsAbs(p) && isExec(p) {
+			cmd.Path = p
+			break
+		}
+	}
+	cmd.Dir = cwd
+	cmd.Env = append([]string{"PATH=" + path}, env...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("xl %v did not end within 30s (a loop?): %s", args, errb.String())
+	}
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// The shim runs only absolute paths, ends a wrapper loop, and as root
+// takes from the environment only files that root owns and alone may
+// write.
+func TestShimHardening(t *testing.T) {
+	dir := t.TempDir()
+	shim, err := os.ReadFile("../../dist/xl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrap := filepath.Join(dir, "local", "sbin")
+	writeExec(t, filepath.Join(wrap, "xl"), string(shim))
+	fake := "#!/bin/sh\nprintf '%s|' \"$0\" \"$@\"\nexit 7\n"
+	usrSbin := filepath.Join(dir, "usr", "sbin", "xl")
+	writeExec(t, usrSbin, fake)
+	sysPath := "/usr/bin:/bin"
+
+	t.Run("no relative PATH entries", func(t *testing.T) {
+		// The caller's directory holds an xl and an xl-kemari; PATH names
+		// it as ".", "" and "rel". None may run.
+		cwd := filepath.Join(dir, "cwd")
+		trap := "#!/bin/sh\necho TRAPPED\nexit 99\n"
+		writeExec(t, filepath.Join(cwd, "xl"), trap)
+		writeExec(t, filepath.Join(cwd, "rel", "xl"), trap)
+		writeExec(t, filepath.Join(cwd, "xl-kemari"), trap)
+		writeExec(t, filepath.Join(cwd, "rel", "xl-kemari"), trap)
+		noKemari := filepath.Join(dir, "nokemari")
+		writeExec(t, filepath.Join(noKemari, "xl"), string(shim))
+		path := noKemari + ":.::rel:" + sysPath
+		r := shimRunIn(t, cwd, path, []string{"XL_KEMARI_REAL_XL=/nonexistent/xl:xl:rel/xl"}, "info")
+		if strings.Contains(r.stdout, "TRAPPED") || r.code != 127 {
+			t.Errorf("xl info with only relative candidates: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		r = shimRunIn(t, cwd, path, []string{"XL_KEMARI=xl-kemari"}, "kemari", "version")
+		if strings.Contains(r.stdout, "TRAPPED") || r.code != 127 {
+			t.Errorf("xl kemari with xl-kemari only in relative places: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("site wrapper calling xl through PATH", func(t *testing.T) {
+		// /usr/local/bin/xl-style wrapper: logs, then `exec xl "$@"`.
+		wrapper := filepath.Join(dir, "site", "xl")
+		writeExec(t, wrapper, "#!/bin/sh\necho wrapped >&2\nexec xl \"$@\"\n")
+		path := wrap + ":" + filepath.Dir(wrapper) + ":" + filepath.Dir(usrSbin) + ":" + sysPath
+		r := shimRunIn(t, dir, path, []string{"XL_KEMARI_REAL_XL=" + wrapper}, "info")
+		if r.code != 7 || !strings.HasPrefix(r.stdout, usrSbin+"|info|") {
+			t.Errorf("through a wrapper: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		// No real xl behind the wrapper: a clear end, not a loop.
+		path = wrap + ":" + filepath.Dir(wrapper) + ":" + sysPath
+		r = shimRunIn(t, dir, path, []string{"XL_KEMARI_REAL_XL=" + wrapper}, "info")
+		if r.code == 0 || r.code == 7 || !strings.Contains(r.stderr, "shim was entered") {
+			t.Errorf("a wrapper and no real xl: exit %d %q", r.code, r.stderr)
+		}
+	})
+	t.Run("root ignores others' files in the environment", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root: the environment is trusted for other users")
+		}
+		nobody := filepath.Join(dir, "nobody")
+		writeExec(t, filepath.Join(nobody, "xl"), "#!/bin/sh\necho NOBODY\nexit 99\n")
+		writeExec(t, filepath.Join(nobody, "xl-kemari"), "#!/bin/sh\necho NOBODY\nexit 99\n")
+		for _, f := range []string{"xl", "xl-kemari"} {
+			if err := os.Chown(filepath.Join(nobody, f), 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+		}
+		writable := filepath.Join(dir, "writable", "xl")
+		writeExec(t, writable, "#!/bin/sh\necho WRITABLE\nexit 99\n")
+		os.Chmod(writable, 0o777)
+		path := wrap + ":" + filepath.Dir(usrSbin) + ":" + sysPath
+		r := shimRunIn(t, dir, path, []string{"XL_KEMARI_REAL_XL=" + filepath.Join(nobody, "xl") + ":" + writable + ":" + usrSbin}, "info")
+		if r.code != 7 || !strings.HasPrefix(r.stdout, usrSbin+"|") {
+			t.Errorf("root with XL_KEMARI_REAL_XL naming others' files: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		os.Symlink(filepath.Join(bin, "xl-kemari"), filepath.Join(wrap, "xl-kemari"))
+		r = shimRunIn(t, dir, path, []string{"XL_KEMARI=" + filepath.Join(nobody, "xl-kemari")}, "kemari", "version")
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "xl-kemari ") {
+			t.Errorf("root with XL_KEMARI naming nobody's file: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+	})
 }

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(relayEnv) != "" {
 		os.Exit(sshRelay(os.Args[1:]))
 	}
+	if a := os.Getenv(probeEnv); a != "" {
+		os.Exit(probe(a))
+	}
 	dir, err := os.MkdirTemp("", "kemari-cli-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -257,6 +260,12 @@ func (c *cluster) waitGone(domain, role string, d time.Duration) {
 		}
 		<-tick.C
 	}
+}
+
+// sock returns the path of a unix socket for a standby of this test (the
+// local transport: root or this user only).
+func (c *cluster) sock(name string) string {
+	return filepath.Join(c.dir, name+".sock")
 }
 
 // freePort returns a loopback address nobody listens on now.

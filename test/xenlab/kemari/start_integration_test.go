@@ -520,7 +520,7 @@ disk = [ "format=raw,vdev=xvda,access=rw,script=/mnt/lab/block-shared,target=`+d
 	port := 8011 + os.Getpid()%1000
 	peer := fmt.Sprintf("127.0.0.1:%d", port)
 	startArgs := func(extra ...string) []string {
-		return append([]string{"start", "-F", "--hypervisor=xen", "--transport=tcp", "--interval=" + e2eInterval,
+		return append([]string{"start", "-F", "--hypervisor=xen", "--transport=tcp", "--insecure-tcp", "--interval=" + e2eInterval,
 			"--timeout=" + e2eTimeout.String()}, append(extra, name, peer)...)
 	}
 
@@ -539,7 +539,7 @@ disk = [ "format=raw,vdev=xvda,access=rw,script=/mnt/lab/block-shared,target=`+d
 	})
 
 	// One standby for every run below, as `listen` would be.
-	sb := spawn(t, dir, "standby", "receive", "--hypervisor=xen", "--listen", peer, "--interval="+e2eInterval,
+	sb := spawn(t, dir, "standby", "receive", "--hypervisor=xen", "--insecure-tcp", "--listen", peer, "--interval="+e2eInterval,
 		"--timeout="+e2eTimeout.String())
 
 	// protect starts a primary and waits until it is protected and has
