@@ -133,11 +133,11 @@ func (g *gate) state() (epoch uint64, quiesced bool, inflight, waiting int) {
 	return g.epoch, g.quiesced, g.inflight, g.waiting
 }
 
-// waitFor blocks until cond holds (tests).
-func (g *gate) waitFor(cond func(inflight, waiting int) bool) {
+// waitFor blocks until cond holds (tests). cond runs with g.mu held.
+func (g *gate) waitFor(cond func(quiesced bool, inflight, waiting int) bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for !cond(g.inflight, g.waiting) {
+	for !cond(g.quiesced, g.inflight, g.waiting) {
 		g.cond.Wait()
 	}
 }
