@@ -89,13 +89,20 @@ func dial(t testing.TB, srv *Server) *Client {
 	return c
 }
 
-// hx decodes hex with spaces and newlines.
+// hx decodes hex with spaces and newlines; on each line, the first word
+// that is not hex starts a comment.
 func hx(s string) []byte {
-	b, err := hex.DecodeString(strings.Join(strings.Fields(s), ""))
-	if err != nil {
-		panic(err)
+	var out []byte
+	for _, line := range strings.Split(s, "\n") {
+		for _, w := range strings.Fields(line) {
+			b, err := hex.DecodeString(w)
+			if err != nil {
+				break
+			}
+			out = append(out, b...)
+		}
 	}
-	return b
+	return out
 }
 
 // expect reads len(want) bytes from r and compares them.

@@ -333,3 +333,40 @@ func (k *Kernel) Status(index *uint32) ([]DeviceStatus, error) {
 	}
 	return out, nil
 }
+
+// WatchLinkDead joins the nbd multicast group ("nbd_mc_group"), on which
+// the kernel announces NBD_CMD_LINK_DEAD when a device's socket dies.
+// Use a Kernel of its own for watching: NextLinkDead blocks.
+func (k *Kernel) WatchLinkDead() error {
+	for _, g := range k.fam.Groups {
+		if g.Name == "nbd_mc_group" {
+			if err := k.c.JoinGroup(g.ID); err != nil {
+				return fmt.Errorf("nbd: join netlink group %s: %w", g.Name, err)
+			}
+			return nil
+		}
+	}
+	return errors.New("nbd: netlink family nbd has no group nbd_mc_group")
+}
+
+// NextLinkDead blocks until the kernel announces a dead socket and
+// returns the device's index. deadline zero means none.
+func (k *Kernel) NextLinkDead(deadline time.Time) (uint32, error) {
+	if err := k.c.SetReadDeadline(deadline); err != nil {
+		return 0, err
+	}
+	for {
+		msgs, _, err := k.c.Receive()
+		if err != nil {
+			return 0, fmt.Errorf("nbd: receive NBD_CMD_LINK_DEAD: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Command != nlCmdLinkDead {
+				continue
+			}
+			if idx, ok, err := decodeIndex(m.Data); err == nil && ok {
+				return idx, nil
+			}
+		}
+	}
+}
