@@ -236,9 +236,11 @@ type Store interface {
 	Sync() error
 }
 
-// StoreBackend serves any Store of a known size, such as a diskbuf
-// Primary's Device (whose shared mode then holds the writes): Flush is
-// Sync, and Trim and WriteZeroes write zeroes.
+// StoreBackend serves any Store of a known size: Flush is Sync, and Trim
+// and WriteZeroes write zeroes. It is the shape a diskbuf Primary's
+// Device needs to be served in shared mode (held writes, reads that see
+// them) once Device has a Sync; its I/O must then be whole sectors, as
+// the kernel's requests are with a 512-byte block size.
 type StoreBackend struct {
 	S     Store
 	Bytes int64

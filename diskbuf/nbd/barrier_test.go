@@ -218,3 +218,32 @@ func TestQuiesceConnectionDiesWhileHeld(t *testing.T) {
 		t.Fatalf("after the connection ended: %+v", st)
 	}
 }
+
+// TestResumeDuringQuiesceIgnored: a Resume while Quiesce is still
+// draining does not open the gate; the barrier holds.
+func TestResumeDuringQuiesceIgnored(t *testing.T) {
+	bb := newBlocking(1 << 16)
+	srv := newServer(t, Config{Backend: bb})
+	c := dial(t, srv)
+	wdone := make(chan error, 1)
+	go func() { wdone <- c.WriteAt([]byte{1}, 0, false) }()
+	<-bb.entered
+	qdone := make(chan error, 1)
+	go func() { _, err := srv.Quiesce(context.Background()); qdone <- err }()
+	srv.gate.waitFor(func(q bool, _, _ int) bool { return q })
+	srv.Resume() // too early: ignored
+	if st := srv.Stats(); !st.Quiesced || st.Epoch != 0 {
+		t.Fatalf("after an early Resume: %+v", st)
+	}
+	close(bb.release)
+	if err := <-qdone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wdone; err != nil {
+		t.Fatal(err)
+	}
+	srv.Resume()
+	if st := srv.Stats(); st.Quiesced || st.Epoch != 1 {
+		t.Fatalf("after Resume: %+v", st)
+	}
+}

@@ -116,7 +116,7 @@ func (g *gate) quiesce(ctx context.Context) (uint64, error) {
 func (g *gate) resumeNext() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.quiesced {
+	if !g.quiesced || g.drained != nil { // not quiesced, or a Quiesce still draining
 		return
 	}
 	g.epoch++

@@ -160,7 +160,7 @@ func (s *Server) Size() int64 { return s.cfg.Backend.Size() }
 func (s *Server) Quiesce(ctx context.Context) (uint64, error) { return s.gate.quiesce(ctx) }
 
 // Resume opens the next epoch and lets waiting requests in. It does
-// nothing if the server is not quiesced.
+// nothing unless a Quiesce has returned and no Resume followed.
 func (s *Server) Resume() { s.gate.resumeNext() }
 
 // Epoch returns the current epoch.
@@ -461,9 +461,20 @@ func (s *Server) check(r Request) uint32 {
 // workers, and returns once every admitted request has been answered.
 func (s *Server) transmit(ctx context.Context, r *bufio.Reader, w io.WriteCloser) error {
 	if s.cfg.IOFlusher {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		s.setFlusher()
+		// Read on a goroutine of its own, locked to a flagged thread that
+		// ends with it, so the caller's thread is left as it was.
+		errc := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			s.setFlusher()
+			errc <- s.transmitOn(ctx, r, w)
+		}()
+		return <-errc
 	}
+	return s.transmitOn(ctx, r, w)
+}
+
+func (s *Server) transmitOn(ctx context.Context, r *bufio.Reader, w io.WriteCloser) error {
 	c := &conn{s: s, w: w, budget: semaphore.NewWeighted(s.cfg.MaxInflightBytes)}
 	work := make(chan *job)
 	var wg sync.WaitGroup
