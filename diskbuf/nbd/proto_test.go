@@ -194,3 +194,31 @@ func TestFrameRoundTrip(t *testing.T) {
 		t.Fatal("short request accepted")
 	}
 }
+
+func TestGoldenLongOptionSkipped(t *testing.T) {
+	s := serveOn(t, newServer(t, Config{}), true)
+	expect(t, s.c, hx(greeting), "greeting")
+	// 8 KiB of option data (over the 4 KiB bound, under the 1 MiB
+	// disconnect): skipped unallocated, NBD_REP_ERR_TOO_BIG (2^31+9).
+	s.c.Write(hx(`00000003 49484156454f5054 00000006 00002000`))
+	s.c.Write(make([]byte, 0x2000))
+	expect(t, s.c, append(hx(`0003e889045565a9 00000006 80000009 00000014`), "option data too long"...), "long option")
+	// Haggling goes on.
+	s.c.Write(hx(`49484156454f5054 0000002a 00000000`))
+	expect(t, s.c, hx(`0003e889045565a9 0000002a 80000001 00000000`), "next option")
+}
+
+func TestTooManyOptionsClose(t *testing.T) {
+	s := serveOn(t, newServer(t, Config{}), true)
+	expect(t, s.c, hx(greeting), "greeting")
+	s.c.Write(hx(`00000003`))
+	go func() {
+		for i := 0; i <= maxOptions; i++ {
+			s.c.Write(hx(`49484156454f5054 0000002a 00000000`))
+		}
+	}()
+	for i := 0; i < maxOptions; i++ {
+		expect(t, s.c, hx(`0003e889045565a9 0000002a 80000001 00000000`), "option")
+	}
+	expectEOF(t, s.c, "option past the bound")
+}
