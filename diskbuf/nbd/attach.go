@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,13 @@ type AttachConfig struct {
 	Timeout, DeadConnTimeout time.Duration
 	ClientFlags              uint64
 	BackendID                string
+	// NoHeal disables healing: by default, when a socket ends without
+	// NBD_CMD_DISC while the attachment is live (the kernel timed a
+	// request out and marked the socket dead), a new socketpair is handed
+	// to the same device with NBD_CMD_RECONFIGURE, so one slow request
+	// does not leave the guest's I/O waiting for a reconfigure that
+	// nobody would send.
+	NoHeal bool
 }
 
 func (c *AttachConfig) defaults() {
@@ -62,12 +70,19 @@ func (c *AttachConfig) defaults() {
 
 // Attachment is a server attached to /dev/nbdIndex over socketpairs.
 type Attachment struct {
-	Index uint32
-	dev   Device
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	errs  []error
+	Index     uint32
+	dev       Device
+	cfg       AttachConfig
+	wg        sync.WaitGroup
+	detaching atomic.Bool
+	heals     atomic.Int64
+	mu        sync.Mutex
+	errs      []error
 }
+
+// Heals returns how many sockets were replaced after the kernel dropped
+// one.
+func (a *Attachment) Heals() int64 { return a.heals.Load() }
 
 // Path is the device node.
 func (a *Attachment) Path() string { return fmt.Sprintf("/dev/nbd%d", a.Index) }
@@ -131,7 +146,7 @@ func Attach(ctx context.Context, dev Device, srv *Server, cfg AttachConfig) (*At
 		}
 		return nil, err
 	}
-	a := &Attachment{Index: idx, dev: dev}
+	a := &Attachment{Index: idx, dev: dev, cfg: cfg}
 	a.serve(ctx, srv, conns)
 	return a, nil
 }
@@ -157,7 +172,7 @@ func Reattach(ctx context.Context, dev Device, srv *Server, index uint32, cfg At
 		}
 		return nil, err
 	}
-	a := &Attachment{Index: index, dev: dev}
+	a := &Attachment{Index: index, dev: dev, cfg: cfg}
 	a.serve(ctx, srv, conns)
 	return a, nil
 }
@@ -165,14 +180,46 @@ func Reattach(ctx context.Context, dev Device, srv *Server, index uint32, cfg At
 func (a *Attachment) serve(ctx context.Context, srv *Server, conns []net.Conn) {
 	for _, c := range conns {
 		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			if err := srv.ServeTransmission(ctx, c); err != nil {
-				a.mu.Lock()
-				a.errs = append(a.errs, fmt.Errorf("nbd: /dev/nbd%d: %w", a.Index, err))
-				a.mu.Unlock()
-			}
-		}()
+		go a.loop(ctx, srv, c)
+	}
+}
+
+func (a *Attachment) record(err error) {
+	a.mu.Lock()
+	a.errs = append(a.errs, fmt.Errorf("nbd: /dev/nbd%d: %w", a.Index, err))
+	a.mu.Unlock()
+}
+
+// loop serves one socket slot, healing it while the attachment is live.
+func (a *Attachment) loop(ctx context.Context, srv *Server, c net.Conn) {
+	defer a.wg.Done()
+	for {
+		err := srv.ServeTransmission(ctx, c)
+		if err == nil {
+			return
+		}
+		lost := errors.Is(err, ErrConnLost)
+		if lost && (ctx.Err() != nil || a.detaching.Load()) {
+			return // the end we asked for
+		}
+		if !lost || a.cfg.NoHeal {
+			a.record(err)
+			return
+		}
+		kfds, conns, err := socketpairs(1)
+		if err != nil {
+			a.record(fmt.Errorf("heal: %w", err))
+			return
+		}
+		err = a.dev.Reconfigure(Reconfig{Index: a.Index, FDs: kfds, Timeout: a.cfg.Timeout, DeadConnTimeout: a.cfg.DeadConnTimeout})
+		unix.Close(kfds[0])
+		if err != nil {
+			conns[0].Close()
+			a.record(fmt.Errorf("heal: %w", err))
+			return
+		}
+		a.heals.Add(1)
+		c = conns[0]
 	}
 }
 
@@ -180,6 +227,7 @@ func (a *Attachment) serve(ctx context.Context, srv *Server, conns []net.Conn) {
 // DISC on every socket once its queue is drained) and waits for the
 // serving goroutines to end.
 func (a *Attachment) Detach() error {
+	a.detaching.Store(true)
 	err := a.dev.Disconnect(a.Index)
 	if err != nil {
 		return err

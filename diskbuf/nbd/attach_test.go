@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -21,6 +22,7 @@ type fakeKernel struct {
 	cfg     DeviceConfig
 	recfg   []Reconfig
 	clients []*Client
+	reconf  chan struct{} // if set, signalled after each Reconfigure
 }
 
 func (k *fakeKernel) take(fds []int, size int64, flags uint16) error {
@@ -55,7 +57,11 @@ func (k *fakeKernel) Reconfigure(r Reconfig) error {
 	defer k.mu.Unlock()
 	k.recfg = append(k.recfg, r)
 	k.clients = nil // the old sockets are dead
-	return k.take(r.FDs, int64(k.cfg.Size), k.cfg.ServerFlags)
+	err := k.take(r.FDs, int64(k.cfg.Size), k.cfg.ServerFlags)
+	if k.reconf != nil {
+		k.reconf <- struct{}{}
+	}
+	return err
 }
 
 func (k *fakeKernel) Disconnect(uint32) error {
@@ -174,5 +180,43 @@ func TestIOFlusher(t *testing.T) {
 	}
 	if err := srv.IOFlusherError(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAttachHeals: the kernel drops a socket without DISC (a request
+// timed out); the attachment hands the device a new socket with
+// NBD_CMD_RECONFIGURE and I/O goes on. With NoHeal the loss is reported.
+func TestAttachHeals(t *testing.T) {
+	mem := NewMemBackend(1 << 20)
+	k := &fakeKernel{reconf: make(chan struct{}, 1)}
+	a, err := Attach(context.Background(), k, newServer(t, Config{Backend: mem}), AttachConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := k.client(0)
+	old.rw.Close() // the kernel shuts the socket down, no DISC
+	<-old.done
+	<-k.reconf // the healing loop handed the device a new socket
+	if err := k.client(0).WriteAt([]byte("healed"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(mem.Bytes(), []byte("healed")) {
+		t.Fatal("write after healing not in the store")
+	}
+	if err := a.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if a.Heals() != 1 {
+		t.Fatalf("%d heals, want 1", a.Heals())
+	}
+
+	k2 := &fakeKernel{}
+	a2, err := Attach(context.Background(), k2, newServer(t, Config{}), AttachConfig{NoHeal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2.client(0).rw.Close()
+	if err := a2.Wait(); !errors.Is(err, ErrConnLost) {
+		t.Fatalf("Wait without healing: %v", err)
 	}
 }

@@ -211,8 +211,8 @@ func TestQuiesceConnectionDiesWhileHeld(t *testing.T) {
 	// The server closes its end only via ctx or a read error; the held
 	// reader is released by Resume, then reads EOF.
 	srv.Resume()
-	if err := s.wait(); err != nil {
-		t.Fatal(err)
+	if err := s.wait(); !errors.Is(err, ErrConnLost) {
+		t.Fatalf("server: %v, want ErrConnLost", err)
 	}
 	if st := srv.Stats(); st.InFlight != 0 || st.Waiting != 0 {
 		t.Fatalf("after the connection ended: %+v", st)

@@ -32,7 +32,11 @@
 //
 // After a restart of xl-kemari, Reattach hands a new socket to the same
 // /dev/nbdN (NBD_CMD_RECONFIGURE); the kernel holds the guest's I/O for
-// the dead-connection timeout meanwhile. Serve/ServeConn run the
+// the dead-connection timeout meanwhile. While attached, a socket the
+// kernel drops without NBD_CMD_DISC (a request outlived the request
+// timeout) is healed the same way, since nobody else would reconfigure
+// the device and the guest's I/O would fail at the dead-connection
+// timeout. Serve/ServeConn run the
 // handshake for userspace clients (qemu-io, nbdinfo, Client).
 //
 // # Protocol

@@ -221,6 +221,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 }
 
+// ErrConnLost is returned by ServeTransmission when the stream ended
+// between requests without NBD_CMD_DISC: for a kernel socket, the kernel
+// gave up on it (request timeout) or the peer died.
+var ErrConnLost = errors.New("nbd: connection ended without NBD_CMD_DISC")
+
 // errAbort ends a connection whose client sent NBD_OPT_ABORT.
 var errAbort = errors.New("nbd: client aborted negotiation")
 
@@ -239,12 +244,17 @@ func (s *Server) ServeConn(ctx context.Context, c io.ReadWriteCloser) error {
 		}
 		return err
 	}
-	return s.transmit(ctx, br, c)
+	if err := s.transmit(ctx, br, c); !errors.Is(err, ErrConnLost) {
+		return err
+	}
+	return nil // a userspace client may just close
 }
 
 // ServeTransmission serves c in the transmission phase directly, as the
 // kernel expects of a socket handed over netlink (the handshake's result
-// is passed to the kernel as attributes instead). It closes c.
+// is passed to the kernel as attributes instead). It closes c. It returns
+// nil after NBD_CMD_DISC or when ctx ends, ErrConnLost if the stream
+// ended without DISC.
 func (s *Server) ServeTransmission(ctx context.Context, c io.ReadWriteCloser) error {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -514,8 +524,11 @@ func (c *conn) read(ctx context.Context, r *bufio.Reader, work chan<- *job) erro
 	var hdr [requestHeaderLen]byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:1]); err != nil {
-			if err == io.EOF || errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return nil // the client (or we) closed between requests
+			if ctx.Err() != nil {
+				return nil // we are shutting down
+			}
+			if err == io.EOF || errors.Is(err, net.ErrClosed) {
+				return ErrConnLost // closed between requests, without DISC
 			}
 			return fmt.Errorf("nbd: read request: %w", err)
 		}
