@@ -7,6 +7,7 @@ require (
 	github.com/florianl/go-nfqueue/v2 v2.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/klauspost/compress v1.20.4
+	github.com/mdlayher/genetlink v1.4.0
 	github.com/mdlayher/netlink v1.11.2
 	github.com/mdlayher/packet v1.2.0
 	github.com/pierrec/lz4/v4 v4.1.33
