@@ -22,6 +22,11 @@ var forbidden = map[string][]string{
 	"checkpoint":       {"C", mod + "libxl/xen", mod + "libxl/sim", mod + "netbuf/plug", mod + "netbuf/nfqueue", mod + "netbuf/auto"},
 	"conf":             {"C", mod + "checkpoint"},
 	"diskbuf":          {"C", mod + "checkpoint", mod + "netbuf"},
+	"diskbuf/nbd":      {"C", mod + "checkpoint", mod + "netbuf", mod + "libxl/xen"},
+	// The engine must not link the etcd client: only the command does
+	// (arbiter/etcd registers itself with arbiter.Open).
+	"arbiter":      {"C", mod, "go.etcd.io", "google.golang.org/grpc"},
+	"arbiter/etcd": {"C", mod + "checkpoint", mod + "libxl", mod + "netbuf"},
 }
 
 func TestImportRules(t *testing.T) {
