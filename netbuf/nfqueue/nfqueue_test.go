@@ -2,6 +2,7 @@ package nfqueue
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/xl-kemari/xl-kemari/netbuf"
@@ -58,7 +62,7 @@ func TestCloseRemovesSetup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := ruleDump(t, ns); !strings.Contains(d, Tag) || !strings.Contains(d, chainPrefix) {
+	if d := ruleDump(t, ns); !strings.Contains(d, Tag) || !strings.Contains(d, TablePrefix) {
 		t.Fatalf("rules not installed:\n%s", d)
 	}
 	if err := buf.Close(); err != nil {
@@ -69,24 +73,58 @@ func TestCloseRemovesSetup(t *testing.T) {
 	}
 }
 
+// ruleDump lists the namespace's nftables ruleset (tables, chains, each
+// rule's expressions and comment) and its link names, read over netlink:
+// no iptables or nft program is needed.
 func ruleDump(t *testing.T, ns string) string {
 	t.Helper()
 	var sb strings.Builder
-	for _, argv := range [][]string{{"iptables", "-w", "-S"}, {"ip6tables", "-w", "-S"}, {"iptables", "-w", "-t", "raw", "-S"}, {"ip6tables", "-w", "-t", "raw", "-S"}, {"ebtables", "-L"}, {"ip", "-o", "link", "show"}} {
-		out, err := host.Run(ns, argv...)
+	if err := withNft(ns, func(c *nftables.Conn) error {
+		tables, err := c.ListTables()
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if argv[0] == "ip" {
-			// Names only: carrier flags change on their own.
-			for _, line := range strings.Split(string(out), "\n") {
-				if f := strings.Fields(line); len(f) > 1 {
-					sb.WriteString(f[1] + "\n")
+		chains, err := c.ListChains()
+		if err != nil {
+			return err
+		}
+		for _, tb := range tables {
+			fmt.Fprintf(&sb, "table %d %s\n", tb.Family, tb.Name)
+			for _, ch := range chains {
+				if ch.Table.Name != tb.Name || ch.Table.Family != tb.Family {
+					continue
+				}
+				fmt.Fprintf(&sb, "  chain %s\n", ch.Name)
+				rules, err := c.GetRules(tb, ch)
+				if err != nil {
+					return err
+				}
+				for _, r := range rules {
+					comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+					fmt.Fprintf(&sb, "    rule")
+					for _, e := range r.Exprs {
+						if _, ok := e.(*expr.Counter); ok {
+							continue // counts change on their own
+						}
+						fmt.Fprintf(&sb, " %T%+v", e, e)
+					}
+					fmt.Fprintf(&sb, " comment %q\n", comment)
 				}
 			}
-			continue
 		}
-		sb.Write(out)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := host.Run(ns, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Names only: carrier flags change on their own.
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			sb.WriteString(f[1] + "\n")
+		}
 	}
 	return sb.String()
 }
@@ -174,7 +212,7 @@ func TestHolderDeathDropsHeld(t *testing.T) {
 	if err := CleanupStale(topo.Dom0Path()); err != nil {
 		t.Fatal(err)
 	}
-	if d := ruleDump(t, topo.Dom0Path()); strings.Contains(d, Tag) || strings.Contains(d, chainPrefix) || strings.Contains(d, injInPrefix) {
+	if d := ruleDump(t, topo.Dom0Path()); strings.Contains(d, Tag) || strings.Contains(d, TablePrefix) || strings.Contains(d, injInPrefix) {
 		t.Fatalf("stale setup survived CleanupStale:\n%s", d)
 	}
 	if err := link.Send(netbuftest.UDP4, 999); err != nil {
@@ -256,11 +294,26 @@ func TestDom0DeliveryHeldAndFiltered(t *testing.T) {
 		// The guest's ARP would be held too; a static entry keeps this
 		// test about the IP path.
 		{guest, []string{"ip", "neigh", "replace", dom0IP, "lladdr", brMAC, "dev", "geth0", "nud", "permanent"}},
-		{ns, []string{"iptables", "-w", "-A", "INPUT", "-p", "udp", "--sport", "5555", "-j", "DROP"}},
 	} {
 		if _, err := host.Run(c.ns, c.argv...); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The administrator's filter rule: udp sport 5555 drop, in input.
+	if err := withNft(ns, func(c *nftables.Conn) error {
+		tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "admin"})
+		ch := c.AddChain(&nftables.Chain{Table: tb, Name: "input", Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
+		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, 5555)},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	var ln *net.UDPConn
 	if err := host.InNetNS(ns, func() (err error) {
