@@ -15,7 +15,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/xl-kemari/xl-kemari/netbuf"
@@ -73,49 +72,11 @@ func TestCloseRemovesSetup(t *testing.T) {
 	}
 }
 
-// ruleDump lists the namespace's nftables ruleset (tables, chains, each
-// rule's expressions and comment) and its link names, read over netlink:
-// no iptables or nft program is needed.
+// ruleDump lists the namespace's nftables ruleset and its link names.
 func ruleDump(t *testing.T, ns string) string {
 	t.Helper()
 	var sb strings.Builder
-	if err := withNft(ns, func(c *nftables.Conn) error {
-		tables, err := c.ListTables()
-		if err != nil {
-			return err
-		}
-		chains, err := c.ListChains()
-		if err != nil {
-			return err
-		}
-		for _, tb := range tables {
-			fmt.Fprintf(&sb, "table %d %s\n", tb.Family, tb.Name)
-			for _, ch := range chains {
-				if ch.Table.Name != tb.Name || ch.Table.Family != tb.Family {
-					continue
-				}
-				fmt.Fprintf(&sb, "  chain %s\n", ch.Name)
-				rules, err := c.GetRules(tb, ch)
-				if err != nil {
-					return err
-				}
-				for _, r := range rules {
-					comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-					fmt.Fprintf(&sb, "    rule")
-					for _, e := range r.Exprs {
-						if _, ok := e.(*expr.Counter); ok {
-							continue // counts change on their own
-						}
-						fmt.Fprintf(&sb, " %T%+v", e, e)
-					}
-					fmt.Fprintf(&sb, " comment %q\n", comment)
-				}
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	sb.WriteString(netbuftest.Ruleset(t, ns))
 	out, err := host.Run(ns, "ip", "-o", "link", "show")
 	if err != nil {
 		t.Fatal(err)
@@ -300,7 +261,7 @@ func TestDom0DeliveryHeldAndFiltered(t *testing.T) {
 		}
 	}
 	// The administrator's filter rule: udp sport 5555 drop, in input.
-	if err := withNft(ns, func(c *nftables.Conn) error {
+	netbuftest.Nft(t, ns, func(c *nftables.Conn) error {
 		tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "admin"})
 		ch := c.AddChain(&nftables.Chain{Table: tb, Name: "input", Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
@@ -312,9 +273,7 @@ func TestDom0DeliveryHeldAndFiltered(t *testing.T) {
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}})
 		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	})
 	var ln *net.UDPConn
 	if err := host.InNetNS(ns, func() (err error) {
 		ln, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(dom0IP), Port: port})
