@@ -8,6 +8,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
 	"github.com/vishvananda/netns"
 )
 
@@ -66,7 +67,11 @@ func Ruleset(t testing.TB, ns string) string {
 						switch e := e.(type) {
 						case *expr.Counter:
 						case *expr.Match:
-							fmt.Fprintf(&sb, " xt match %s rev %d %+v", e.Name, e.Rev, e.Info)
+							info := any(e.Info)
+							if c, ok := e.Info.(*xt.Comment); ok {
+								info = string(*c)
+							}
+							fmt.Fprintf(&sb, " xt match %s rev %d %+v", e.Name, e.Rev, info)
 						case *expr.Target:
 							fmt.Fprintf(&sb, " xt target %s rev %d %+v", e.Name, e.Rev, e.Info)
 						default:
