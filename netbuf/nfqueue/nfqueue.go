@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	nfq "github.com/florianl/go-nfqueue/v2"
 	"github.com/google/nftables"
@@ -305,6 +306,9 @@ func (q *Buffer) setup() error {
 			return err
 		}
 	}
+	if err := waitOperUp(ns, in, portUpLimit); err != nil {
+		return fmt.Errorf("%w: %w", ErrSetup, err)
+	}
 	if err := host.InNetNS(ns, q.openInject); err != nil {
 		return err
 	}
@@ -329,6 +333,63 @@ func (q *Buffer) setup() error {
 		}
 	}
 	return nil
+}
+
+// portUpLimit bounds the wait for the re-injection port to come up.
+const portUpLimit = 10 * time.Second
+
+// waitOperUp waits until link name in the namespace at nsPath is
+// operationally up, at most limit. A carrier change reaches the bridge
+// through the kernel's link watcher, up to a second after the link is set
+// up, and until then the port is disabled and drops what is injected
+// into it: a side frame released early would be lost. The notification
+// saying the link is up comes after the bridge has enabled the port. It
+// listens to link notifications instead of polling.
+func waitOperUp(nsPath, name string, limit time.Duration) error {
+	var opts vnl.LinkSubscribeOptions
+	if nsPath != "" {
+		h, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			return fmt.Errorf("%w: open %s: %v", host.ErrNetNS, nsPath, err)
+		}
+		defer h.Close()
+		opts.Namespace = &h
+	}
+	ch := make(chan vnl.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	errc := make(chan error, 1)
+	opts.ListExisting = true
+	opts.ErrorCallback = func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+	if err := vnl.LinkSubscribeWithOptions(ch, done, opts); err != nil {
+		return fmt.Errorf("link notifications: %w", err)
+	}
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	state := "no notification"
+	for {
+		select {
+		case u, ok := <-ch:
+			if !ok {
+				return fmt.Errorf("link notifications ended while %s was %s", name, state)
+			}
+			if a := u.Attrs(); a != nil && a.Name == name {
+				if a.OperState == vnl.OperUp {
+					return nil
+				}
+				state = "operationally " + a.OperState.String()
+			}
+		case err := <-errc:
+			return fmt.Errorf("link notifications: %w", err)
+		case <-timer.C:
+			return fmt.Errorf("%s not operationally up after %v (%s)", name, limit, state)
+		}
+	}
 }
 
 // undo tears down the setup in reverse; errors are joined.
