@@ -2,6 +2,7 @@ package nfqueue
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	nfq "github.com/florianl/go-nfqueue/v2"
@@ -602,10 +604,81 @@ func (q *Buffer) openCapture() error {
 	if err != nil {
 		return fmt.Errorf("%w: AF_PACKET on %s: %v", ErrSetup, q.dev.Name, err)
 	}
+	rc, err := c.SyscallConn()
+	if err == nil {
+		err = setAuxdata(rc)
+	}
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("%w: AF_PACKET on %s: %v", ErrSetup, q.dev.Name, err)
+	}
 	q.cap = c
 	q.sideWG.Add(1)
-	go q.readSide()
+	go q.readSide(rc)
 	return nil
+}
+
+// setAuxdata asks for each frame's metadata (PACKET_AUXDATA), where the
+// kernel keeps the VLAN tag it took out of the frame.
+func setAuxdata(rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_AUXDATA, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// recvFrame reads one frame from an AF_PACKET socket with PACKET_AUXDATA
+// set, VLAN tag included (see withTag).
+func recvFrame(rc syscall.RawConn, buf, oob []byte) ([]byte, error) {
+	var n, oobn int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, oob, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	}); err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, rerr
+	}
+	return withTag(append([]byte(nil), buf[:n]...), oob[:oobn]), nil
+}
+
+// auxLen is the size of struct tpacket_auxdata: status, len, snaplen (u32),
+// mac, net, vlan_tci, vlan_tpid (u16).
+const auxLen = 20
+
+// withTag puts back into frame f the VLAN tag that the kernel moved into
+// the frame's metadata on receive (oob: the PACKET_AUXDATA control
+// message). Without it a re-injected frame would leave untagged, in
+// another VLAN than the guest sent it to.
+func withTag(f, oob []byte) []byte {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(f) < 12 {
+		return f
+	}
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_PACKET || m.Header.Type != unix.PACKET_AUXDATA || len(m.Data) < auxLen {
+			continue
+		}
+		ne := binary.NativeEndian
+		status, tci, tpid := ne.Uint32(m.Data[0:]), ne.Uint16(m.Data[16:]), ne.Uint16(m.Data[18:])
+		if status&unix.TP_STATUS_VLAN_VALID == 0 {
+			return f
+		}
+		if status&unix.TP_STATUS_VLAN_TPID_VALID == 0 {
+			tpid = unix.ETH_P_8021Q
+		}
+		out := make([]byte, 0, len(f)+4)
+		out = append(out, f[:12]...)
+		out = binary.BigEndian.AppendUint16(out, tpid)
+		out = binary.BigEndian.AppendUint16(out, tci)
+		return append(out, f[12:]...)
+	}
+	return f
 }
 
 func (q *Buffer) openInject() error {
@@ -621,17 +694,18 @@ func (q *Buffer) openInject() error {
 	return nil
 }
 
-// readSide holds every non-IP frame the guest sends; the bridge has
-// already dropped the original.
-func (q *Buffer) readSide() {
+// readSide holds every frame the bridge table drops (non-IP, VLAN-tagged),
+// with its VLAN tag; the bridge has already dropped the original.
+func (q *Buffer) readSide(rc syscall.RawConn) {
 	defer q.sideWG.Done()
 	buf := make([]byte, 1<<16)
+	oob := make([]byte, unix.CmsgSpace(auxLen))
 	for {
-		n, _, err := q.cap.ReadFrom(buf)
+		f, err := recvFrame(rc, buf, oob)
 		if err != nil {
 			return // closed
 		}
-		f := append([]byte(nil), buf[:n]...)
+		n := len(f)
 		q.mu.Lock()
 		switch {
 		case q.closed:
