@@ -26,9 +26,12 @@ import (
 // holders (their queue is bound) are left alone.
 //
 // Rules made by iptables-legacy or ebtables-legacy live in x_tables, which
-// only those programs reach; they are not looked for (this backend no
-// longer runs programs to program netfilter, and Debian 12 has used the
-// nf_tables flavours by default since Debian 10).
+// only those programs reach; they are not looked for: this backend runs no
+// netfilter program any more, and Debian's iptables and ebtables have been
+// the nf_tables flavours by default since Debian 10. Such a leftover queues
+// the port's IP frames to a queue no one or a later run holds: they are
+// dropped or held longer, never released early, until an administrator
+// removes it with iptables-legacy.
 func CleanupStale(netnsPath string) error {
 	bound, err := boundQueues(netnsPath)
 	if err != nil {
@@ -39,10 +42,14 @@ func CleanupStale(netnsPath string) error {
 		return err == nil && n > 0 && !bound[n]
 	}
 	var errs []error
-	if err := withNft(netnsPath, func(c *nftables.Conn) error {
-		return queueStale(c, stale)
-	}); err != nil {
-		errs = append(errs, fmt.Errorf("nfqueue: stale netfilter rules: %w", err))
+	// A kernel built without nf_tables cannot hold rules of ours, and
+	// asking it would fail: plug must still start there.
+	if feats, err := host.KernelConfig(); err != nil || feats.Has("CONFIG_NF_TABLES") {
+		if err := withNft(netnsPath, func(c *nftables.Conn) error {
+			return queueStale(c, stale)
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("nfqueue: stale netfilter rules: %w", err))
+		}
 	}
 	out, err := host.Run(netnsPath, "ip", "-o", "link", "show")
 	if err != nil {

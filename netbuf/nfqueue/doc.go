@@ -59,12 +59,15 @@
 //   - Everything else the guest sends (ARP, VLAN-tagged frames, any other
 //     ether type) the bridge table drops in its prerouting hook, at -300,
 //     before br_netfilter (0); an AF_PACKET socket on DEV keeps a copy in
-//     this process (the side path). On release the copies re-enter the
+//     this process (the side path), VLAN tag included (the kernel moves it
+//     out of the frame; it is put back from PACKET_AUXDATA). On release the copies re-enter the
 //     bridge through a private veth port "xlkiN" (peer "xlkoN") that
 //     neither learns nor floods and has the highest address,
 //     fe:ff:ff:ff:ff:ff like Xen's vifs, so that it never becomes the
 //     bridge's own (the lowest port's); the forward chain keeps them from
-//     being flooded back to the guest.
+//     being flooded back to the guest. Rules that match the guest's port
+//     by name (iifname, physdev) do not see these re-injected frames: they
+//     enter through xlkiN.
 //
 // Kernel: nf_tables with the ip, ip6 and bridge families, nft_compat, the
 // x_tables physdev match and NFQUEUE target, br_netfilter, nfnetlink_queue,
