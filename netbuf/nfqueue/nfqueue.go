@@ -344,7 +344,7 @@ const portUpLimit = 10 * time.Second
 // operationally up, at most limit. A carrier change reaches the bridge
 // through the kernel's link watcher, up to a second after the link is set
 // up, and until then the port is disabled and drops what is injected
-// into it: a side frame released early would be lost. The notification
+// into it: a side frame released right after Open would be lost. The notification
 // saying the link is up comes after the bridge has enabled the port. It
 // listens to link notifications instead of polling.
 func waitOperUp(nsPath, name string, limit time.Duration) error {
