@@ -7,9 +7,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
+
 	"github.com/xl-kemari/xl-kemari/netbuf"
 	"github.com/xl-kemari/xl-kemari/netbuf/auto/host"
 	"github.com/xl-kemari/xl-kemari/netbuf/netbuftest"
+	"github.com/xl-kemari/xl-kemari/netbuf/nfqueue"
 	"github.com/xl-kemari/xl-kemari/netbuf/plug"
 )
 
@@ -55,8 +61,10 @@ func TestSelectAutoHere(t *testing.T) {
 }
 
 // TestCleanupStale plants the leftovers of a dead run (an IFB whose alias
-// names a dead pid, with an ingress qdisc on its device, and a tagged
-// NFQUEUE rule for an unbound queue) and checks Cleanup removes them.
+// names a dead pid, with an ingress qdisc on its device; nftables tables of
+// an unbound queue; the rules and chain an iptables/ebtables-era build left
+// in iptables-nft's and ebtables-nft's tables) and checks Cleanup removes
+// them and nothing else.
 func TestCleanupStale(t *testing.T) {
 	topo := netbuftest.NewTopology(t, 1)
 	ns := topo.Dom0Path()
@@ -67,27 +75,63 @@ func TestCleanupStale(t *testing.T) {
 		{"ip", "link", "set", plug.IFBPrefix + "7", "alias", fmt.Sprintf("%spid=%d:dev=%s", plug.AliasTag, dead, vif)},
 		{"ip", "link", "add", "keepme0", "type", "ifb"},
 		{"tc", "qdisc", "add", "dev", vif, "ingress"},
-		{"iptables", "-w", "-A", "FORWARD", "-m", "physdev", "--physdev-in", vif, "-m", "comment", "--comment", "xl-kemari:q31000:" + vif, "-j", "NFQUEUE", "--queue-num", "31000"},
-		{"ip6tables", "-w", "-t", "raw", "-A", "PREROUTING", "-m", "physdev", "--physdev-in", vif, "-m", "comment", "--comment", "xl-kemari:q31001:" + vif, "-j", "NFQUEUE", "--queue-num", "31001"},
-		{"iptables", "-w", "-A", "FORWARD", "-m", "comment", "--comment", "not-ours", "-j", "ACCEPT"},
 	} {
 		if _, err := host.Run(ns, argv...); err != nil {
 			t.Fatal(err)
 		}
 	}
+	comment := func(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
+	netbuftest.Nft(t, ns, func(c *nftables.Conn) error {
+		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyBridge} {
+			tb := c.AddTable(&nftables.Table{Family: fam, Name: nfqueue.TablePrefix + "31000-" + vif})
+			c.AddChain(&nftables.Chain{Table: tb, Name: "prerouting", Type: nftables.ChainTypeFilter,
+				Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw})
+		}
+		// iptables-nft 1.8.9 stores "-m comment --comment C" as an xt
+		// comment match (checked against it); a comment in the rule's user
+		// data is recognised too.
+		filter := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "filter"})
+		fwd := c.AddChain(&nftables.Chain{Table: filter, Name: "FORWARD", Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+		for _, cm := range []string{"xl-kemari:q31001:" + vif, "not-ours"} {
+			c.AddRule(&nftables.Rule{Table: filter, Chain: fwd, UserData: comment(cm),
+				Exprs: []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept}}})
+		}
+		raw := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv6, Name: "raw"})
+		pre := c.AddChain(&nftables.Chain{Table: raw, Name: "PREROUTING", Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw})
+		for _, s := range []string{"xl-kemari:q31002:" + vif, "not-ours-either"} {
+			cm := xt.Comment(s)
+			c.AddRule(&nftables.Rule{Table: raw, Chain: pre,
+				Exprs: []expr.Any{&expr.Match{Name: "comment", Info: &cm}, &expr.Counter{}}})
+		}
+		// ebtables-nft: chain XLK-31003 and the jump to it.
+		br := c.AddTable(&nftables.Table{Family: nftables.TableFamilyBridge, Name: "filter"})
+		bfwd := c.AddChain(&nftables.Chain{Table: br, Name: "FORWARD", Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(-200)})
+		xlk := c.AddChain(&nftables.Chain{Table: br, Name: "XLK-31003"})
+		c.AddRule(&nftables.Rule{Table: br, Chain: xlk, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}})
+		c.AddRule(&nftables.Rule{Table: br, Chain: bfwd, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "XLK-31003"}}})
+		c.AddRule(&nftables.Rule{Table: br, Chain: bfwd, UserData: comment("keep"), Exprs: []expr.Any{&expr.Counter{}}})
+		return nil
+	})
 	if err := Cleanup(ns); err != nil {
 		t.Fatal(err)
 	}
 	links, _ := host.Run(ns, "ip", "-o", "link", "show")
 	qd, _ := host.Run(ns, "tc", "qdisc", "show", "dev", vif)
-	rules, _ := host.Run(ns, "iptables", "-w", "-S")
-	raw6, _ := host.Run(ns, "ip6tables", "-w", "-t", "raw", "-S")
-	rules = append(rules, raw6...)
-	if strings.Contains(string(links), plug.IFBPrefix+"7") || strings.Contains(string(qd), "ingress") || strings.Contains(string(rules), "xl-kemari:") {
+	rules := netbuftest.Ruleset(t, ns)
+	if strings.Contains(string(links), plug.IFBPrefix+"7") || strings.Contains(string(qd), "ingress") ||
+		strings.Contains(rules, "xl-kemari") || strings.Contains(rules, "XLK-") {
 		t.Fatalf("stale setup survived:\n%s\n%s\n%s", links, qd, rules)
 	}
-	if !strings.Contains(string(links), "keepme0") || !strings.Contains(string(rules), "not-ours") {
-		t.Fatalf("Cleanup removed setup that is not its own:\n%s\n%s", links, rules)
+	for _, keep := range []string{`comment "not-ours"`, "not-ours-either", `comment "keep"`} {
+		if !strings.Contains(rules, keep) {
+			t.Fatalf("Cleanup removed rules that are not its own (%s):\n%s", keep, rules)
+		}
+	}
+	if !strings.Contains(string(links), "keepme0") {
+		t.Fatalf("Cleanup removed a link that is not its own:\n%s", links)
 	}
 }
 

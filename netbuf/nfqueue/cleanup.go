@@ -1,19 +1,37 @@
 package nfqueue
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
 
 	"github.com/xl-kemari/xl-kemari/netbuf/auto/host"
 )
 
 // CleanupStale removes what a crashed run of this backend left in the
-// network namespace at netnsPath ("" = this one): tagged iptables and
-// ip6tables rules, XLK- ebtables chains and their jumps, and xlki/xlko
-// veths, for every queue number that no live process has bound. Setups
-// of running holders (their queue is bound) are left alone.
+// network namespace at netnsPath ("" = this one), for every queue number
+// that no live process has bound: our nftables tables (TablePrefix), the
+// xlki/xlko veths, and the rules of the builds that ran iptables and
+// ebtables (tagged rules in the ip and ip6 raw and filter tables, XLK-
+// chains and the jumps to them in the bridge filter table), which
+// iptables-nft and ebtables-nft kept in nf_tables too. Setups of running
+// holders (their queue is bound) are left alone.
+//
+// Rules made by iptables-legacy or ebtables-legacy live in x_tables, which
+// only those programs reach; they are not looked for: this backend runs no
+// netfilter program any more, and Debian's iptables and ebtables have been
+// the nf_tables flavours by default since Debian 10. Such a leftover queues
+// the port's IP frames to a queue no one or a later run holds: they are
+// dropped or held longer, never released early, until an administrator
+// removes it with iptables-legacy.
 func CleanupStale(netnsPath string) error {
 	bound, err := boundQueues(netnsPath)
 	if err != nil {
@@ -21,76 +39,19 @@ func CleanupStale(netnsPath string) error {
 	}
 	stale := func(num string) bool {
 		n, err := strconv.Atoi(num)
-		return err == nil && !bound[n]
+		return err == nil && n > 0 && !bound[n]
 	}
 	var errs []error
-	run := func(argv ...string) {
-		if _, err := host.Run(netnsPath, argv...); err != nil {
-			errs = append(errs, err)
+	// A kernel built without nf_tables cannot hold rules of ours, and
+	// asking it would fail: plug must still start there.
+	if feats, err := host.KernelConfig(); err != nil || feats.Has("CONFIG_NF_TABLES") {
+		if err := withNft(netnsPath, func(c *nftables.Conn) error {
+			return queueStale(c, stale)
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("nfqueue: stale netfilter rules: %w", err))
 		}
 	}
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		if len(host.MissingTools(tool)) > 0 {
-			continue // never installed: this backend cannot have used it
-		}
-		// filter: where earlier builds put their rules (FORWARD, INPUT).
-		for _, table := range []string{ruleTable, "filter"} {
-			out, err := host.Run(netnsPath, tool, "-w", "-t", table, "-S")
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			for _, line := range strings.Split(string(out), "\n") {
-				f := strings.Fields(line)
-				if len(f) < 2 || f[0] != "-A" {
-					continue
-				}
-				num, ok := taggedQueue(f)
-				if !ok || !stale(num) {
-					continue
-				}
-				for i := range f {
-					f[i] = strings.Trim(f[i], `"`)
-				}
-				run(append([]string{tool, "-w", "-t", table, "-D"}, f[1:]...)...)
-			}
-		}
-	}
-	// Without ebtables installed, no chain of ours can exist.
-	out, err := []byte(nil), error(nil)
-	if len(host.MissingTools("ebtables")) == 0 {
-		out, err = host.Run(netnsPath, "ebtables", "-L")
-	}
-	if err != nil {
-		errs = append(errs, err)
-	} else {
-		chain := ""
-		var chains []string
-		for _, line := range strings.Split(string(out), "\n") {
-			if c, ok := strings.CutPrefix(line, "Bridge chain: "); ok {
-				chain, _, _ = strings.Cut(c, ",")
-				if n, ok := strings.CutPrefix(chain, chainPrefix); ok && stale(n) {
-					chains = append(chains, chain)
-				}
-				continue
-			}
-			f := strings.Fields(line)
-			if len(f) == 0 || !strings.HasPrefix(line, "-") {
-				continue
-			}
-			if strings.HasPrefix(chain, chainPrefix) {
-				continue // flushed with the chain
-			}
-			if staleEbRule(f, stale) {
-				run(append([]string{"ebtables", "-D", chain}, f...)...)
-			}
-		}
-		for _, c := range chains {
-			run("ebtables", "-F", c)
-			run("ebtables", "-X", c)
-		}
-	}
-	out, err = host.Run(netnsPath, "ip", "-o", "link", "show")
+	out, err := host.Run(netnsPath, "ip", "-o", "link", "show")
 	if err != nil {
 		errs = append(errs, err)
 	} else {
@@ -101,39 +62,109 @@ func CleanupStale(netnsPath string) error {
 			}
 			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
 			if n, ok := strings.CutPrefix(name, injOutPrefix); ok && stale(n) {
-				run("ip", "link", "del", name) // takes its xlki peer along
+				if _, err := host.Run(netnsPath, "ip", "link", "del", name); err != nil { // takes its xlki peer along
+					errs = append(errs, err)
+				}
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// taggedQueue returns the queue number in an iptables -S rule carrying
-// this backend's comment tag.
-func taggedQueue(f []string) (string, bool) {
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "--comment" {
-			c := strings.Trim(f[i+1], `"`)
-			if rest, ok := strings.CutPrefix(c, Tag+"q"); ok {
-				num, _, _ := strings.Cut(rest, ":")
-				return num, true
+// queueStale queues on c the deletion of every stale table, chain and rule.
+func queueStale(c *nftables.Conn, stale func(string) bool) error {
+	tables, err := c.ListTables()
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if n, ok := tableQueue(t.Name); ok {
+			if stale(strconv.Itoa(n)) {
+				c.DelTable(t)
+			}
+			continue
+		}
+		if t.Family != nftables.TableFamilyIPv4 && t.Family != nftables.TableFamilyIPv6 && t.Family != nftables.TableFamilyBridge {
+			continue
+		}
+		if err := legacyStale(c, t, stale); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// legacyStale queues the deletion of what the iptables-era builds left in
+// table t: rules whose comment is tagged with a stale queue, and in the
+// bridge family the stale XLK- chains, the rules jumping to them and those
+// naming a stale xlki port.
+func legacyStale(c *nftables.Conn, t *nftables.Table, stale func(string) bool) error {
+	chains, err := c.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return err
+	}
+	var dead []*nftables.Chain
+	for _, ch := range chains {
+		if ch.Table.Name != t.Name {
+			continue
+		}
+		if n, ok := strings.CutPrefix(ch.Name, legacyChainPrefix); ok && t.Family == nftables.TableFamilyBridge {
+			if stale(n) {
+				dead = append(dead, ch)
+			}
+			continue // its rules go with it
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if legacyRuleStale(r, stale) {
+				if err := c.DelRule(r); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	return "", false
+	for _, ch := range dead {
+		c.FlushChain(ch)
+		c.DelChain(ch)
+	}
+	return nil
 }
 
-// staleEbRule reports whether an ebtables -L rule jumps to a stale XLK-
-// chain or names a stale xlki port.
-func staleEbRule(f []string, stale func(string) bool) bool {
-	for i := 0; i+1 < len(f); i++ {
-		switch f[i] {
-		case "-j":
-			if n, ok := strings.CutPrefix(f[i+1], chainPrefix); ok && stale(n) {
+// legacyRuleStale reports whether r is an iptables-era rule of a stale
+// queue: its comment (kept as rule user data by iptables-nft, or as an xt
+// comment match) is Tag+"q<N>:...", it jumps to chain XLK-<N>, or it names
+// interface xlki<N>.
+func legacyRuleStale(r *nftables.Rule, stale func(string) bool) bool {
+	tagged := func(c string) bool {
+		rest, ok := strings.CutPrefix(c, Tag+"q")
+		if !ok {
+			return false
+		}
+		num, _, _ := strings.Cut(rest, ":")
+		return stale(num)
+	}
+	if c, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && tagged(c) {
+		return true
+	}
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Match:
+			if c, ok := e.Info.(*xt.Comment); ok && tagged(string(*c)) {
 				return true
 			}
-		case "-i", "-o":
-			if n, ok := strings.CutPrefix(f[i+1], injInPrefix); ok && stale(n) {
+			if u, ok := e.Info.(*xt.Unknown); ok && e.Name == "comment" && tagged(string(bytes.TrimRight(*u, "\x00"))) {
+				return true
+			}
+		case *expr.Verdict:
+			if n, ok := strings.CutPrefix(e.Chain, legacyChainPrefix); ok && e.Kind == expr.VerdictJump && stale(n) {
+				return true
+			}
+		case *expr.Cmp:
+			name := string(bytes.TrimRight(e.Data, "\x00"))
+			if n, ok := strings.CutPrefix(name, injInPrefix); ok && stale(n) {
 				return true
 			}
 		}

@@ -2,6 +2,7 @@ package nfqueue
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -9,8 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	nfq "github.com/florianl/go-nfqueue/v2"
+	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/packet"
 	vnl "github.com/vishvananda/netlink"
@@ -33,13 +37,16 @@ var (
 	ErrNoQueue = errors.New("nfqueue: no free queue number")
 )
 
-// Tag prefixes every rule comment this backend writes; veth and chain
-// names start with the prefixes below. CleanupStale keys on them.
+// Tag prefixes every rule comment this backend writes; table names start
+// with TablePrefix and veth names with the prefixes below. CleanupStale
+// keys on them.
 const (
 	Tag          = "xl-kemari:"
-	chainPrefix  = "XLK-"
 	injInPrefix  = "xlki"
 	injOutPrefix = "xlko"
+	// legacyChainPrefix named the ebtables chains of the builds that ran
+	// iptables and ebtables; CleanupStale still removes them.
+	legacyChainPrefix = "XLK-"
 )
 
 // Defaults for Config's zero fields.
@@ -53,12 +60,6 @@ const (
 
 // portMAC is the address of the re-injection veth (see setup).
 const portMAC = "fe:ff:ff:ff:ff:ff"
-
-// Where the NFQUEUE rules go (see setup).
-const (
-	ruleTable = "raw"
-	ruleChain = "PREROUTING"
-)
 
 // Config tunes the backend; the zero value is the production setting.
 type Config struct {
@@ -107,17 +108,19 @@ func New(cfg Config) *Backend {
 // Name implements netbuf.Backend.
 func (b *Backend) Name() string { return "nfqueue" }
 
-// KernelFeatures lists the kernel options this backend needs.
+// KernelFeatures lists the kernel options this backend needs: nf_tables
+// in the ip, ip6 and bridge families, with the x_tables physdev match and
+// NFQUEUE target through nft_compat (see rules.go).
 var KernelFeatures = []string{
-	"CONFIG_NETFILTER_NETLINK_QUEUE", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE",
-	"CONFIG_NETFILTER_XT_MATCH_PHYSDEV", "CONFIG_NETFILTER_XT_MATCH_COMMENT",
-	"CONFIG_BRIDGE_NETFILTER", "CONFIG_BRIDGE_NF_EBTABLES", "CONFIG_IP_NF_IPTABLES",
-	"CONFIG_IP6_NF_IPTABLES", "CONFIG_VETH", "CONFIG_PACKET",
+	"CONFIG_NETFILTER_NETLINK_QUEUE", "CONFIG_NF_TABLES", "CONFIG_NF_TABLES_IPV4",
+	"CONFIG_NF_TABLES_IPV6", "CONFIG_NF_TABLES_BRIDGE", "CONFIG_NFT_COMPAT",
+	"CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_NETFILTER_XT_MATCH_PHYSDEV",
+	"CONFIG_BRIDGE_NETFILTER", "CONFIG_VETH", "CONFIG_PACKET",
 }
 
-// Tools lists the programs Open runs (Debian: iptables, ebtables,
-// iproute2, util-linux).
-var Tools = []string{"iptables", "ip6tables", "ebtables", "ip", "bridge", "nsenter"}
+// Tools lists the programs Open runs (Debian: iproute2, util-linux). The
+// netfilter rules are made over netlink, without iptables or nft.
+var Tools = []string{"ip", "bridge", "nsenter"}
 
 // Probe implements netbuf.Backend: it names every missing kernel option
 // and tool.
@@ -276,8 +279,6 @@ func (q *Buffer) setup() error {
 	n := strconv.Itoa(int(q.queue))
 	in, out := injInPrefix+n, injOutPrefix+n
 	q.inj = out
-	comment := Tag + "q" + n + ":" + q.dev.Name
-	chain := chainPrefix + n
 
 	// Side path first, so that nothing the bridge drops goes unseen.
 	if err := host.InNetNS(ns, q.openCapture); err != nil {
@@ -307,49 +308,90 @@ func (q *Buffer) setup() error {
 			return err
 		}
 	}
+	if err := waitOperUp(ns, in, portUpLimit); err != nil {
+		return fmt.Errorf("%w: %w", ErrSetup, err)
+	}
 	if err := host.InNetNS(ns, q.openInject); err != nil {
 		return err
 	}
-	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-filter-vlan-tagged"} {
+	// One batch: all of the rules or none.
+	if err := withNft(ns, func(c *nftables.Conn) error {
+		addRuleset(c, q.queue, q.dev.Name, in)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("%w: nftables rules for %s (queue %d): %w", ErrSetup, q.dev.Name, q.queue, err)
+	}
+	q.undos = append(q.undos, func() error {
+		return withNft(ns, func(c *nftables.Conn) error {
+			delRuleset(c, q.queue, q.dev.Name)
+			return nil
+		})
+	})
+	// The bridge passes IP frames through the ip and ip6 hooks only with
+	// these set; br_netfilter exists by now (the physdev match loads it).
+	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
 		if err := host.WriteSysctl(ns, "net/bridge/"+k, "1"); err != nil {
 			return fmt.Errorf("%w: %w", ErrSetup, err)
 		}
 	}
-	// One rule per family in raw PREROUTING: the bridge passes every IP
-	// frame from the port through it once, before it decides where the
-	// frame goes. In FORWARD a flooded frame would be queued once per
-	// output port, and an accept verdict there would skip the rest of
-	// the administrator's filter rules (vif-bridge's anti-spoofing);
-	// accepted here, the frame still meets conntrack and every filter
-	// rule after it.
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		rule := []string{"-m", "physdev", "--physdev-in", q.dev.Name, "-m", "comment", "--comment", comment, "-j", "NFQUEUE", "--queue-num", n}
-		add := append([]string{tool, "-w", "-t", ruleTable, "-I", ruleChain, "1"}, rule...)
-		del := append([]string{tool, "-w", "-t", ruleTable, "-D", ruleChain}, rule...)
-		if err := q.do(del, add...); err != nil {
-			return err
-		}
-	}
-	if err := q.do([]string{"ebtables", "-X", chain}, "ebtables", "-N", chain, "-P", "RETURN"); err != nil {
-		return err
-	}
-	for _, r := range [][]string{{"-p", "IPv4", "-j", "RETURN"}, {"-p", "IPv6", "-j", "RETURN"}, {"-j", "DROP"}} {
-		if err := q.do(nil, append([]string{"ebtables", "-A", chain}, r...)...); err != nil {
-			return err
-		}
-	}
-	q.undos = append(q.undos, func() error { return q.run("ebtables", "-F", chain) })
-	ebRules := [][]string{
-		{"FORWARD", "-i", in, "-o", q.dev.Name, "-j", "DROP"}, // no echo of re-injected broadcasts
-		{"FORWARD", "-i", q.dev.Name, "-j", chain},
-		{"INPUT", "-i", q.dev.Name, "-j", chain},
-	}
-	for _, r := range ebRules {
-		if err := q.do(append([]string{"ebtables", "-D"}, r...), append([]string{"ebtables", "-I", r[0], "1"}, r[1:]...)...); err != nil {
-			return err
-		}
-	}
 	return nil
+}
+
+// portUpLimit bounds the wait for the re-injection port to come up.
+const portUpLimit = 10 * time.Second
+
+// waitOperUp waits until link name in the namespace at nsPath is
+// operationally up, at most limit. A carrier change reaches the bridge
+// through the kernel's link watcher, up to a second after the link is set
+// up, and until then the port is disabled and drops what is injected
+// into it: a side frame released right after Open would be lost. The notification
+// saying the link is up comes after the bridge has enabled the port. It
+// listens to link notifications instead of polling.
+func waitOperUp(nsPath, name string, limit time.Duration) error {
+	var opts vnl.LinkSubscribeOptions
+	if nsPath != "" {
+		h, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			return fmt.Errorf("%w: open %s: %v", host.ErrNetNS, nsPath, err)
+		}
+		defer h.Close()
+		opts.Namespace = &h
+	}
+	ch := make(chan vnl.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	errc := make(chan error, 1)
+	opts.ListExisting = true
+	opts.ErrorCallback = func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+	if err := vnl.LinkSubscribeWithOptions(ch, done, opts); err != nil {
+		return fmt.Errorf("link notifications: %w", err)
+	}
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	state := "no notification"
+	for {
+		select {
+		case u, ok := <-ch:
+			if !ok {
+				return fmt.Errorf("link notifications ended while %s was %s", name, state)
+			}
+			if a := u.Attrs(); a != nil && a.Name == name {
+				if a.OperState == vnl.OperUp {
+					return nil
+				}
+				state = "operationally " + a.OperState.String()
+			}
+		case err := <-errc:
+			return fmt.Errorf("link notifications: %w", err)
+		case <-timer.C:
+			return fmt.Errorf("%s not operationally up after %v (%s)", name, limit, state)
+		}
+	}
 }
 
 // undo tears down the setup in reverse; errors are joined.
@@ -530,12 +572,17 @@ func (q *Buffer) notify() {
 	}
 }
 
-// sideFilter passes frames the guest sent (not PACKET_OUTGOING) that are
-// neither IPv4 nor IPv6: those go through the queue.
+// sideFilter passes the frames the bridge table drops: those the guest
+// sent (not PACKET_OUTGOING) that are neither untagged IPv4 nor untagged
+// IPv6. A VLAN tag the kernel moved out of the frame still counts: the
+// bridge's ether type match sees it (0x8100), so the tagged frame is
+// dropped there and must be kept here.
 var sideFilter = func() []bpf.RawInstruction {
 	raw, err := bpf.Assemble([]bpf.Instruction{
 		bpf.LoadExtension{Num: bpf.ExtType},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 6},
+		bpf.LoadExtension{Num: bpf.ExtVLANTagPresent},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 0, SkipTrue: 3},
 		bpf.LoadAbsolute{Off: 12, Size: 2},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.ETH_P_IP, SkipTrue: 2},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.ETH_P_IPV6, SkipTrue: 1},
@@ -557,10 +604,81 @@ func (q *Buffer) openCapture() error {
 	if err != nil {
 		return fmt.Errorf("%w: AF_PACKET on %s: %v", ErrSetup, q.dev.Name, err)
 	}
+	rc, err := c.SyscallConn()
+	if err == nil {
+		err = setAuxdata(rc)
+	}
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("%w: AF_PACKET on %s: %v", ErrSetup, q.dev.Name, err)
+	}
 	q.cap = c
 	q.sideWG.Add(1)
-	go q.readSide()
+	go q.readSide(rc)
 	return nil
+}
+
+// setAuxdata asks for each frame's metadata (PACKET_AUXDATA), where the
+// kernel keeps the VLAN tag it took out of the frame.
+func setAuxdata(rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_AUXDATA, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// recvFrame reads one frame from an AF_PACKET socket with PACKET_AUXDATA
+// set, VLAN tag included (see withTag).
+func recvFrame(rc syscall.RawConn, buf, oob []byte) ([]byte, error) {
+	var n, oobn int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, oob, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	}); err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, rerr
+	}
+	return withTag(append([]byte(nil), buf[:n]...), oob[:oobn]), nil
+}
+
+// auxLen is the size of struct tpacket_auxdata: status, len, snaplen (u32),
+// mac, net, vlan_tci, vlan_tpid (u16).
+const auxLen = 20
+
+// withTag puts back into frame f the VLAN tag that the kernel moved into
+// the frame's metadata on receive (oob: the PACKET_AUXDATA control
+// message). Without it a re-injected frame would leave untagged, in
+// another VLAN than the guest sent it to.
+func withTag(f, oob []byte) []byte {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(f) < 12 {
+		return f
+	}
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_PACKET || m.Header.Type != unix.PACKET_AUXDATA || len(m.Data) < auxLen {
+			continue
+		}
+		ne := binary.NativeEndian
+		status, tci, tpid := ne.Uint32(m.Data[0:]), ne.Uint16(m.Data[16:]), ne.Uint16(m.Data[18:])
+		if status&unix.TP_STATUS_VLAN_VALID == 0 {
+			return f
+		}
+		if status&unix.TP_STATUS_VLAN_TPID_VALID == 0 {
+			tpid = unix.ETH_P_8021Q
+		}
+		out := make([]byte, 0, len(f)+4)
+		out = append(out, f[:12]...)
+		out = binary.BigEndian.AppendUint16(out, tpid)
+		out = binary.BigEndian.AppendUint16(out, tci)
+		return append(out, f[12:]...)
+	}
+	return f
 }
 
 func (q *Buffer) openInject() error {
@@ -576,17 +694,18 @@ func (q *Buffer) openInject() error {
 	return nil
 }
 
-// readSide holds every non-IP frame the guest sends; the bridge has
-// already dropped the original.
-func (q *Buffer) readSide() {
+// readSide holds every frame the bridge table drops (non-IP, VLAN-tagged),
+// with its VLAN tag; the bridge has already dropped the original.
+func (q *Buffer) readSide(rc syscall.RawConn) {
 	defer q.sideWG.Done()
 	buf := make([]byte, 1<<16)
+	oob := make([]byte, unix.CmsgSpace(auxLen))
 	for {
-		n, _, err := q.cap.ReadFrom(buf)
+		f, err := recvFrame(rc, buf, oob)
 		if err != nil {
 			return // closed
 		}
-		f := append([]byte(nil), buf[:n]...)
+		n := len(f)
 		q.mu.Lock()
 		switch {
 		case q.closed:

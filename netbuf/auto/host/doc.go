@@ -8,7 +8,7 @@
 //	feats, _ := host.KernelConfig()            // /proc/config.gz or /boot/config-<release>
 //	missing := feats.Missing("CONFIG_NET_SCH_PLUG", "CONFIG_IFB")
 //	_ = host.Run("", "ip", "link", "set", "ifb0", "up")            // this namespace
-//	_ = host.Run("/run/netns/dom0", "iptables", "-w", "-S")       // via nsenter
+//	_ = host.Run("/run/netns/dom0", "ip", "-o", "link", "show")   // via nsenter
 //	_ = host.InNetNS("/run/netns/dom0", func() error { ...open a socket... })
 //
 // Tests build their dom0 in a network namespace; production passes "" and
