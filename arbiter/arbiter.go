@@ -2,6 +2,8 @@ package arbiter
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -233,6 +235,17 @@ func (None) Configured() bool { return false }
 
 // Acquire implements Arbiter.
 func (None) Acquire(context.Context, [16]byte, Role) (bool, error) { return true, nil }
+
+// SessionName is the name under which backends store session: a hash of
+// it, not the session itself, because the session is also the secret by
+// which a reconnecting primary proves to its standby that it is the same
+// primary (anyone who can list the lease directory or the etcd prefix
+// must not learn it). The etcd backend uses it; file: keeps the session's
+// hex, as earlier releases wrote it, in a directory only root may read.
+func SessionName(session [16]byte) string {
+	h := sha256.Sum256(append([]byte("xl-kemari arbiter session v1\x00"), session[:]...))
+	return hex.EncodeToString(h[:16])
+}
 
 // Bounded is bounded for backends in other packages (arbiter/etcd).
 func Bounded(ctx context.Context, fault func(op string) error, op string, fn func() error) error {

@@ -6,7 +6,6 @@ package etcd
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -28,8 +27,8 @@ func init() {
 
 // Arbiter arbitrates through an etcd cluster (v3 API), under Prefix:
 //
-//	PREFIX/sessions/<session hex>  = role   the owner, for good (Acquire)
-//	PREFIX/leases/<session hex>    = role   the live lease, attached to an etcd lease
+//	PREFIX/sessions/<SessionName>  = role   the owner, for good (Acquire)
+//	PREFIX/leases/<SessionName>    = role   the live lease, attached to an etcd lease
 //
 // Acquire creates the session key in a transaction only if it is absent
 // (CreateRevision 0) and the lease key has not changed since it was read
@@ -96,10 +95,10 @@ func (e *Arbiter) Close() error {
 }
 
 func (e *Arbiter) sessionKey(s [16]byte) string {
-	return e.Prefix + "/sessions/" + hex.EncodeToString(s[:])
+	return e.Prefix + "/sessions/" + arbiter.SessionName(s)
 }
 func (e *Arbiter) leaseKey(s [16]byte) string {
-	return e.Prefix + "/leases/" + hex.EncodeToString(s[:])
+	return e.Prefix + "/leases/" + arbiter.SessionName(s)
 }
 
 // do runs fn with the client, bounded by ctx (see bounded).
