@@ -262,11 +262,22 @@ func OpenKernel() (*Kernel, error) {
 // connected with ClientDisconnectOnClose).
 func (k *Kernel) Close() error { return k.c.Close() }
 
+// exec sends cmd and reads its answer. Commands the kernel answers with a
+// message of their own (CONNECT, STATUS) are sent without NLM_F_ACK: with
+// it the kernel sends the acknowledgement as a second datagram after the
+// reply, Execute returns on the reply, and the stale acknowledgement is
+// read as the answer to the next command on this socket ("mismatched
+// sequence in netlink reply", seen on Linux 6.1 in the lab). A failure is
+// reported as an NLMSG_ERROR either way.
 func (k *Kernel) exec(cmd uint8, data []byte, what string) ([]genetlink.Message, error) {
+	flags := netlink.Request | netlink.Acknowledge
+	if cmd == nlCmdConnect || cmd == nlCmdStatus {
+		flags = netlink.Request
+	}
 	msgs, err := k.c.Execute(genetlink.Message{
 		Header: genetlink.Header{Command: cmd, Version: genlVersion},
 		Data:   data,
-	}, k.fam.ID, netlink.Request|netlink.Acknowledge)
+	}, k.fam.ID, flags)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: netlink %s: %w", what, err)
 	}
