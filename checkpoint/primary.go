@@ -89,8 +89,6 @@ type Primary struct {
 	rate     rateWindow
 	pauses   struct{ n, sum, max time.Duration }
 	dirtySum uint64
-	lastBW   time.Time
-	bwBytes  uint64
 	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
 	wg       sync.WaitGroup // every goroutine started
 	stages   chan []byte    // staging buffers for reuse: no page faults in the pause

@@ -89,15 +89,14 @@ type faultConn struct {
 
 	mu sync.Mutex // serialises writers; not held by kill
 	// Protected by mu.
-	buf      []byte
-	hdr      bool      // stream header passed
-	n        int       // records seen
-	free     time.Time // the link is busy sending until then
-	last     time.Time // the last chunk's delivery time (order)
-	frame    *xxh3.Hasher
-	inEpoch  bool
-	forged   bool
-	lastKind uint32
+	buf     []byte
+	hdr     bool      // stream header passed
+	n       int       // records seen
+	free    time.Time // the link is busy sending until then
+	last    time.Time // the last chunk's delivery time (order)
+	frame   *xxh3.Hasher
+	inEpoch bool
+	forged  bool
 
 	q        chan chunk
 	done     chan struct{}
@@ -266,6 +265,12 @@ func (c *faultConn) record(rec []byte) error {
 		return c.out(chunk{b: rec, kind: kind, ep: ep}, 0)
 	case Corrupt:
 		i := c.rng.IntN(len(rec))
+		if !c.v.arbiter && i >= 4 && i < 8 {
+			// A corrupt length stalls the reader inside a record that
+			// never ends: the link looks silent for the timeout, a
+			// partition, which only an arbiter makes safe.
+			i = 12 + i // the CRC instead
+		}
 		rec[i] ^= 1 << c.rng.IntN(8)
 		return c.out(chunk{b: rec}, 0)
 	case Truncate:
