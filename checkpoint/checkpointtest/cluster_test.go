@@ -20,7 +20,7 @@ func oneP(t *testing.T) {
 
 var (
 	reproSeeds = flag.Int("repro-seeds", 3, "seeds TestReproducible runs twice")
-	seeds      = flag.Int("seeds", 200, "number of seeds to run")
+	seeds      = flag.Int("seeds", 50, "number of seeds to run (make test runs $(SEEDS))")
 	first      = flag.Uint64("seed", 1, "first seed")
 	failFast   = flag.Bool("failfast-seed", false, "stop at the first failing seed and print it (the mutation check)")
 )
