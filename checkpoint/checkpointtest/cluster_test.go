@@ -106,8 +106,8 @@ func TestScenariosEach(t *testing.T) {
 	for _, f := range []Fault{Pass, Drop, Delay, DelayLong, Corrupt, Garble} {
 		for _, side := range []string{"p", "s"} {
 			for _, a := range []Arbiter{ArbiterOn, ArbiterOff} {
-				for _, n := range []int{0, 1} {
-					if a == ArbiterOff && n == 0 {
+				for _, n := range []int{-1, 1} {
+					if a == ArbiterOff && n < 0 {
 						continue // every goodbye lost is a partition
 					}
 					runs = append(runs, run{fmt.Sprintf("stop/goodbye-%s-%s/n=%d/arbiter=%v", side, f, n, a == ArbiterOn),

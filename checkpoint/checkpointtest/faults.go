@@ -235,7 +235,7 @@ func (c *faultConn) record(rec []byte) error {
 	f := c.pick()
 	switch kind {
 	case recGoodbye:
-		if n := c.byes.Add(1); c.byeN == 0 || n <= int64(c.byeN) {
+		if n := c.byes.Add(1); c.byeN <= 0 || n <= int64(c.byeN) {
 			f = c.bye
 		}
 		c.v.logf("%s: GOODBYE sent (%s)", c.name, f)
@@ -292,7 +292,17 @@ func (c *faultConn) record(rec []byte) error {
 		c.account(kind, rec, length)
 		return c.out(chunk{b: rec}, 0)
 	case Forge:
-		rec[16+length-1] ^= 1 << c.rng.IntN(8)
+		i := 16 + length - 1
+		body := rec[16 : 16+length]
+		if n := int(binary.LittleEndian.Uint32(body[0:4])); body[4] == 0 && n > 0 {
+			// No codec: the data area follows the pfns and encodings;
+			// a byte of it is page data or an XOR run.
+			off := 16 + 8*n + (n+7)&^7
+			if area := int(binary.LittleEndian.Uint32(body[12:16])); area > 0 && off+area <= length {
+				i = 16 + off + c.rng.IntN(area)
+			}
+		}
+		rec[i] ^= 1 << c.rng.IntN(8)
 		fixCRC(rec, length)
 		c.forged = true
 		c.account(kind, rec, length)
