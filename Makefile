@@ -30,6 +30,7 @@ test: build
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 	$(GO) test -race -count=1 -timeout 20m ./checkpoint/checkpointtest -run 'TestCluster$$' -seeds $(SEEDS)
+	$(GO) test -count=1 ./checkpoint/checkpointtest -run 'TestReproducible$$'
 	$(MAKE) fuzz FUZZTIME=5s
 
 # The mutation check: deliberate bugs applied to a copy of the tree, each
