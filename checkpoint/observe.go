@@ -17,7 +17,11 @@ const (
 	ObsSync                          // primary: initial sync progress (Percent)
 	ObsActivate                      // standby: the replica was activated at Epoch
 	ObsError                         // something failed; Msg says what
+	ObsWarning                       // a condition the operator must know of; Msg says what
 )
+
+// FailStopWarning is given at start when no arbiter is configured (I4).
+const FailStopWarning = "no arbiter configured: a standby that loses contact takes over; this is safe only if a silent primary is a dead one (fail-stop)"
 
 // Observation is one event in a driver's life, published to the
 // Observer (tests, logs, `xl kemari status`).

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -225,7 +226,12 @@ func (pc *pconn) reader(p *Primary) {
 			p.log.Warn("standby discarded an epoch", "epoch", r.Epoch, "code", r.Code, "why", r.Message)
 			ev = epoch.Event{Kind: epoch.EvNack, Epoch: r.Epoch}
 		case *wire.Goodbye:
-			ev = epoch.Event{Kind: epoch.EvStopped}
+			if r.Code != wire.GoodbyeStop {
+				// Not an answer to ours: the stream ends here.
+				pc.fail(p, fmt.Errorf("%w: standby said goodbye (code %d: %s)", ErrPeer, r.Code, r.Message))
+				return
+			}
+			ev = epoch.Event{Kind: epoch.EvStopConfirmed}
 		default:
 			pc.fail(p, &wire.FrameError{Type: rec.Type(), Err: ErrPeer})
 			return

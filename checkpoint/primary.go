@@ -67,12 +67,13 @@ type Primary struct {
 	arb  arbiter.Arbiter
 	log  *slog.Logger
 
-	m      *epoch.Primary
-	t0     time.Time
-	events chan pevent
-	stopC  chan struct{}
-	done   chan struct{}
-	status statusBox
+	m        *epoch.Primary
+	t0       time.Time
+	events   chan pevent
+	stopC    chan struct{} // closed by Stop
+	stopOnce sync.Once
+	done     chan struct{}
+	status   statusBox
 
 	// Owned by the loop goroutine (and by the sync goroutine while the
 	// machine is in PSyncing, when the loop does not touch them).
@@ -88,12 +89,9 @@ type Primary struct {
 	rate     rateWindow
 	pauses   struct{ n, sum, max time.Duration }
 	dirtySum uint64
-	lastBW   time.Time
-	bwBytes  uint64
 	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
 	wg       sync.WaitGroup // every goroutine started
 	stages   chan []byte    // staging buffers for reuse: no page faults in the pause
-	byeTimer *time.Timer
 }
 
 type histEntry struct {
@@ -140,7 +138,7 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, log: cfg.Logger,
-		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}, 1),
+		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}),
 		done: make(chan struct{}), barriers: map[uint64]time.Time{}, stages: make(chan []byte, cfg.Epoch.Inflight+2)}
 	p.status.update(func(s *Status) { s.Role = "primary"; s.Peer = dial.String(); s.State = "idle" })
 	return p, nil
@@ -149,14 +147,14 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 // Status returns a snapshot for `xl kemari status`. Safe from any goroutine.
 func (p *Primary) Status() Status { return p.status.get() }
 
-// Stop asks for a clean stop: goodbye to the standby (which discards its
-// replica), then release of all held output. Run returns when done. Safe
-// from any goroutine.
+// Stop asks for a clean stop (protocol §7.5): goodbye to the standby,
+// which discards its replica, then release of all held output; if the
+// standby does not confirm within the timeout, it is declared lost as in
+// any other loss (the arbiter's grant first, when one is configured). Run
+// returns when done (nil, or ErrFenced). Safe from any goroutine, any
+// number of times, before or during Run: a stop is never lost.
 func (p *Primary) Stop() {
-	select {
-	case p.stopC <- struct{}{}:
-	default:
-	}
+	p.stopOnce.Do(func() { close(p.stopC) })
 }
 
 func (p *Primary) now() epoch.Duration { return epoch.Duration(time.Since(p.t0)) }
@@ -232,9 +230,6 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			// starts a new one. The domain may be gone (fenced).
 			p.src.SetLogDirty(p.cfg.Domain, false)
 		}
-		if p.byeTimer != nil {
-			p.byeTimer.Stop()
-		}
 		if ctx.Err() != nil {
 			// Death of the holder: nothing held may leak.
 			for _, n := range p.nets {
@@ -242,8 +237,13 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			}
 		}
 	}()
+	if !p.cfg.Epoch.Arbiter {
+		p.log.Warn(FailStopWarning)
+		p.observe(Observation{Kind: ObsWarning, Msg: FailStopWarning})
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	stopC := p.stopC // nil once the stop is in the machine
 	p.local = append(p.local, epoch.Event{Kind: epoch.EvStart})
 	for {
 		for len(p.local) > 0 {
@@ -268,7 +268,8 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-p.stopC:
+		case <-stopC:
+			stopC = nil
 			p.local = append(p.local, epoch.Event{Kind: epoch.EvStop})
 		case e := <-p.events:
 			if e.final != 0 {
@@ -355,12 +356,9 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 				p.log.Error("fencing: destroy failed", "err", err)
 			}
 		case epoch.ActGoodbye:
+			// The machine times an unanswered goodbye out (its deadline).
 			if p.conn != nil {
 				p.conn.send(sendItem{kind: itemGoodbye})
-				gen := p.conn.gen
-				p.byeTimer = time.AfterFunc(time.Duration(p.cfg.Epoch.Timeout), func() {
-					p.post(pevent{gen: gen, ev: epoch.Event{Kind: epoch.EvStopped}})
-				})
 			}
 		case epoch.ActTeardown:
 			if err := p.unprotect(); err != nil {

@@ -10,11 +10,16 @@
 //   - I3 failover point: an activated replica is at or after every output
 //     released while protected, and its client sees no acknowledged
 //     request lost;
-//   - I4 (with the arbiter): never both sides active.
+//   - I4: with the arbiter, never both sides active; without it, under the
+//     fail-stop assumption the harness keeps (no partitions), the same,
+//     and the warning is given.
 //
-// Everything random comes from one seed; Run is meant to be called inside
-// a testing/synctest bubble, so time is virtual and a seed's schedule of
-// faults reproduces.
+// The verifier (verifier.go) checks them on an ordered log of the whole
+// cluster's events as they happen. Everything random comes from one seed:
+// each goroutine draws from its own generator derived from the seed and a
+// name, so no two goroutines share one. Run is meant to be called inside a
+// testing/synctest bubble, so time is virtual, and the link model
+// (latency, bandwidth) is in virtual time too.
 package checkpointtest
 
 import (
@@ -46,15 +51,34 @@ type Scenario uint8
 
 // Scenarios.
 const (
-	NoKill      Scenario = iota // faults on the link only
-	KillPrimary                 // the primary host dies at a random moment
-	KillStandby                 // the standby dies, later a new one comes
-	Partition                   // the link goes down for longer than the timeout (arbiter on)
+	NoKill        Scenario = iota // faults on the link only
+	KillPrimary                   // the primary host dies at a random moment
+	KillStandby                   // the standby dies, later a new one comes
+	Partition                     // the link goes down for longer than the timeout (arbiter on)
+	Stop                          // the primary is stopped; its goodbye or the answer may be dropped, delayed, corrupted
+	StopPartition                 // the link goes down, then the primary is stopped (arbiter on)
+	nScenarios
 )
 
-var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition"}
+var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition"}
 
 func (s Scenario) String() string { return scenarioNames[s] }
+
+func (s Scenario) stops() bool { return s == Stop || s == StopPartition }
+
+// partitions reports whether the scenario silences a live peer for longer
+// than the timeout, which only an arbiter makes safe.
+func (s Scenario) partitions() bool { return s == Partition || s == StopPartition }
+
+// Arbiter says whether a run has an arbiter.
+type Arbiter uint8
+
+// Arbiter choices.
+const (
+	ArbiterFromSeed Arbiter = iota
+	ArbiterOn
+	ArbiterOff
+)
 
 // Options of one run.
 type Options struct {
@@ -62,7 +86,7 @@ type Options struct {
 	Pages     uint64        // guest size (default 256)
 	Interval  time.Duration // default 20ms
 	Timeout   time.Duration // default 100ms
-	Inflight  int           // default 1 or 2, from the seed
+	Inflight  int           // default 1 to 3, from the seed
 	Length    time.Duration // virtual run time (default 1s)
 	FaultProb float64       // per record (0: from the seed: 0, 0.2%, 1%; <0: none)
 	DiskMode  diskbuf.Mode
@@ -70,6 +94,21 @@ type Options struct {
 	// Scenario, if ScenarioSet, overrides the seed's pick.
 	Scenario    Scenario
 	ScenarioSet bool
+	Arbiter     Arbiter
+	// Latency and Bandwidth model the link (0: from the seed; Latency <0:
+	// none).
+	Latency   time.Duration
+	Bandwidth float64
+	// ByeFault is the fate of goodbyes in the stop scenarios (0: from
+	// the seed), in direction ByeSide ("p": the primary's, "s": the
+	// standby's answer), for the first ByeN of them (-1: all; 0: from the
+	// seed).
+	ByeFault Fault
+	ByeSide  string
+	ByeN     int
+
+	arbDelay time.Duration // the arbiter's answer time, from the seed
+	codec    wire.Codec
 }
 
 // Report is the outcome of one run.
@@ -85,6 +124,10 @@ type Report struct {
 	Commits    uint64 // epochs the standby committed
 	Activated  bool
 	Epoch      uint64 // the epoch activated at
+	Arbiter    bool
+	Inflight   int
+	Latency    time.Duration
+	Bye        string // the goodbye fault of a stop scenario
 }
 
 // OK reports whether no invariant was violated.
@@ -92,16 +135,13 @@ func (r *Report) OK() bool { return len(r.Violations) == 0 }
 
 func (r *Report) String() string {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "seed %d scenario %s (%s mode, %s disk): %d violations, %d faults, %d acked, %d commits, activated=%v@%d\n",
-		r.Seed, r.Scenario, r.Mode, r.DiskMode, len(r.Violations), len(r.Faults), r.Acked, r.Commits, r.Activated, r.Epoch)
+	fmt.Fprintf(&b, "seed %d scenario %s (%s mode, %s disk, arbiter=%v, inflight=%d, latency=%v%s): %d violations, %d faults, %d acked, %d commits, activated=%v@%d\n",
+		r.Seed, r.Scenario, r.Mode, r.DiskMode, r.Arbiter, r.Inflight, r.Latency, r.Bye, len(r.Violations), len(r.Faults), r.Acked, r.Commits, r.Activated, r.Epoch)
 	for _, v := range r.Violations {
 		fmt.Fprintf(&b, "  VIOLATION: %s\n", v)
 	}
-	for _, f := range r.Faults {
-		fmt.Fprintf(&b, "  fault: %s\n", f)
-	}
 	for _, l := range r.Log {
-		fmt.Fprintf(&b, "  log: %s\n", l)
+		fmt.Fprintf(&b, "  %s\n", l)
 	}
 	return b.String()
 }
@@ -117,56 +157,101 @@ type snapshot struct {
 // cluster is the state of one run; its checks may run on any goroutine.
 type cluster struct {
 	opts Options
-	rng  *rand.Rand
+	v    *verifier
 
 	mu sync.Mutex
 	// Protected by mu.
-	rep         Report
-	pending     *snapshot
-	snaps       map[uint64]*snapshot
-	unprotected bool // the primary's buffer passes output through
-	maxLabel    uint64
-	replies     chan svc.Reply
-	target      *sim.NIC
+	rep     Report
+	pending *snapshot
+	snaps   map[uint64]*snapshot
+	replies chan svc.Reply
+	target  *sim.NIC
 
 	committed atomic.Uint64
 	simS      *sim.Hypervisor
 	stores    []*diskbuf.MemStore // current standby's disk copies
 }
 
-func (c *cluster) violate(format string, args ...any) {
-	c.mu.Lock()
-	c.rep.Violations = append(c.rep.Violations, fmt.Sprintf(format, args...))
-	c.mu.Unlock()
-}
-
-func (c *cluster) logf(format string, args ...any) {
-	if debug {
-		fmt.Fprintf(os.Stderr, "%v "+format+"\n", append([]any{time.Now().Format("05.000")}, args...)...)
+// rngFor returns the generator of one goroutine or one connection: a
+// stream of its own derived from the seed and its name, so that no two
+// goroutines share a generator and each one's draws depend only on the
+// seed and its own history.
+func rngFor(seed uint64, name string) *rand.Rand {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 1099511628211
 	}
-	c.mu.Lock()
-	c.rep.Log = append(c.rep.Log, fmt.Sprintf(format, args...))
-	c.mu.Unlock()
+	return rand.New(rand.NewPCG(seed, h))
 }
 
-// recBuffer is the primary's output buffer, instrumented for I1.
+func (c *cluster) violate(format string, args ...any) { c.v.violation(format, args...) }
+
+func (c *cluster) logf(format string, args ...any) { c.v.logf(format, args...) }
+
+// recBuffer is the primary's output buffer, instrumented for the verifier.
 type recBuffer struct {
 	*mem.Buffer
-	c *cluster
+	v *verifier
+
+	mu sync.Mutex
+	// Protected by mu.
+	unprotected bool
 }
 
 func (b *recBuffer) Unprotect() error {
-	b.c.mu.Lock()
-	b.c.unprotected = true
-	b.c.mu.Unlock()
+	b.mu.Lock()
+	b.unprotected = true
+	b.mu.Unlock()
+	b.v.unprotect()
 	return b.Buffer.Unprotect()
 }
 
 func (b *recBuffer) Protect() error {
-	b.c.mu.Lock()
-	b.c.unprotected = false
-	b.c.mu.Unlock()
+	b.mu.Lock()
+	b.unprotected = false
+	b.mu.Unlock()
+	b.v.protect()
 	return b.Buffer.Protect()
+}
+
+func (b *recBuffer) Barrier(e uint64) error {
+	b.v.barrier(e)
+	return b.Buffer.Barrier(e)
+}
+
+func (b *recBuffer) isUnprotected() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.unprotected
+}
+
+// recArbiter reports every answer to the verifier. It answers after a
+// delay (a lease on shared storage takes a while), so that events can land
+// while a side waits for it.
+type recArbiter struct {
+	arbiter.Arbiter
+	v     *verifier
+	delay time.Duration
+}
+
+func (a recArbiter) Acquire(ctx context.Context, s [16]byte, r arbiter.Role) (bool, error) {
+	time.Sleep(a.delay)
+	ok, err := a.Arbiter.Acquire(ctx, s, r)
+	if err == nil {
+		a.v.grant(string(r), ok)
+	}
+	return ok, err
+}
+
+// recSource is the primary's hypervisor; it reports the guest's end.
+type recSource struct {
+	*sim.Hypervisor
+	v *verifier
+}
+
+func (h recSource) Destroy(d libxl.DomID) error {
+	h.v.primaryGone("destroyed by the engine (fenced)")
+	return h.Hypervisor.Destroy(d)
 }
 
 // switchNet lets the standby be replaced: the primary dials whichever
@@ -181,7 +266,7 @@ func (s *switchNet) String() string                                    { return 
 // Run runs one seeded scenario and returns its report. Call it inside a
 // synctest bubble.
 func Run(opts Options) *Report {
-	rng := rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5eed))
+	rng := rngFor(opts.Seed, "plan")
 	if opts.Pages == 0 {
 		opts.Pages = 256
 	}
@@ -194,24 +279,86 @@ func Run(opts Options) *Report {
 	if opts.Length == 0 {
 		opts.Length = time.Second
 	}
+	// Every draw is made whether or not the option is set, so that
+	// setting one option does not change the others' picks.
+	inflight := 1 + rng.IntN(3)
+	prob := [...]float64{0, 0.002, 0.01}[rng.IntN(3)]
+	sc := Scenario(rng.IntN(int(nScenarios)))
+	mode := epoch.Mode(rng.IntN(2))
+	disk := diskbuf.Mode(rng.IntN(2))
+	arb := rng.IntN(2) == 0
+	lat := [...]time.Duration{113 * time.Microsecond, 1037 * time.Microsecond, 4051 * time.Microsecond}[rng.IntN(3)]
+	bw := [...]float64{1e9, 200e6, 50e6}[rng.IntN(3)]
+	bye := [...]Fault{Pass, Drop, Delay, DelayLong, Corrupt, Garble}[rng.IntN(6)]
+	byeSide := [...]string{"p", "s"}[rng.IntN(2)]
+	byeN := [...]int{-1, 1}[rng.IntN(2)] // every goodbye, or the first
+	arbDelay := [...]time.Duration{313 * time.Microsecond, 20*time.Millisecond + 311*time.Microsecond, 60*time.Millisecond + 307*time.Microsecond}[rng.IntN(3)]
 	if opts.Inflight == 0 {
-		opts.Inflight = 1 + rng.IntN(2)
+		opts.Inflight = inflight
 	}
 	switch {
 	case opts.FaultProb == 0:
-		opts.FaultProb = [...]float64{0, 0.002, 0.01}[rng.IntN(3)]
+		opts.FaultProb = prob
 	case opts.FaultProb < 0:
 		opts.FaultProb = 0
 	}
 	if !opts.ScenarioSet {
-		opts.Scenario = Scenario(rng.IntN(4))
-		// The seed also picks the trigger and the disk mode.
-		opts.Mode = epoch.Mode(rng.IntN(2))
-		opts.DiskMode = diskbuf.Mode(rng.IntN(2))
+		opts.Scenario, opts.Mode, opts.DiskMode = sc, mode, disk
 	}
-	c := &cluster{opts: opts, rng: rng, snaps: map[uint64]*snapshot{}, replies: make(chan svc.Reply, 64)}
+	switch opts.Arbiter {
+	case ArbiterOn:
+		arb = true
+	case ArbiterOff:
+		arb = false
+	}
+	if opts.Scenario.partitions() {
+		arb = true
+	}
+	if opts.Latency == 0 {
+		opts.Latency = lat
+	} else if opts.Latency < 0 {
+		opts.Latency = 0
+	}
+	if opts.Bandwidth == 0 {
+		opts.Bandwidth = bw
+	}
+	if opts.ByeFault == 0 {
+		opts.ByeFault = bye
+	}
+	if opts.ByeSide == "" {
+		opts.ByeSide = byeSide
+	}
+	if opts.ByeN == 0 {
+		opts.ByeN = byeN
+	}
+	opts.arbDelay = arbDelay
+	// Not zstd: checkpoint/wire's zstd decoder is a package global whose
+	// channels belong to the first synctest bubble that used it.
+	opts.codec = [...]wire.Codec{wire.CodecLZ4, wire.CodecNone}[rng.IntN(2)]
+	if !arb {
+		// Every goodbye lost while all else passes is a partition.
+		opts.ByeN = 1
+	}
+	if arb {
+		opts.Arbiter = ArbiterOn
+	} else {
+		opts.Arbiter = ArbiterOff
+	}
+	c := &cluster{opts: opts, v: newVerifier(arb, opts.Timeout), snaps: map[uint64]*snapshot{}, replies: make(chan svc.Reply, 64)}
 	c.rep.Seed, c.rep.Scenario, c.rep.Mode, c.rep.DiskMode = opts.Seed, opts.Scenario, opts.Mode, opts.DiskMode
-	c.run()
+	c.rep.Arbiter, c.rep.Inflight, c.rep.Latency = arb, opts.Inflight, opts.Latency
+	if opts.Scenario.stops() {
+		c.rep.Bye = fmt.Sprintf(", goodbye %s: %s", opts.ByeSide, opts.ByeFault)
+		if opts.ByeN > 0 {
+			c.rep.Bye += fmt.Sprintf(" (first %d)", opts.ByeN)
+		}
+	}
+	c.run(rngFor(opts.Seed, "scenario"))
+	c.v.mu.Lock()
+	c.rep.Violations = append(c.rep.Violations, c.v.violations...)
+	c.rep.Faults = append([]string(nil), c.v.faults...)
+	c.rep.Log = append([]string(nil), c.v.log...)
+	c.v.mu.Unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return &c.rep
@@ -219,8 +366,9 @@ func Run(opts Options) *Report {
 
 var clientAddr = netip.MustParseAddrPort("192.0.2.20:40000")
 
-func (c *cluster) run() {
+func (c *cluster) run(rng *rand.Rand) {
 	o := c.opts
+	arb := o.Arbiter == ArbiterOn
 	ecfg := epoch.Config{Mode: o.Mode, Interval: epoch.Duration(o.Interval), MinInterval: epoch.Duration(o.Interval / 4),
 		Timeout: epoch.Duration(o.Timeout), Inflight: o.Inflight, Reprotect: true}
 	simP, _ := sim.New(nil)
@@ -249,18 +397,8 @@ func (c *cluster) run() {
 		}
 	}
 	buf := mem.New(deliver)
-	buf.OnRelease = func(label uint64, _ []byte) {
-		c.mu.Lock()
-		unprot := c.unprotected
-		if label > c.maxLabel && !unprot {
-			c.maxLabel = label
-		}
-		c.mu.Unlock()
-		if !unprot && label > c.committed.Load() {
-			c.violate("I1: output of epoch %d released while the standby has committed only %d", label, c.committed.Load())
-		}
-	}
-	rb := &recBuffer{Buffer: buf, c: c}
+	rb := &recBuffer{Buffer: buf, v: c.v}
+	buf.OnRelease = func(label uint64, _ []byte) { c.v.out(label, rb.isUnprotected()) }
 	pd.NIC(0).SetEgress(buf.Send)
 	c.target = pd.NIC(0)
 
@@ -279,54 +417,85 @@ func (c *cluster) run() {
 		return nil
 	}})
 
-	faults := &FaultLog{}
-	var conns sync.Map // live fault conns, for partitions
+	// The faults a run injects: everything on every record, and the two
+	// corruptions the record CRC cannot see.
+	menu := []Fault{Drop, Duplicate, Corrupt, Truncate, Cut, Delay, Garble, Forge}
+	// Every fault conn, in creation order, for partitions and the end (a
+	// map's order would change the run).
+	var (
+		connMu sync.Mutex
+		conns  []*faultConn
+	)
+	killAll := func() {
+		connMu.Lock()
+		all := append([]*faultConn(nil), conns...)
+		connMu.Unlock()
+		for _, fc := range all {
+			fc.kill()
+		}
+	}
 	var connN atomic.Uint64
-	wrap := func(name string) func(checkpoint.Conn) checkpoint.Conn {
+	var byes atomic.Int64
+	l := link{Latency: o.Latency, Bandwidth: o.Bandwidth}
+	wrap := func(side, name string) func(checkpoint.Conn) checkpoint.Conn {
 		return func(cn checkpoint.Conn) checkpoint.Conn {
-			n := connN.Add(1)
-			fc := &faultConn{Conn: cn, name: name + "#" + itoa(int(n)), prob: o.FaultProb, log: faults,
-				rng: rand.New(rand.NewPCG(o.Seed+n, n))}
-			conns.Store(fc, true)
+			// Both ends of a connection are wrapped inside one Dial, so
+			// the numbering follows the primary's dials.
+			n := (connN.Add(1) + 1) / 2
+			id := name + "#" + itoa(int(n))
+			if side == "s" {
+				// Connection set-up takes the link's latency: the
+				// standby sees the new connection after the primary
+				// dialled, not at the same instant.
+				time.Sleep(l.Latency + 7*time.Microsecond)
+			}
+			fc := newFaultConn(cn, id, side, rngFor(o.Seed, id), o.FaultProb, menu, l, c.v)
+			if o.Scenario.stops() && side == o.ByeSide {
+				fc.bye, fc.byeN, fc.byes = o.ByeFault, o.ByeN, &byes
+			}
+			connMu.Lock()
+			conns = append(conns, fc)
+			connMu.Unlock()
 			return fc
 		}
 	}
 	newNet := func() *checkpoint.PipeNetwork {
 		n := checkpoint.NewPipeNetwork()
-		n.Wrap, n.WrapStandby = wrap("p→s"), wrap("s→p")
+		n.Wrap, n.WrapStandby = wrap("p", "p→s"), wrap("s", "s→p")
 		return n
 	}
 	sw := &switchNet{}
 	sw.cur.Store(newNet())
 
-	// Injected link faults can silence the link for longer than the
-	// timeout, which the fail-stop assumption excludes: the harness runs
-	// with the arbiter (I4) in every scenario.
-	memArb := &arbiter.Mem{}
-	var arb arbiter.Arbiter = memArb
+	var arbi arbiter.Arbiter = arbiter.None{}
+	if arb {
+		arbi = recArbiter{Arbiter: &arbiter.Mem{}, v: c.v, delay: o.arbDelay}
+	}
 
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	pcfg := checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: wire.CodecLZ4, CacheBytes: 1 << 20,
+	pcfg := checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: o.codec, CacheBytes: 1 << 20,
 		SyncStopPages: 16, Observer: func(ob checkpoint.Observation) {
-			if ob.Kind == checkpoint.ObsCheckpoint {
+			switch ob.Kind {
+			case checkpoint.ObsCheckpoint:
 				c.mu.Lock()
 				c.snaps[ob.Epoch] = c.pending
 				c.mu.Unlock()
-			}
-			if ob.Kind == checkpoint.ObsState {
-				c.logf("primary: %s (%s)", ob.State, ob.Msg)
-			}
-			if debug && ob.Kind != checkpoint.ObsState {
-				c.logf("primary obs %d epoch %d %s", ob.Kind, ob.Epoch, ob.Msg)
+				c.logf("P checkpoint %d", ob.Epoch)
+			case checkpoint.ObsRelease:
+				c.logf("P release %d", ob.Epoch)
+			case checkpoint.ObsState:
+				c.logf("P state %s (%s)", ob.State, ob.Msg)
+			case checkpoint.ObsWarning:
+				c.v.warning(ob.Msg)
 			}
 		}}
 	if debug {
 		pcfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("side", "primary")
 	}
-	primary, err := checkpoint.NewPrimary(pcfg, simP, sw, []netbuf.Buffer{rb}, dp, arb)
+	primary, err := checkpoint.NewPrimary(pcfg, recSource{Hypervisor: simP, v: c.v}, sw, []netbuf.Buffer{rb}, dp, arbi)
 	if err != nil {
 		c.violate("setup: %v", err)
 		return
@@ -334,15 +503,18 @@ func (c *cluster) run() {
 	pctx, pkill := context.WithCancel(ctx)
 	defer pkill()
 	var pdone atomic.Bool
+	var perr atomic.Pointer[error]
+	// The primary's epoch grid starts off the guest's quantum grid.
+	time.Sleep(331 * time.Microsecond)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		err := primary.Run(pctx)
+		perr.Store(&err)
 		pdone.Store(true)
-		c.logf("primary returned: %v", err)
+		c.logf("P returned: %v", err)
 	}()
 
-	activated := make(chan struct{})
 	var sstop func()
 	startStandby := func(n *checkpoint.PipeNetwork) {
 		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode,
@@ -363,13 +535,15 @@ func (c *cluster) run() {
 		scfg.Observer = func(ob checkpoint.Observation) {
 			switch ob.Kind {
 			case checkpoint.ObsCommit:
+				c.v.commit(ob.Epoch)
 				c.checkCommit(standby, ob.Epoch, o.DiskMode)
 				c.committed.Store(ob.Epoch)
 				c.mu.Lock()
 				c.rep.Commits++
 				c.mu.Unlock()
 			case checkpoint.ObsState:
-				c.logf("standby: %s (%s)", ob.State, ob.Msg)
+				c.v.standbyState(ob.State)
+				c.logf("S state %s (%s)", ob.State, ob.Msg)
 			}
 		}
 		scfg.OnActivate = func(d libxl.DomID, info libxl.DomainInfo) {
@@ -378,15 +552,20 @@ func (c *cluster) run() {
 				c.violate("activate: %v", err)
 				return
 			}
+			e := c.committed.Load()
+			c.v.activate(e)
 			rd.NIC(0).SetEgress(deliver)
 			c.mu.Lock()
 			c.target = rd.NIC(0)
 			c.rep.Activated = true
-			c.rep.Epoch = c.committed.Load()
+			c.rep.Epoch = e
 			c.mu.Unlock()
-			close(activated)
 		}
-		standby, err = checkpoint.NewStandby(scfg, c.simS, n, arb)
+		var sarb arbiter.Arbiter = arbiter.None{}
+		if arb {
+			sarb = arbi
+		}
+		standby, err = checkpoint.NewStandby(scfg, c.simS, n, sarb)
 		if err != nil {
 			c.violate("setup: %v", err)
 			return
@@ -397,7 +576,7 @@ func (c *cluster) run() {
 		go func() {
 			defer wg.Done()
 			err := standby.Run(sctx)
-			c.logf("standby returned: %v", err)
+			c.logf("S returned: %v", err)
 		}()
 	}
 	startStandby(sw.cur.Load())
@@ -405,6 +584,7 @@ func (c *cluster) run() {
 	// The client: INCR requests, retried with the same seq until answered.
 	var recs []svc.Record
 	clientDone := make(chan struct{})
+	crng := rngFor(o.Seed, "client")
 	go func() {
 		defer close(clientDone)
 		var seq uint64
@@ -430,6 +610,7 @@ func (c *cluster) run() {
 						}
 						t.Stop()
 						rec.Reply, rec.Acked, rec.Done = r, true, time.Now()
+						c.logf("client: seq %d answered %d (try %d)", seq, r.Value, rec.Tries)
 						break retry
 					case <-t.C:
 						continue retry
@@ -437,56 +618,74 @@ func (c *cluster) run() {
 				}
 			}
 			recs = append(recs, rec)
-			time.Sleep(time.Duration(1+c.rng.IntN(5)) * time.Millisecond)
+			// Off the guest's 1 ms quantum and the epoch grid: events of
+			// two goroutines at one virtual instant run in either order.
+			time.Sleep(time.Duration(1+crng.IntN(5))*time.Millisecond + time.Duration(1+crng.IntN(997))*time.Microsecond)
 		}
 	}()
 
 	// The scenario.
-	at := time.Duration(float64(o.Length) * (0.2 + 0.6*c.rng.Float64()))
+	at := time.Duration(float64(o.Length)*(0.2+0.6*rng.Float64())) + 17*time.Microsecond
+	partition := func() {
+		c.logf("partition")
+		cur := sw.cur.Load()
+		cur.SetDown(true)
+		killAll()
+	}
 	switch o.Scenario {
 	case KillPrimary:
 		time.Sleep(at)
-		c.logf("killing the primary at %v", at)
+		c.logf("killing the primary")
 		pkill()
 		for !pdone.Load() {
 			time.Sleep(time.Millisecond)
 		}
+		c.v.primaryGone("host killed")
 		simP.Destroy(dom)
 	case KillStandby:
 		time.Sleep(at)
-		c.logf("killing the standby at %v", at)
+		c.logf("killing the standby")
 		sstop()
 		time.Sleep(2 * o.Timeout)
 		n := newNet()
 		sw.cur.Store(n)
 		c.committed.Store(0)
+		c.v.newStandby()
 		startStandby(n)
 	case Partition:
 		time.Sleep(at)
-		c.logf("partition at %v", at)
-		cur := sw.cur.Load()
-		cur.SetDown(true)
-		conns.Range(func(k, _ any) bool { k.(*faultConn).kill(); return true })
+		partition()
 		time.Sleep(3 * o.Timeout)
-		cur.SetDown(false)
+		sw.cur.Load().SetDown(false)
+	case Stop:
+		time.Sleep(at)
+		c.logf("stopping the primary")
+		primary.Stop()
+		primary.Stop() // idempotent
+	case StopPartition:
+		time.Sleep(at)
+		partition()
+		// Before, at or after the primary declares the standby lost.
+		time.Sleep(time.Duration(float64(o.Timeout) * 2 * rng.Float64()))
+		c.logf("stopping the primary")
+		primary.Stop()
+		time.Sleep(3 * o.Timeout)
+		sw.cur.Load().SetDown(false)
 	}
 	<-clientDone
-
-	// Checks at the end.
-	select {
-	case <-activated:
-		c.mu.Lock()
-		if c.maxLabel > c.rep.Epoch {
-			c.rep.Violations = append(c.rep.Violations, fmt.Sprintf("I3: replica activated at epoch %d but output of epoch %d was released", c.rep.Epoch, c.maxLabel))
+	if o.Scenario.stops() {
+		// Stop returns within a few timeouts.
+		for i := 0; i < 10 && !pdone.Load(); i++ {
+			time.Sleep(o.Timeout)
 		}
-		c.mu.Unlock()
-		if o.Scenario == Partition {
-			if !pdone.Load() {
-				c.violate("I4: primary still running after the standby took over")
-			}
-		}
-	default:
 	}
+	var pe error
+	e := perr.Load()
+	if e != nil {
+		pe = *e
+	}
+	c.v.end(o.Scenario, e != nil, pe)
+	c.v.close() // what follows is the harness tearing down
 	sum, err := svc.Check(recs)
 	if err != nil {
 		c.violate("client: %v", err)
@@ -496,11 +695,12 @@ func (c *cluster) run() {
 	c.mu.Unlock()
 	cancel()
 	wg.Wait()
+	// Connections nobody accepted or closed.
+	killAll()
 	simP.DestroyAll()
 	c.simS.DestroyAll()
 	simP.Close()
 	c.simS.Close()
-	c.rep.Faults = faults.Entries()
 }
 
 // checkCommit compares the replica at committed epoch e with the primary's

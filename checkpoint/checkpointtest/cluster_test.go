@@ -2,18 +2,33 @@ package checkpointtest
 
 import (
 	"flag"
+	"fmt"
+	"runtime"
+	"slices"
 	"testing"
 	"testing/synctest"
 )
 
+// oneP runs the test on one P: goroutines woken at one virtual instant then
+// run in the scheduler's order, which is the same on every run, rather
+// than in parallel. With the harness keeping its own events off each
+// other's instants, a seed then reproduces its run exactly.
+func oneP(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+}
+
 var (
-	seeds = flag.Int("seeds", 200, "number of seeds to run")
-	first = flag.Uint64("seed", 1, "first seed")
+	reproSeeds = flag.Int("repro-seeds", 12, "seeds TestReproducible runs twice")
+	seeds      = flag.Int("seeds", 50, "number of seeds to run (make test runs $(SEEDS))")
+	first      = flag.Uint64("seed", 1, "first seed")
+	failFast   = flag.Bool("failfast-seed", false, "stop at the first failing seed and print it (the mutation check)")
 )
 
 // TestCluster runs the seeded fault-injection harness. A failing seed is
 // reproduced with: go test ./checkpoint/checkpointtest -run TestCluster -seed N -seeds 1 -v
 func TestCluster(t *testing.T) {
+	oneP(t)
 	n := *seeds
 	if testing.Short() && n > 50 {
 		n = 50
@@ -25,6 +40,11 @@ func TestCluster(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) { rep = Run(Options{Seed: seed}) })
 		if !rep.OK() {
 			failed++
+			if *failFast {
+				// Read by the mutation check (test/mutants).
+				fmt.Printf("FIRST-FAILING-SEED %d (%d seeds run): %s\n", seed, i+1, rep.Violations[0])
+				t.Fatalf("%s", rep)
+			}
 			t.Errorf("%s\nreproduce: go test ./checkpoint/checkpointtest -run 'TestCluster$' -seed %d -seeds 1 -v", rep, seed)
 			if failed >= 3 {
 				t.Fatal("stopping after 3 failing seeds")
@@ -32,5 +52,84 @@ func TestCluster(t *testing.T) {
 		} else if testing.Verbose() && n == 1 {
 			t.Log(rep)
 		}
+	}
+}
+
+// TestReproducible: a seed is a run. The same seed twice gives the same
+// event log of the whole cluster, entry for entry (virtual time, faults,
+// checkpoints, acks, commits, releases, activations, grants, client
+// answers). make test runs it without -race.
+func TestReproducible(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector randomises scheduling; make test runs this test without -race")
+	}
+	oneP(t)
+	for seed := *first; seed < *first+uint64(*reproSeeds); seed++ {
+		var a, b *Report
+		synctest.Test(t, func(t *testing.T) { a = Run(Options{Seed: seed}) })
+		synctest.Test(t, func(t *testing.T) { b = Run(Options{Seed: seed}) })
+		if !slices.Equal(a.Log, b.Log) || a.Acked != b.Acked {
+			i := 0
+			for i < min(len(a.Log), len(b.Log)) && a.Log[i] == b.Log[i] {
+				i++
+			}
+			ea, eb := "(end)", "(end)"
+			if i < len(a.Log) {
+				ea = a.Log[i]
+			}
+			if i < len(b.Log) {
+				eb = b.Log[i]
+			}
+			if testing.Verbose() {
+				for j := max(0, i-8); j < min(i+3, len(a.Log), len(b.Log)); j++ {
+					t.Logf("%d\n  a %s\n  b %s", j, a.Log[j], b.Log[j])
+				}
+			}
+			t.Errorf("seed %d: runs differ at log entry %d of %d/%d:\n  %s\n  %s\nacked %d vs %d", seed, i, len(a.Log), len(b.Log), ea, eb, a.Acked, b.Acked)
+		}
+	}
+}
+
+// TestScenariosEach runs every scenario with and without the arbiter (the
+// partitions only with), and every goodbye fault of the stop scenarios.
+func TestScenariosEach(t *testing.T) {
+	oneP(t)
+	type run struct {
+		name string
+		o    Options
+	}
+	var runs []run
+	for sc := NoKill; sc < nScenarios; sc++ {
+		for _, a := range []Arbiter{ArbiterOn, ArbiterOff} {
+			if a == ArbiterOff && sc.partitions() {
+				continue
+			}
+			runs = append(runs, run{fmt.Sprintf("%s/arbiter=%v", sc, a == ArbiterOn), Options{Scenario: sc, ScenarioSet: true, Arbiter: a, Inflight: 2}})
+		}
+	}
+	for _, f := range []Fault{Pass, Drop, Delay, DelayLong, Corrupt, Garble} {
+		for _, side := range []string{"p", "s"} {
+			for _, a := range []Arbiter{ArbiterOn, ArbiterOff} {
+				for _, n := range []int{-1, 1} {
+					if a == ArbiterOff && n < 0 {
+						continue // every goodbye lost is a partition
+					}
+					runs = append(runs, run{fmt.Sprintf("stop/goodbye-%s-%s/n=%d/arbiter=%v", side, f, n, a == ArbiterOn),
+						Options{Scenario: Stop, ScenarioSet: true, Arbiter: a, ByeFault: f, ByeSide: side, ByeN: n, FaultProb: -1}})
+				}
+			}
+		}
+	}
+	for i, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			for s := uint64(1); s <= 2; s++ {
+				r.o.Seed = uint64(i)*100 + s
+				var rep *Report
+				synctest.Test(t, func(t *testing.T) { rep = Run(r.o) })
+				if !rep.OK() {
+					t.Errorf("%s", rep)
+				}
+			}
+		})
 	}
 }

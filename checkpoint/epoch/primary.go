@@ -12,8 +12,8 @@ const (
 	PReconnecting                     // connection broke; output held; within Timeout
 	PArbitrating                      // standby lost; waiting for the arbiter before releasing
 	PUnprotected                      // standby lost; output flows; reconnecting if Reprotect
-	PStopping                         // goodbye sent
-	PStopped                          // protection ended cleanly
+	PStopping                         // stop requested: saying goodbye to the standby; output held
+	PStopped                          // protection ended: the standby confirmed, or was lost (and the arbiter granted)
 	PFenced                           // the arbiter gave the guest to the standby; guest destroyed
 )
 
@@ -35,6 +35,7 @@ type Primary struct {
 	connected  bool // a connection with hellos exchanged exists
 	connecting bool // an ActConnect is outstanding
 	everSynced bool // a checkpoint of this session was acked at least once
+	stopping   bool // a stop was requested; it ends in PStopped or PFenced, never forgotten
 
 	lastHeard   Duration
 	lastHB      Duration
@@ -42,6 +43,8 @@ type Primary struct {
 	lastCk      Duration // when the last checkpoint was taken
 	due         Duration // epoch mode: next slot on the grid
 	pending     bool     // event mode: output waiting
+	stopAt      Duration // when the stop was requested (PStopping)
+	byeAt       Duration // when the goodbye was last sent on the live connection
 	now         Duration
 }
 
@@ -85,6 +88,14 @@ func (p *Primary) Deadline() Duration {
 	case PConnecting, PUnprotected:
 		if !p.connecting && (p.state == PConnecting || p.cfg.Reprotect) {
 			at(p.lastAttempt + p.cfg.Retry)
+		}
+	case PStopping:
+		at(p.stopAt + p.cfg.Timeout)
+		switch {
+		case p.connected:
+			at(p.byeAt + p.cfg.Heartbeat)
+		case !p.connecting:
+			at(p.lastAttempt + p.cfg.Heartbeat)
 		}
 	}
 	return d
@@ -148,7 +159,11 @@ func (p *Primary) Step(ev Event) []Action {
 			out = p.onBroken("connection lost", out)
 		}
 	case EvGranted:
-		if p.state == PArbitrating {
+		if p.state == PArbitrating && p.stopping {
+			// The pending stop: the standby cannot activate now. (I4)
+			out = append(out, notify("standby lost; arbiter granted"))
+			out = p.stopped(out)
+		} else if p.state == PArbitrating {
 			p.state = PUnprotected
 			// Told before it happens: an observer's log then bounds the
 			// time from which output is no longer held.
@@ -161,11 +176,11 @@ func (p *Primary) Step(ev Event) []Action {
 		}
 	case EvStop:
 		out = p.onStop(out)
-	case EvStopped:
-		if p.state == PStopping {
-			p.state = PStopped
-			p.connected = false
-			out = append(out, Action{Kind: ActTeardown}, notify("stopped"))
+	case EvStopConfirmed:
+		if p.state == PStopping && p.connected {
+			// The standby discarded its replica: nothing can take over
+			// from it, so all held output may go.
+			out = p.stopped(out)
 		}
 	}
 	return p.timers(out)
@@ -179,6 +194,12 @@ func (p *Primary) connect(out []Action) []Action {
 
 func (p *Primary) onConnected(ev Event, out []Action) []Action {
 	p.connecting = false
+	if p.state == PStopping {
+		// A new connection only to say goodbye on.
+		p.connected = true
+		p.lastHeard = p.now
+		return p.goodbye(out)
+	}
 	switch p.state {
 	case PConnecting, PReconnecting, PUnprotected:
 	default:
@@ -217,7 +238,7 @@ func (p *Primary) onAck(k uint64, out []Action) []Action {
 		return out // duplicate, or an epoch never issued: ignore
 	}
 	switch p.state {
-	case PProtected, PSyncing, PReconnecting:
+	case PProtected, PSyncing, PReconnecting, PStopping:
 	default:
 		return out
 	}
@@ -246,34 +267,65 @@ func (p *Primary) onBroken(why string, out []Action) []Action {
 			out = p.connect(out)
 		}
 	case PStopping:
-		p.state = PStopped
-		out = append(out, Action{Kind: ActTeardown}, notify("stopped"))
+		// The goodbye may or may not have arrived: say it again on a new
+		// connection; the stop's timeout decides when to give up.
+		if !p.connecting {
+			out = p.connect(out)
+		}
 	}
 	return out
 }
 
+// onStop begins the stop phase (protocol §7.5). Held output is released
+// only once no replica can take over from it: the standby confirmed the
+// goodbye, or it was declared lost through the same path as any other loss
+// (the arbiter's grant first, when one is configured).
 func (p *Primary) onStop(out []Action) []Action {
+	if p.stopping {
+		return out
+	}
 	switch p.state {
 	case PProtected, PSyncing, PReconnecting:
+		p.stopping = true
+		p.state = PStopping
+		p.stopAt = p.now
+		out = append(out, notify("stopping"))
 		if p.connected {
-			p.state = PStopping
-			return append(out, Action{Kind: ActGoodbye}, notify("stopping"))
+			return p.goodbye(out)
 		}
-		// No standby to tell: it may still activate on its own timeout;
-		// treat it as lost so the arbiter rule applies before release.
-		out = p.lost("stop requested while disconnected", out)
-		if p.state == PUnprotected {
-			p.state = PStopped
-			out = append(out, Action{Kind: ActTeardown}, notify("stopped"))
+		if !p.connecting {
+			out = p.connect(out)
 		}
 		return out
-	case PStopping, PStopped, PFenced:
+	case PArbitrating:
+		// The arbiter's answer decides: granted, stop; denied, fenced.
+		p.stopping = true
+		return append(out, notify("stop requested; waiting for the arbiter"))
+	case PStopped, PFenced:
 		return out
 	default:
-		p.state = PStopped
-		p.connected = false
-		return append(out, Action{Kind: ActDisconnect, Reason: "stop"}, Action{Kind: ActTeardown}, notify("stopped"))
+		// Never protected, or unprotected: no output is held and no
+		// replica of this session can take over.
+		p.stopping = true
+		if p.connected || p.connecting {
+			out = append(out, Action{Kind: ActDisconnect, Reason: "stop"})
+		}
+		return p.stopped(out)
 	}
+}
+
+// goodbye sends the goodbye on the live connection.
+func (p *Primary) goodbye(out []Action) []Action {
+	p.byeAt = p.now
+	return append(out, Action{Kind: ActGoodbye})
+}
+
+// stopped ends the stop: all held output goes, the driver tears down.
+func (p *Primary) stopped(out []Action) []Action {
+	p.state = PStopped
+	p.connected = false
+	p.inflight = p.inflight[:0]
+	return append(out, Action{Kind: ActTeardown}, notify("stopped"))
 }
 
 // lost declares the standby lost. With an arbiter, output stays held until
@@ -286,6 +338,10 @@ func (p *Primary) lost(why string, out []Action) []Action {
 	if p.cfg.Arbiter {
 		p.state = PArbitrating
 		return append(out, Action{Kind: ActAcquire}, notify("standby lost ("+why+"); asking the arbiter"))
+	}
+	if p.stopping {
+		// Fail-stop: a silent standby is a dead one.
+		return p.stopped(append(out, notify("standby lost ("+why+")")))
 	}
 	p.state = PUnprotected
 	// Told before it happens (see EvGranted).
@@ -307,6 +363,23 @@ func (p *Primary) timers(out []Action) []Action {
 		return out
 	case PUnprotected:
 		if p.cfg.Reprotect && !p.connecting && now >= p.lastAttempt+p.cfg.Retry {
+			out = p.connect(out)
+		}
+		return out
+	case PStopping:
+		if now >= p.stopAt+p.cfg.Timeout {
+			return p.lost("goodbye not confirmed within the timeout", out)
+		}
+		switch {
+		case p.connected && now >= p.byeAt+p.cfg.Heartbeat:
+			// Unanswered (lost, or late): say it again on a new
+			// connection, which also keeps the standby from timing out.
+			p.connected = false
+			out = append(out, Action{Kind: ActDisconnect, Reason: "goodbye unanswered"})
+			if !p.connecting {
+				out = p.connect(out)
+			}
+		case !p.connected && !p.connecting && now >= p.lastAttempt+p.cfg.Heartbeat:
 			out = p.connect(out)
 		}
 		return out

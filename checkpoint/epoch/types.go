@@ -95,7 +95,7 @@ const (
 	EvGranted                            // both: the arbiter granted activity
 	EvDenied                             // both: the arbiter refused
 	EvStop                               // both: stop protection cleanly
-	EvStopped                            // primary: the standby confirmed stop (or timed out)
+	EvStopConfirmed                      // primary: the standby answered the goodbye (its replica is gone)
 	EvHello                              // standby: a primary connected
 	EvEpochBegin                         // standby: records of Epoch follow
 	EvEpochEnd                           // standby: Epoch complete; Verified says if it checked out
@@ -106,7 +106,7 @@ const (
 
 var eventNames = [...]string{"", "start", "tick", "connected", "connect-failed", "sync-done",
 	"ack", "nack", "frame", "output-waiting", "disconnected", "granted", "denied", "stop",
-	"stopped", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote"}
+	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -142,8 +142,8 @@ const (
 	ActRelease                          // release output through barrier Epoch
 	ActUnprotect                        // release all held output and pass output through (standby lost)
 	ActFence                            // the arbiter refused: destroy the guest, discard held output
-	ActGoodbye                          // send goodbye; reply EvStopped when confirmed or timed out
-	ActTeardown                         // release held output (the standby discarded its replica) and tear down
+	ActGoodbye                          // send goodbye; reply EvStopConfirmed when the standby answers (an unanswered goodbye is the machine's timeout)
+	ActTeardown                         // release held output and tear down: the standby discarded its replica, or the standby is lost and the arbiter (if any) granted
 	// Both.
 	ActHeartbeat  // send a heartbeat
 	ActDisconnect // close the connection

@@ -1,0 +1,5 @@
+//go:build !race
+
+package checkpointtest
+
+const raceEnabled = false
