@@ -14,15 +14,21 @@ fail() { echo "install-purge: FAIL: $*" >&2; exit 1; }
 step() { echo "install-purge: $*"; }
 [ -f "$deb" ] || fail "no package $deb"
 
-# Everything on the root file system but dpkg's own bookkeeping.
+# Everything on the root file system but dpkg's own bookkeeping and the
+# places that Xen's daemons and the shell write to meanwhile (those are
+# searched for anything named kemari instead: volatile).
+volatile="/run /var/tmp /var/log /var/lib/xen /var/lib/xenstored /root"
 snapshot() {
-	find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /tmp -o -path /mnt \
-		-o -path /var/lib/dpkg -o -path /var/log/dpkg.log -o -path /var/cache/debconf \
-		-o -path /var/log/apt -o -path /var/cache/ldconfig \) -prune -o -print | LC_ALL=C sort
+	find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /mnt \
+		-o -path /run -o -path /tmp -o -path /var/tmp -o -path /var/log -o -path /var/lib/xen \
+		-o -path /var/lib/xenstored -o -path /root \
+		-o -path /var/lib/dpkg -o -path /var/cache/debconf -o -path /var/cache/ldconfig \) -prune -o -print | LC_ALL=C sort
 }
 xl_before=$(ls -l /usr/sbin/xl)
 divert_before=$(dpkg-divert --list | LC_ALL=C sort)
 snapshot >/tmp/install-purge.before
+# shellcheck disable=SC2086
+find $volatile -xdev -name '*kemari*' 2>/dev/null | LC_ALL=C sort >/tmp/install-purge.vbefore || true
 
 step "dpkg -i $deb"
 dpkg -i "$deb"
@@ -59,4 +65,8 @@ snapshot >/tmp/install-purge.after
 if ! diff -u /tmp/install-purge.before /tmp/install-purge.after; then
 	fail "the purge left the files above (+) or removed the ones marked -"
 fi
+# shellcheck disable=SC2086
+find $volatile -xdev -name '*kemari*' 2>/dev/null | LC_ALL=C sort >/tmp/install-purge.vafter || true
+left=$(LC_ALL=C comm -13 /tmp/install-purge.vbefore /tmp/install-purge.vafter)
+[ -z "$left" ] || fail "the purge left: $left"
 step "OK: installed, used, purged; nothing left"
