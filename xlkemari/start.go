@@ -71,7 +71,7 @@ func runStart(e *env, args []string) int {
 	fs.BoolVar(&f.background, "background", false, "run in the background even with --hypervisor=sim")
 	fs.BoolVar(&f.noWait, "no-wait", false, "in the background: return once the protector runs, without waiting for the initial sync")
 	fs.StringVar(&f.logFile, "log-file", "", "log to this `file` (background default "+defaultLogDir+"/xl-kemari-DOMAIN.log)")
-	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this `address` (default: metrics_listen of kemari.toml; off when empty)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this `address` (default: [metrics] listen of kemari.toml; off when empty)")
 	fs.StringVar(&f.runDir, "run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari start [options] <Domain> [<host>]\n\nProtect a running domain: replicate it to the standby <host> epoch by epoch\nand release its output only after the standby acknowledges. Without <host>,\nthe standby named by the domain's kemari entry (-C) or kemari.toml is used.\nRuns in the background like xl's daemons unless -F.\n\nOptions:\n%s", fs.FlagUsages())
