@@ -1,9 +1,11 @@
 // Command bench measures xl-kemari on the simulator and prints a table and
-// bench/results.json. Every figure stands next to a reference measured in
+// writes it as JSON (default bin/bench/results.json, untracked; the
+// bench/results.json and results.txt in git are snapshots, refreshed on
+// purpose with make bench BENCHOUT=bench). Every figure stands next to a reference measured in
 // the same run (a memcpy of the same bytes, raw loopback TCP, the
 // configured rate, the unprotected service, the configured timeout).
 //
-//	go run ./bench [-quick] [-out bench/results.json]
+//	go run ./bench [-quick] [-out bin/bench/results.json]
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -48,7 +51,7 @@ var (
 	quick   = flag.Bool("quick", false, "fewer repetitions")
 	only    = flag.String("only", "", "run only this benchmark group (pause, rate, throughput, compression, latency, failover)")
 	cpuprof = flag.String("cpuprofile", "", "write a CPU profile")
-	out     = flag.String("out", "bench/results.json", "where to write the JSON")
+	out     = flag.String("out", "bin/bench/results.json", "where to write the JSON (its directory is created)")
 	results []Record
 )
 
@@ -430,6 +433,9 @@ func main() {
 		}
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		log.Fatal(err)
+	}
 	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
 		log.Fatal(err)
 	}

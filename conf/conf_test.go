@@ -294,16 +294,49 @@ func TestLoadHostMissing(t *testing.T) {
 	if err != nil || h.Path != "" || h.Listen != ":8011" {
 		t.Errorf("missing default file: %+v, %v", h, err)
 	}
-	_, err = LoadHost(filepath.Join(dir, "explicit.toml"))
+	explicit := filepath.Join(dir, "explicit.toml")
+	_, err = LoadHost(explicit)
 	if !errors.Is(err, ErrRead) {
 		t.Errorf("missing explicit file: %v, want ErrRead", err)
+	}
+	// The file named, no line or column (there is none), and why.
+	if want := explicit + ": the host configuration does not exist"; err == nil || err.Error() != want {
+		t.Errorf("missing explicit file: %q, want %q", err, want)
 	}
 }
 
 func TestLoadDomainMissing(t *testing.T) {
-	_, err := LoadDomain(filepath.Join(t.TempDir(), "none.cfg"), nil, Overrides{})
+	path := filepath.Join(t.TempDir(), "none.cfg")
+	_, err := LoadDomain(path, nil, Overrides{})
 	if !errors.Is(err, ErrRead) {
 		t.Errorf("got %v, want ErrRead", err)
+	}
+	if want := path + ": the domain configuration does not exist"; err == nil || err.Error() != want {
+		t.Errorf("got %q, want %q", err, want)
+	}
+	// A directory exists but cannot be read as a file: the reason, once.
+	dir := t.TempDir()
+	_, err = LoadDomain(dir, nil, Overrides{})
+	if want := dir + ": cannot read domain configuration: is a directory"; err == nil || err.Error() != want {
+		t.Errorf("got %q, want %q", err, want)
+	}
+}
+
+// kemari.toml's flat spellings of a table's key (metrics_listen, as
+// xl.conf would write it) are refused with the table form to use.
+func TestHostFlatTableKey(t *testing.T) {
+	for src, want := range map[string]string{
+		"metrics_listen = \"127.0.0.1:9811\"\n": `k.toml:1:1: unknown key "metrics_listen"; write it as listen in the [metrics] table`,
+		"log-file = \"/x\"\n":                   `k.toml:1:1: unknown key "log-file"; write it as file in the [log] table`,
+	} {
+		_, err := ParseHost("k.toml", []byte(src))
+		if err == nil || err.Error() != want {
+			t.Errorf("%q: %v, want %s", src, err, want)
+		}
+	}
+	h, err := ParseHost("k.toml", []byte("[metrics]\nlisten = \"127.0.0.1:9811\"\n"))
+	if err != nil || h.MetricsListen != "127.0.0.1:9811" {
+		t.Errorf("[metrics] listen: %+v, %v", h, err)
 	}
 }
 

@@ -1,7 +1,6 @@
 package conf
 
 import (
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -46,7 +45,7 @@ const (
 func LoadDomain(path string, host *Host, cli Overrides) (*Domain, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &PosError{Pos: Pos{File: path}, Msg: fmt.Sprintf("cannot read domain configuration: %v", err), Err: ErrRead}
+		return nil, readError(path, "domain configuration", err)
 	}
 	return ParseDomain(path, src, host, cli)
 }

@@ -3,6 +3,7 @@ package conf
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 )
@@ -32,13 +33,32 @@ type Pos struct {
 	Col  int    // 1-based byte column
 }
 
-// String formats p as FILE:LINE:COLUMN, the prefix of every error.
+// String formats p as FILE:LINE:COLUMN, the prefix of every error, or as
+// FILE alone when no line is known (a file that cannot be read).
 func (p Pos) String() string {
 	file := p.File
 	if file == "" {
 		file = "<input>"
 	}
+	if p.Line <= 0 {
+		return file
+	}
 	return fmt.Sprintf("%s:%d:%d", file, p.Line, p.Col)
+}
+
+// readError is the problem of a configuration file that cannot be read:
+// what sort of file it is, and that it does not exist or why it cannot be
+// read (without repeating the path, which the position names).
+func readError(path, what string, err error) *PosError {
+	msg := fmt.Sprintf("cannot read %s: %v", what, err)
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		msg = fmt.Sprintf("the %s does not exist", what)
+	case errors.As(err, &pe):
+		msg = fmt.Sprintf("cannot read %s: %v", what, pe.Err)
+	}
+	return &PosError{Pos: Pos{File: path}, Msg: msg, Err: ErrRead}
 }
 
 // IsValid reports whether p names a real place.

@@ -112,7 +112,7 @@ func LoadHost(path string) (*Host, error) {
 		if !explicit && errors.Is(err, fs.ErrNotExist) {
 			return DefaultHost(), nil
 		}
-		return nil, &PosError{Pos: Pos{File: path}, Msg: fmt.Sprintf("cannot read host configuration: %v", err), Err: ErrRead}
+		return nil, readError(path, "host configuration", err)
 	}
 	return ParseHost(path, src)
 }
@@ -171,6 +171,10 @@ func ParseHost(name string, src []byte) (*Host, error) {
 			hint := didYouMean(k, top)
 			if _, ok := FieldByName(k); ok {
 				hint = "; protection settings go in the [defaults] table"
+			}
+			if t, sk, ok := strings.Cut(strings.ReplaceAll(k, "-", "_"), "_"); ok && slices.Contains(tables[t], sk) {
+				// metrics_listen, log-file, ...: flat spellings of a table's key.
+				hint = fmt.Sprintf("; write it as %s in the [%s] table", sk, t)
 			}
 			errs.add(loc.key(k), ErrUnknownKey, "unknown key %q%s", k, hint)
 		}

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
 
 	"github.com/xl-kemari/xl-kemari/conf"
+	"github.com/xl-kemari/xl-kemari/libxl"
 )
 
 func init() {
@@ -23,7 +25,8 @@ func init() {
 
 // runConfig loads DOMAIN-CONFIG the way `start` would and prints every
 // effective setting with where it came from, or every problem, one per line
-// as FILE:LINE:COLUMN: message, with exit code exitConfig.
+// as FILE:LINE:COLUMN: message, with exit code exitConfig: the file's own
+// and what `start` would refuse about the domain on Xen.
 func runConfig(e *env, args []string) int {
 	fs := pflag.NewFlagSet("config", pflag.ContinueOnError)
 	fs.SetOutput(e.Stderr)
@@ -36,13 +39,11 @@ func runConfig(e *env, args []string) int {
 		fmt.Fprintf(e.Stderr, "effective protection settings and the source of each. See xl-kemari.cfg(5).\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
 	}
 	if fs.NArg() != 1 {
+		e.errorf("config: want one DOMAIN-CONFIG, got %d arguments", fs.NArg())
 		fs.Usage()
 		return exitUsage
 	}
@@ -56,6 +57,12 @@ func runConfig(e *env, args []string) int {
 		printConfigErrors(e.Stderr, err)
 		return exitConfig
 	}
+	if refused := startRefusals(dom); len(refused) > 0 {
+		for _, r := range refused {
+			fmt.Fprintln(e.Stderr, r)
+		}
+		return exitConfig
+	}
 	if *asJSON {
 		err = writeConfigJSON(e.Stdout, dom, host)
 	} else {
@@ -66,6 +73,56 @@ func runConfig(e *env, args []string) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// startRefusals is what `start` would refuse about dom on Xen (see
+// checkProtectable), each as "FILE:LINE:COLUMN: message" at the setting
+// to change, in the words start uses.
+func startRefusals(dom *conf.Domain) []string {
+	t, diskPos := configTarget(dom)
+	typePos := conf.Pos{File: dom.File.Name, Line: 1, Col: 1}
+	for _, k := range []string{"type", "builder"} {
+		if v := dom.File.Get(k); v != nil {
+			typePos = v.Pos
+			break
+		}
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range dom.Kemari {
+		err := checkProtectable(t, xenBackendName, xenProtects, p)
+		for _, e := range unjoin(err) {
+			pos := typePos
+			switch {
+			case errors.Is(e, errWritableDisk):
+				if i := slices.IndexFunc(t.Disks, func(d libxl.Disk) bool { return d.Writable }); i >= 0 && i < len(diskPos) {
+					pos = diskPos[i]
+				}
+				if o := p.Origin(conf.FieldDisk); o.Source > conf.SourceDefault && o.Pos.IsValid() {
+					pos = o.Pos
+				}
+			case errors.Is(e, errArbiter):
+				pos = p.Origin(conf.FieldArbiter).Pos
+			}
+			line := pos.String() + ": " + e.Error()
+			if !seen[line] {
+				seen[line] = true
+				out = append(out, line)
+			}
+		}
+	}
+	return out
+}
+
+// unjoin lists the errors of an errors.Join, or err alone.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // printConfigErrors prints each problem on a line of its own, so that

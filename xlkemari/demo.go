@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -87,10 +86,11 @@ func runDemo(e *env, args []string) int {
 	timeout := fs.Duration("timeout", 250*time.Millisecond, "failure-detection timeout")
 	mode := fs.String("mode", "epoch", "checkpoint trigger: epoch or event")
 	keep := fs.Bool("keep", false, "keep the working directory (logs, event files)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
+	if code, ok := parseArgs(e, fs, args); !ok {
+		return code
+	}
+	if fs.NArg() != 0 {
+		e.errorf("demo: unexpected argument %q; see 'xl kemari help demo'", fs.Arg(0))
 		return exitUsage
 	}
 	say := func(format string, a ...any) {

@@ -46,6 +46,7 @@ func runReceive(e *env, args []string) int {
 	nb.register(fs)
 	listen := fs.String("listen", "", "where to accept one primary: a socket path (unix; default RUN-DIR/receive.stream), or HOST:PORT (tls; tcp: loopback only, default 127.0.0.1:8011)")
 	stdio := fs.Bool("stdio", false, "serve the primary on standard input and output (run by the primary over ssh)")
+	stay := fs.Bool("stay", false, "with --listen: after a primary's clean stop, wait for the next primary instead of exiting")
 	kind := fs.String("transport", "", "transport of --listen: unix (default: root or this user only), tls, or tcp (loopback, anyone local: needs --insecure-tcp)")
 	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
 	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
@@ -239,7 +240,11 @@ func runReceive(e *env, args []string) int {
 		return exitFailure
 	}
 	ss := &standbySession{arbiter: a.Configured(), timeout: f.timeout, done: make(chan struct{})}
-	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log, Once: *stdio,
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log,
+		// One primary, --stdio or --listen: after its clean goodbye (stop)
+		// there is nothing left to hold, so Run returns and we exit 0,
+		// unless --stay. (`listen` is the service that outlives them.)
+		Once:       *stdio || !*stay,
 		OnActivate: nb.onActivate(log, hv),
 		Observer:   func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, budgetSink{hv.Sink()}, ln, a)
 	if err != nil {

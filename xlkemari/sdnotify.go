@@ -9,6 +9,13 @@ import (
 // runs us as a Type=notify service: a datagram to $NOTIFY_SOCKET, an
 // abstract socket when the name starts with '@'. Without NOTIFY_SOCKET it
 // does nothing, so `listen` runs the same outside systemd.
+//
+// github.com/coreos/go-systemd/v22/daemon (v22.7.0, served) was weighed
+// against this (issue 15): its SdNotify does the same datagram write to
+// the same socket kinds, but reads os.Getenv itself, where the command's
+// subcommands take their environment from env.Getenv (and the tests
+// inject it). It would add a module for no behaviour we lack, so this
+// stays.
 func sdNotify(getenv func(string) string, state string) error {
 	path := getenv("NOTIFY_SOCKET")
 	if path == "" {

@@ -71,7 +71,7 @@ func runStart(e *env, args []string) int {
 	fs.BoolVar(&f.background, "background", false, "run in the background even with --hypervisor=sim")
 	fs.BoolVar(&f.noWait, "no-wait", false, "in the background: return once the protector runs, without waiting for the initial sync")
 	fs.StringVar(&f.logFile, "log-file", "", "log to this `file` (background default "+defaultLogDir+"/xl-kemari-DOMAIN.log)")
-	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this `address` (default: metrics_listen of kemari.toml; off when empty)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this `address` (default: [metrics] listen of kemari.toml; off when empty)")
 	fs.StringVar(&f.runDir, "run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari start [options] <Domain> [<host>]\n\nProtect a running domain: replicate it to the standby <host> epoch by epoch\nand release its output only after the standby acknowledges. Without <host>,\nthe standby named by the domain's kemari entry (-C) or kemari.toml is used.\nRuns in the background like xl's daemons unless -F.\n\nOptions:\n%s", fs.FlagUsages())
@@ -389,12 +389,13 @@ func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.
 	if err != nil {
 		return 0, nil, nil, exitFailure, err
 	}
-	if !canProtect(hv, info.Type) {
-		return 0, nil, nil, exitFailure, fmt.Errorf("%s is a %s domain; the %s backend of this release protects %s domains only (see xl-kemari(1), GUESTS)",
-			name, info.Type, hv.Name(), typeList(hv.Capabilities().Types))
-	}
-	if err := checkDisks(name, info.Disks, prot); err != nil {
-		return 0, nil, nil, exitConfig, err
+	// The same refusals as `config` reports (checkProtectable).
+	if err := checkProtectable(protectTarget{Name: name, Type: info.Type, Disks: info.Disks}, hv.Name(), hv.Capabilities().Types, prot); err != nil {
+		code := exitConfig
+		if errors.Is(err, errDomainType) {
+			code = exitFailure
+		}
+		return 0, nil, nil, code, err
 	}
 	reserveGuestMemory(name, info.Pages)
 	if len(nb.vifs) > 0 {
@@ -415,27 +416,6 @@ func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.
 	return id, nets, nil, exitOK, nil
 }
 
-// canProtect says whether hv protects domains of type t end to end.
-func canProtect(hv libxl.Hypervisor, t libxl.DomainType) bool {
-	for _, c := range hv.Capabilities().Types {
-		if c == t {
-			return true
-		}
-	}
-	return false
-}
-
-func typeList(ts []libxl.DomainType) string {
-	if len(ts) == 0 {
-		return "no"
-	}
-	s := make([]string, len(ts))
-	for i, t := range ts {
-		s[i] = string(t)
-	}
-	return strings.Join(s, " and ")
-}
-
 func vifNames(nics []libxl.NIC) string {
 	if len(nics) == 0 {
 		return "none"
@@ -445,32 +425,6 @@ func vifNames(nics []libxl.NIC) string {
 		s[i] = n.Backend
 	}
 	return strings.Join(s, ", ")
-}
-
-// errWritableDisk: a domain with a writable disk cannot be protected on a
-// backend that does not replicate disks.
-var errWritableDisk = errors.New("writable disk")
-
-// checkDisks refuses a domain with a writable disk unless its protection
-// says disk=none, unsafe=1: disk replication on Xen does not exist yet, so
-// after a failover the replica's memory would meet a disk that either
-// missed the writes it remembers making (a copy on the standby) or holds
-// writes of epochs that were never acknowledged (shared storage). Either
-// can corrupt the guest's file systems. Read-only disks and CD-ROMs are
-// fine: the standby attaches the same paths.
-func checkDisks(name string, disks []libxl.Disk, prot conf.Protection) error {
-	var rw []string
-	for _, d := range disks {
-		if d.Writable {
-			rw = append(rw, d.Target)
-		}
-	}
-	if len(rw) == 0 || (prot.Disk == "none" && prot.Unsafe) {
-		return nil
-	}
-	return fmt.Errorf("%w: %s writes to %s, and disk replication on Xen is not implemented yet: after a failover the replica's memory would meet a disk that does not match it (writes missing, or writes of unacknowledged epochs present), which can corrupt its file systems. "+
-		"If losing or mixing those writes is acceptable (scratch disks, or a guest that keeps its state in memory), say so in its kemari entry: disk=none, unsafe=1 (now disk=%s)",
-		errWritableDisk, name, strings.Join(rw, ", "), prot.Disk)
 }
 
 // loggerTo is logger with its output on w.

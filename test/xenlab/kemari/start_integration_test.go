@@ -538,8 +538,9 @@ disk = [ "format=raw,vdev=xvda,access=rw,script=/mnt/lab/block-shared,target=`+d
 		t.Logf("refused: %s", strings.TrimSpace(string(out)))
 	})
 
-	// One standby for every run below, as `listen` would be.
-	sb := spawn(t, dir, "standby", "receive", "--hypervisor=xen", "--insecure-tcp", "--listen", peer, "--interval="+e2eInterval,
+	// One standby for every run below, as `listen` would be (--stay: a
+	// receiver otherwise ends with its primary's stop).
+	sb := spawn(t, dir, "standby", "receive", "--hypervisor=xen", "--insecure-tcp", "--listen", peer, "--stay", "--interval="+e2eInterval,
 		"--timeout="+e2eTimeout.String())
 
 	// protect starts a primary and waits until it is protected and has
