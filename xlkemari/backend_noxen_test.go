@@ -26,7 +26,7 @@ func TestNoXenBackend(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "hypervisor backends: [sim]\n") || !strings.Contains(out, "xen backend: not built in") {
 		t.Errorf("version: exit %d\n%s", code, out)
 	}
-	code, _, stderr := runArgs(t, "receive", "--hypervisor=xen", "--listen=127.0.0.1:0")
+	code, _, stderr := runArgs(t, "receive", "--hypervisor=xen", "--insecure-tcp", "--listen=127.0.0.1:0")
 	if code != exitFailure || !strings.Contains(stderr, "-tags xen") {
 		t.Errorf("receive --hypervisor=xen: exit %d, %q", code, stderr)
 	}

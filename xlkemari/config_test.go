@@ -164,9 +164,10 @@ func TestConfigStartRefusals(t *testing.T) {
 			want: []string{":2:35: writable disk: d writes to /dev/vg/d, and disk replication on Xen is not implemented yet", "disk=none, unsafe=1 (now disk=replicate)"}},
 		{name: "rw-disk-accepted", cfg: "name = \"d\"\ndisk = [ \"phy:/dev/vg/d,xvda,w\" ]\nkemari = \"standby=h2,disk=none,unsafe=1\"\n", ok: true},
 		{name: "ro-disk", cfg: "name = \"d\"\ndisk = [ \"/srv/x.iso,raw,hdc:cdrom,r\" ]\nkemari = \"standby=h2\"\n", ok: true},
-		{name: "etcd", cfg: "name = \"d\"\nkemari = \"standby=h2,arbiter=etcd://e1:2379/kemari\"\n",
-			want: []string{":2:30: arbiter: bad arbiter setting: \"etcd://e1:2379/kemari\": the etcd arbiter is not available in this build"}},
-		{name: "etcd-set", cfg: "name = \"d\"\nkemari = \"standby=h2\"\n", sets: []string{"arbiter=etcd://e1:2379/k"},
+		{name: "etcd", cfg: "name = \"d\"\nkemari = \"standby=h2,arbiter=etcd://e1:2379/kemari\"\n", ok: true},
+		{name: "etcd-no-host", cfg: "name = \"d\"\nkemari = \"standby=h2,arbiter=etcd://:2379/kemari\"\n",
+			want: []string{":2:30: arbiter: bad arbiter setting: arbiter \"etcd://:2379/kemari\": the etcd endpoint needs HOST:PORT"}},
+		{name: "etcd-tls-set", cfg: "name = \"d\"\nkemari = \"standby=h2\"\n", sets: []string{"arbiter=etcd+tls://e1:2379/k"},
 			want: []string{"<command line>:1:9: arbiter"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -47,7 +47,7 @@ func runListen(e *env, args []string) int {
 	t.register(fs, false)
 	addr := fs.String("listen", "", "address to accept primaries on (default kemari.toml listen, \":8011\")")
 	tomlPath := fs.String("toml", "", "host configuration `file` (default "+conf.DefaultHostPath+", which may be absent)")
-	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
+	arb := fs.String("arbiter", "none", "arbiter: none, file:PATH or etcd://HOST:PORT/PREFIX")
 	verify := fs.Bool("verify", true, "recompute a replica's memory digest before activating it")
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
 	logFile := fs.String("log-file", "", "log to this `file` instead of standard error (default kemari.toml log.file)")

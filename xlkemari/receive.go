@@ -49,7 +49,7 @@ func runReceive(e *env, args []string) int {
 	stay := fs.Bool("stay", false, "with --listen: after a primary's clean stop, wait for the next primary instead of exiting")
 	kind := fs.String("transport", "", "transport of --listen: unix (default: root or this user only), tls, or tcp (loopback, anyone local: needs --insecure-tcp)")
 	tomlPath := fs.String("toml", "", "host configuration `file`, for the tls certificates (default "+conf.DefaultHostPath+")")
-	arb := fs.String("arbiter", "none", "arbiter: none or file:PATH")
+	arb := fs.String("arbiter", "none", "arbiter: none, file:PATH or etcd://HOST:PORT/PREFIX")
 	verify := fs.Bool("verify", true, "recompute the replica's memory digest before activating it")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this `address` (off when empty)")
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")

@@ -66,7 +66,7 @@ func runStart(e *env, args []string) int {
 	fs.StringVarP(&f.config, "config", "C", "", "the domain's xl.cfg `file`: its kemari entries give the settings and the standby")
 	fs.StringVar(&f.toml, "toml", "", "host configuration `file` (default "+conf.DefaultHostPath+", which may be absent)")
 	fs.StringArrayVar(&f.sets, "set", nil, "override a protection setting (`KEY=VALUE`, repeatable; see xl-kemari.cfg(5))")
-	fs.StringVar(&f.arbiter, "arbiter", "none", "arbiter: none or file:PATH (a lease directory on storage both hosts share)")
+	fs.StringVar(&f.arbiter, "arbiter", "none", "arbiter: none, file:PATH (a lease directory on storage both hosts share) or etcd://HOST:PORT/PREFIX")
 	fs.BoolVarP(&f.foreground, "foreground", "F", false, "stay in the foreground, logging to standard error (default with --hypervisor=sim)")
 	fs.BoolVar(&f.background, "background", false, "run in the background even with --hypervisor=sim")
 	fs.BoolVar(&f.noWait, "no-wait", false, "in the background: return once the protector runs, without waiting for the initial sync")
