@@ -23,14 +23,6 @@ const (
 	Standby Role = "standby"
 )
 
-// other is the role that is not r.
-func (r Role) other() Role {
-	if r == Primary {
-		return Standby
-	}
-	return Primary
-}
-
 // Errors. Anything else an Arbiter returns means "could not be reached":
 // the caller keeps what the answer decides about as it is and asks again.
 var (

@@ -80,10 +80,9 @@ type pair struct {
 }
 
 type pairOpts struct {
-	cfg      sim.DomainConfig
-	ecfg     epoch.Config
-	codec    wire.Codec
-	serviceN bool // wire a netbuf between the service NIC and its socket
+	cfg   sim.DomainConfig
+	ecfg  epoch.Config
+	codec wire.Codec
 }
 
 func newPair(o pairOpts) *pair {

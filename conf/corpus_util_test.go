@@ -9,6 +9,8 @@ import (
 
 // fuzzInput decodes a file of the go fuzz corpus format ("go test fuzz v1"
 // followed by one []byte(...) or string(...) line) into its input.
+//
+//lint:ignore U1000 used by the libxlutil conformance test (build tag xen)
 func fuzzInput(t testing.TB, b []byte) []byte {
 	t.Helper()
 	lines := strings.SplitN(string(b), "\n", 3)

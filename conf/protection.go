@@ -187,7 +187,6 @@ var (
 	diskValues      = []string{"replicate", "shared", "none"}
 	compressValues  = []string{"none", "lz4", "zstd"}
 	transportValues = []string{"ssh", "tls"}
-	boolValues      = []string{"0", "1", "no", "yes", "false", "true", "off", "on"}
 )
 
 // Value returns field f of p in the syntax of a kemari entry.

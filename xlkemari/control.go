@@ -30,8 +30,7 @@ const defaultRunDir = "/run/xen/kemari"
 
 // Errors of the control channel.
 var (
-	errNoProtector = errors.New("xl-kemari: no such protector")
-	errControl     = errors.New("xl-kemari: control socket")
+	errControl = errors.New("xl-kemari: control socket")
 )
 
 // Control operations.

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -61,8 +60,6 @@ func (f *engineFlags) epochConfig() (epoch.Config, error) {
 	return c, c.Validate()
 }
 
-func (f *engineFlags) codec() (wire.Codec, error) { return codecByName(f.compress) }
-
 // codecByName maps a compress setting to the wire codec.
 func codecByName(name string) (wire.Codec, error) {
 	switch name {
@@ -85,14 +82,6 @@ func epochFromProtection(p conf.Protection) (epoch.Config, error) {
 		c.Mode = epoch.ModeEvent
 	}
 	return c, c.Validate()
-}
-
-func (f *engineFlags) logger(e *env, role string) *slog.Logger {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
-		lvl = slog.LevelInfo
-	}
-	return slog.New(slog.NewTextHandler(e.Stderr, &slog.HandlerOptions{Level: lvl})).With("role", role)
 }
 
 func (f *engineFlags) simOptions() libxl.Options {

@@ -3,7 +3,6 @@ package sim
 import (
 	"bytes"
 	"encoding/binary"
-	"math/bits"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 )
@@ -138,13 +137,4 @@ func (m *memory) readAndClear(dst []uint64) {
 			m.dirty[i] = 0
 		}
 	}
-}
-
-// dirtyCount returns the number of pages logged dirty.
-func (m *memory) dirtyCount() uint64 {
-	var n int
-	for _, w := range m.dirty {
-		n += bits.OnesCount64(w)
-	}
-	return uint64(n)
 }

@@ -436,6 +436,8 @@ func (s *pvStream) end() { s.stop(true) }
 
 // gone stops the stream of a domain that no longer exists, which there is
 // no resuming.
+//
+//lint:ignore U1000 called by the cgo backend (hypervisor.go, build tag xen)
 func (s *pvStream) gone() { s.stop(false) }
 
 func (s *pvStream) stop(resume bool) {
