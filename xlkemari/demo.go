@@ -86,6 +86,7 @@ func runDemo(e *env, args []string) int {
 	timeout := fs.Duration("timeout", 250*time.Millisecond, "failure-detection timeout")
 	mode := fs.String("mode", "epoch", "checkpoint trigger: epoch or event")
 	keep := fs.Bool("keep", false, "keep the working directory (logs, event files)")
+	useArbiter := fs.Bool("arbiter", false, "guard the failover with a file: arbiter in the demo's directory (then a primary that stalls past the timeout is fenced instead of answering beside the replica)")
 	if code, ok := parseArgs(e, fs, args); !ok {
 		return code
 	}
@@ -116,7 +117,7 @@ func runDemo(e *env, args []string) int {
 	// Replication over a unix socket in the demo's private directory:
 	// the local transport, root's or this user's only (see xl-kemari(1),
 	// SECURITY); no loopback port any local user could reach.
-	repl := filepath.Join(dir, "replication.sock")
+	repl := filepath.Join(dir, "replication.stream")
 	svcAddr, err := freePort("udp")
 	if err != nil {
 		e.errorf("%v", err)
@@ -124,6 +125,9 @@ func runDemo(e *env, args []string) int {
 	}
 	common := []string{"--hypervisor=sim", "--interval=" + interval.String(), "--timeout=" + timeout.String(),
 		"--mode=" + *mode, "--log-level=warn"}
+	if *useArbiter {
+		common = append(common, "--arbiter=file:"+filepath.Join(dir, "arbiter"))
+	}
 	start := func(name string, args ...string) (*exec.Cmd, error) {
 		logf, err := os.Create(filepath.Join(dir, name+".log"))
 		if err != nil {
@@ -142,7 +146,13 @@ func runDemo(e *env, args []string) int {
 		e.errorf("start standby: %v", err)
 		return exitFailure
 	}
-	defer func() { standby.Process.Signal(syscall.SIGTERM); standby.Wait() }()
+	standbyExited := make(chan error, 1)
+	go func() { standbyExited <- standby.Wait() }()
+	defer func() {
+		standby.Process.Signal(syscall.SIGTERM)
+		<-standbyExited
+		standbyExited <- nil // for a later reader
+	}()
 	say("standby   pid %d, replication on %s", standby.Process.Pid, repl)
 	primary, err := start("primary", append([]string{"start", "--events=" + pEv,
 		"--sim=workload=service", "--sim=memory_mib=64", "--sim=disks=4096", "--sim=listen=" + svcAddr,
@@ -151,12 +161,27 @@ func runDemo(e *env, args []string) int {
 		e.errorf("start primary: %v", err)
 		return exitFailure
 	}
-	defer func() { primary.Process.Kill(); primary.Wait() }()
+	primaryExited := make(chan error, 1)
+	go func() { primaryExited <- primary.Wait() }()
+	defer func() { primary.Process.Kill(); <-primaryExited }()
 	say("primary   pid %d, service domain on udp %s", primary.Process.Pid, svcAddr)
 
 	// Wait for protection (the initial sync), bounded.
 	deadline := time.Now().Add(60 * time.Second)
 	for !protected(pEv) {
+		select {
+		case err := <-standbyExited:
+			e.errorf("the standby exited before the primary was protected (%v); logs in %s", err, dir)
+			standbyExited <- err
+			*keep = true
+			return exitFailure
+		case err := <-primaryExited:
+			e.errorf("the primary exited before it was protected (%v); logs in %s", err, dir)
+			primaryExited <- err
+			*keep = true
+			return exitFailure
+		default:
+		}
 		if time.Now().After(deadline) {
 			e.errorf("the primary was not protected after 60s; logs in %s", dir)
 			*keep = true
