@@ -311,6 +311,11 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 			return s.fail(fmt.Errorf("bad frame from primary: %w", e.err), now), nil
 		}
 		s.log.Info("primary connection closed", "err", e.err)
+		if !s.conn.hello {
+			// Nothing of this session was taken: for a one-shot standby
+			// the session is over, and it failed.
+			s.sessionErr = fmt.Errorf("%w: stream ended before its HELLO: %w", ErrPeer, e.err)
+		}
 		s.conn.c.Close()
 		s.conn = nil
 		return s.m.Step(epoch.Event{Kind: epoch.EvDisconnected, Now: now}), nil
@@ -463,6 +468,7 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: err.Error()})
 		return append(acts, s.fail(err, now)...), nil
 	}
+	s.conn.hello = true
 	reply := &wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: s.session,
 		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum}
 	s.conn.send(reply)
@@ -868,9 +874,10 @@ func (s *Standby) Digest() uint64 {
 // (records alias the reader's buffer); a writer goroutine sends what the
 // loop queues, so the loop never blocks on the network.
 type sconn struct {
-	gen uint64
-	c   Conn
-	q   chan wire.Record
+	gen   uint64
+	c     Conn
+	q     chan wire.Record
+	hello bool // its HELLO was taken (loop goroutine only)
 }
 
 func (c *sconn) read(s *Standby) {
