@@ -293,6 +293,7 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		s.conn = e.conn
 		s.sessionErr = nil
 		e.conn.q = make(chan wire.Record, 1024)
+		e.conn.fin = make(chan struct{})
 		s.wg.Add(2)
 		go func() { defer s.wg.Done(); e.conn.write(s) }()
 		go func() { defer s.wg.Done(); e.conn.read(s) }()
@@ -402,7 +403,21 @@ func (s *Standby) fail(err error, now epoch.Duration) []epoch.Action {
 	s.log.Warn("session failed", "epoch", s.stage.epoch, "err", err)
 	s.observe(Observation{Kind: ObsError, Epoch: s.stage.epoch, Msg: err.Error()})
 	s.sessionErr = err
-	acts := s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})
+	var acts []epoch.Action
+	for _, a := range s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now}) {
+		if a.Kind != epoch.ActNack {
+			acts = append(acts, a)
+		} else if s.conn != nil {
+			// The driver knows better than the machine's "malformed
+			// frame" what went wrong: say it, with the NACK code of a
+			// limit (could not stage) where it is one.
+			code := wire.NackUnspecified
+			if errors.Is(err, ErrLimit) {
+				code = wire.NackApply
+			}
+			s.conn.send(&wire.Nack{Epoch: a.Epoch, Code: code, Message: truncate(err.Error(), wire.MaxString)})
+		}
+	}
 	return append(acts, epoch.Action{Kind: epoch.ActDisconnect, Reason: err.Error()})
 }
 
@@ -426,7 +441,7 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 	// Before the machine hears of it: a HELLO this standby cannot hold
 	// must cost nothing, neither an allocation nor the replica it holds.
 	if err := s.cfg.Limits.checkDomain(fromDesc(h.Domain)); err != nil {
-		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: err.Error()})
+		s.refuse(h, err)
 		return s.fail(err, now), nil
 	}
 	// Only a complete checkpoint of the same session is worth resuming
@@ -465,7 +480,7 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 		s.status.update(func(st *Status) { st.Domain = s.info.Name })
 	}
 	if err := s.ensureReplica(); err != nil {
-		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: err.Error()})
+		s.refuse(h, err)
 		return append(acts, s.fail(err, now)...), nil
 	}
 	s.conn.hello = true
@@ -473,6 +488,23 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum}
 	s.conn.send(reply)
 	return acts, nil
+}
+
+// refuse answers a HELLO this standby will not serve: a HELLO (nothing
+// held for it), since a GOODBYE may only follow one (protocol §5.12), and
+// a GOODBYE saying why.
+func (s *Standby) refuse(h *wire.Hello, err error) {
+	s.conn.send(&wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: h.Session, Domain: h.Domain,
+		Codec: h.Codec, Inflight: max(h.Inflight, 1)})
+	s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: truncate(err.Error(), wire.MaxString)})
+}
+
+// truncate cuts msg to at most n octets.
+func truncate(msg string, n int) string {
+	if len(msg) > n {
+		return msg[:n]
+	}
+	return msg
 }
 
 // destroyNow carries out the ActDestroyReplica and ActRetire actions of
@@ -730,7 +762,7 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			}
 		case epoch.ActDisconnect:
 			if s.conn != nil {
-				s.conn.c.Close()
+				s.conn.hangUp()
 				s.conn = nil
 			}
 		case epoch.ActHeartbeat:
@@ -878,6 +910,25 @@ type sconn struct {
 	c     Conn
 	q     chan wire.Record
 	hello bool // its HELLO was taken (loop goroutine only)
+
+	fin     chan struct{} // closed by hangUp: write what is queued, then close
+	finOnce sync.Once
+	grace   *time.Timer
+}
+
+// closeGrace is how long a connection the standby hangs up on has to take
+// the records queued for it (the NACK or GOODBYE saying why) before it is
+// closed regardless.
+const closeGrace = time.Second
+
+// hangUp ends the connection once the records queued for the primary are
+// written (loop goroutine only); the reader's records are ignored from
+// now on (the loop forgot this connection).
+func (c *sconn) hangUp() {
+	c.finOnce.Do(func() {
+		c.grace = time.AfterFunc(closeGrace, func() { c.c.Close() })
+		close(c.fin)
+	})
 }
 
 func (c *sconn) read(s *Standby) {
@@ -922,10 +973,30 @@ func (c *sconn) write(s *Standby) {
 					return
 				}
 			}
+		case <-c.fin:
+			c.drain(w)
+			return
 		case <-s.done:
+			// The standby ended (a one-shot one on this session's
+			// failure): the primary still gets what says why.
+			c.hangUp()
+			c.drain(w)
 			return
 		}
 	}
+}
+
+// drain writes what is queued, then closes the connection. A primary that
+// does not read it is cut off by the grace timer of hangUp.
+func (c *sconn) drain(w *wire.Writer) {
+	for len(c.q) > 0 {
+		if w.Write(<-c.q) != nil {
+			break
+		}
+	}
+	w.Flush()
+	c.grace.Stop()
+	c.c.Close()
 }
 
 // send queues one record (loop goroutine only). Records are copied by the
