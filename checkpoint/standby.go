@@ -922,8 +922,9 @@ type sconn struct {
 const closeGrace = time.Second
 
 // hangUp ends the connection once the records queued for the primary are
-// written (loop goroutine only); the reader's records are ignored from
-// now on (the loop forgot this connection).
+// written: by the loop, which forgets the connection (its reader's
+// records are ignored from then on), or by the writer when the standby
+// ends. Safe from both; only the first call counts.
 func (c *sconn) hangUp() {
 	c.finOnce.Do(func() {
 		c.grace = time.AfterFunc(closeGrace, func() { c.c.Close() })
