@@ -76,6 +76,7 @@ FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./checkpoint/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzPages$$' -fuzztime $(FUZZTIME) ./checkpoint/wire
+	$(GO) test -run '^$$' -fuzz '^FuzzStandbyStream$$' -fuzztime $(FUZZTIME) ./checkpoint
 	$(GO) test -run '^$$' -fuzz '^FuzzParseXLCfg$$' -fuzztime $(FUZZTIME) ./conf
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKemariSpec$$' -fuzztime $(FUZZTIME) ./conf
 

@@ -32,7 +32,10 @@ type StandbyConfig struct {
 	// Verify recomputes the replica's memory digest from its pages before
 	// activating it and reports whether it equals the last committed
 	// epoch's (costs one pass over guest memory on the failover path).
-	Verify   bool
+	Verify bool
+	// Limits bound what a primary may make this standby hold
+	// (docs/protocol.md §9); zero fields take their defaults.
+	Limits   StandbyLimits
 	Logger   *slog.Logger
 	Observer func(Observation)
 }
@@ -53,29 +56,34 @@ type Standby struct {
 	status statusBox
 
 	// Owned by the loop goroutine.
-	conn      *sconn
-	gen       uint64
-	session   [16]byte
-	info      libxl.DomainInfo
-	replica   libxl.DomID
-	has       bool // a replica exists
-	disk      *diskbuf.Replica
-	digest    *memDigest
-	fb        *fallbackReplica // the previous replica while a new one is built
-	memDisks  bool             // cfg.Disks is the default: fresh stores per replica
-	stage     stagedEpoch
-	committed time.Time
-	rate      rateWindow
-	commits   uint64
-	discarded uint64
-	promoteC  chan struct{}
-	lostAt    time.Time
-	activated libxl.DomID
-	lastPages int
-	mode      diskbuf.Mode
-	wg        sync.WaitGroup // every goroutine started
-	decodeBuf []byte
-	pfnBuf    []libxl.PFN
+	conn     *sconn
+	gen      uint64
+	session  [16]byte
+	info     libxl.DomainInfo
+	replica  libxl.DomID
+	has      bool // a replica exists
+	disk     *diskbuf.Replica
+	digest   *memDigest
+	fb       *fallbackReplica // the previous replica while a new one is built
+	memDisks bool             // cfg.Disks is the default: fresh stores per replica
+	stage    stagedEpoch
+	budget   epochBudget // what one epoch of s.info may stage
+	// sessionErr is why the current session failed (a bad frame, a
+	// limit, a commit), nil while it is well; a one-shot standby with
+	// nothing to hold returns it.
+	sessionErr error
+	committed  time.Time
+	rate       rateWindow
+	commits    uint64
+	discarded  uint64
+	promoteC   chan struct{}
+	lostAt     time.Time
+	activated  libxl.DomID
+	lastPages  int
+	mode       diskbuf.Mode
+	wg         sync.WaitGroup // every goroutine started
+	decodeBuf  []byte
+	pfnBuf     []libxl.PFN
 }
 
 // fallbackReplica is a retired replica kept, whole, at its last committed
@@ -99,6 +107,7 @@ type stagedEpoch struct {
 	data    []byte
 	states  []libxl.State
 	digest  stagedDigest
+	use     epochUse
 }
 
 func (s *stagedEpoch) reset(e uint64, initial bool, base *memDigest) {
@@ -108,6 +117,7 @@ func (s *stagedEpoch) reset(e uint64, initial bool, base *memDigest) {
 	}
 	clear(s.index)
 	s.pfns, s.data, s.states = s.pfns[:0], s.data[:0], s.states[:0]
+	s.use = epochUse{}
 	s.digest.reset(base)
 }
 
@@ -140,6 +150,7 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 		arb = arbiter.None{}
 	}
 	cfg.Epoch.Arbiter = arb.Configured()
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -228,6 +239,10 @@ func (s *Standby) Run(ctx context.Context) error {
 			return fmt.Errorf("checkpoint: the arbiter kept the domain on the primary")
 		case s.cfg.Once && st == epoch.SStopped:
 			return nil
+		case s.cfg.Once && s.sessionErr != nil && s.conn == nil && s.nothingHeld():
+			// The session failed and left nothing worth waiting for the
+			// primary's return with: end, as an error (issue 12).
+			return fmt.Errorf("%w: %w", ErrSession, s.sessionErr)
 		}
 		if d := s.m.Deadline(); d >= 0 {
 			timer.Reset(time.Duration(d - s.now()))
@@ -276,7 +291,9 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		s.gen++
 		e.conn.gen = s.gen
 		s.conn = e.conn
+		s.sessionErr = nil
 		e.conn.q = make(chan wire.Record, 1024)
+		e.conn.fin = make(chan struct{})
 		s.wg.Add(2)
 		go func() { defer s.wg.Done(); e.conn.write(s) }()
 		go func() { defer s.wg.Done(); e.conn.read(s) }()
@@ -290,10 +307,16 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 	if e.err != nil {
 		var fe *wire.FrameError
 		if errors.As(e.err, &fe) {
-			s.log.Warn("bad frame from primary", "err", e.err)
-			return s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now}), nil
+			// Fatal to the stream (protocol §4.2), whatever the machine's
+			// state: the reader stopped at it.
+			return s.fail(fmt.Errorf("bad frame from primary: %w", e.err), now), nil
 		}
 		s.log.Info("primary connection closed", "err", e.err)
+		if !s.conn.hello {
+			// Nothing of this session was taken: for a one-shot standby
+			// the session is over, and it failed.
+			s.sessionErr = fmt.Errorf("%w: stream ended before its HELLO: %w", ErrPeer, e.err)
+		}
 		s.conn.c.Close()
 		s.conn = nil
 		return s.m.Step(epoch.Event{Kind: epoch.EvDisconnected, Now: now}), nil
@@ -309,27 +332,29 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		if s.disk != nil {
 			s.disk.Discard()
 		}
-		acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvEpochBegin, Epoch: r.Epoch, Initial: initial, Now: now}))
+		acts := s.destroyNow(s.m.Step(epoch.Event{Kind: epoch.EvEpochBegin, Epoch: r.Epoch, Initial: initial,
+			Resync: r.Flags&wire.EpochResync != 0, Now: now}))
+		if slices.ContainsFunc(acts, func(a epoch.Action) bool { return a.Kind == epoch.ActDisconnect }) {
+			// Refused (out of order): nothing to build or stage for it.
+			return append(out, acts...), nil
+		}
 		if err := s.ensureReplica(); err != nil {
-			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+			return append(append(out, acts...), s.fail(err, now)...), nil
 		}
 		s.stage.reset(r.Epoch, initial, s.digest)
 		s.stage.open = true
 		return append(out, acts...), nil
-	case *wire.Pages:
-		if err := s.stagePages(r); err != nil {
-			s.log.Warn("bad pages record", "epoch", s.stage.epoch, "err", err)
-			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+	case *wire.Pages, *wire.State, *wire.Disk:
+		if !s.has || !s.stage.open {
+			return append(out, s.fail(fmt.Errorf("%w: %s outside an epoch", ErrPeer, r.Type()), now)...), nil
 		}
-	case *wire.State:
-		s.stage.states = append(s.stage.states, libxl.State{Kind: libxl.StateKind(r.Kind), Index: r.Index, Data: append([]byte(nil), r.Data...)})
-	case *wire.Disk:
-		if s.disk == nil {
-			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		// Charged before it is staged: nothing beyond the budget is
+		// ever allocated (protocol §9).
+		if err := s.stage.use.charge(s.budget, s.stage.epoch, e.rec); err != nil {
+			return append(out, s.fail(err, now)...), nil
 		}
-		if err := s.disk.Stage(diskbuf.Write{Disk: r.Disk, Sector: r.Sector, Data: r.Data}); err != nil {
-			s.log.Warn("bad disk record", "err", err)
-			return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		if err := s.stageRecord(e.rec); err != nil {
+			return append(out, s.fail(fmt.Errorf("epoch %d: %s: %w", s.stage.epoch, r.Type(), err), now)...), nil
 		}
 	case *wire.EpochEnd:
 		want := s.stage.digest.sum()
@@ -350,14 +375,74 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "replica discarded"})
 		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvGoodbye, Now: now})...), nil
 	default:
-		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		return append(out, s.fail(fmt.Errorf("%w: unexpected %s record", ErrPeer, r.Type()), now)...), nil
 	}
 	return out, nil
 }
 
+// stageRecord stages a PAGES, STATE or DISK record of the open epoch.
+func (s *Standby) stageRecord(rec wire.Record) error {
+	switch r := rec.(type) {
+	case *wire.Pages:
+		return s.stagePages(r)
+	case *wire.State:
+		s.stage.states = append(s.stage.states, libxl.State{Kind: libxl.StateKind(r.Kind), Index: r.Index, Data: append([]byte(nil), r.Data...)})
+	case *wire.Disk:
+		if s.disk == nil {
+			return fmt.Errorf("%w: no disks", ErrPeer)
+		}
+		return s.disk.Stage(diskbuf.Write{Disk: r.Disk, Sector: r.Sector, Data: r.Data})
+	}
+	return nil
+}
+
+// fail ends the session on err: reported, the machine discards what is
+// staged, and the stream is dropped even where the machine had no
+// connection to drop (a bad frame before the HELLO).
+func (s *Standby) fail(err error, now epoch.Duration) []epoch.Action {
+	s.log.Warn("session failed", "epoch", s.stage.epoch, "err", err)
+	s.observe(Observation{Kind: ObsError, Epoch: s.stage.epoch, Msg: err.Error()})
+	s.sessionErr = err
+	var acts []epoch.Action
+	for _, a := range s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now}) {
+		if a.Kind != epoch.ActNack {
+			acts = append(acts, a)
+		} else if s.conn != nil {
+			// The driver knows better than the machine's "malformed
+			// frame" what went wrong: say it, with the NACK code of a
+			// limit (could not stage) where it is one.
+			code := wire.NackUnspecified
+			if errors.Is(err, ErrLimit) {
+				code = wire.NackApply
+			}
+			s.conn.send(&wire.Nack{Epoch: a.Epoch, Code: code, Message: truncate(err.Error(), wire.MaxString)})
+		}
+	}
+	return append(acts, epoch.Action{Kind: epoch.ActDisconnect, Reason: err.Error()})
+}
+
+// nothingHeld reports whether the standby holds no checkpoint to resume:
+// no replica, or one still syncing (a reconnect rebuilds it) with no
+// fallback.
+func (s *Standby) nothingHeld() bool {
+	switch s.m.State() {
+	case epoch.SWaiting:
+		return true
+	case epoch.SSyncing:
+		return s.m.Fallback() == 0
+	}
+	return false
+}
+
 func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, error) {
 	if h.Role != wire.RolePrimary {
-		return s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now}), nil
+		return s.fail(fmt.Errorf("%w: HELLO role %d is not a primary's", ErrPeer, h.Role), now), nil
+	}
+	// Before the machine hears of it: a HELLO this standby cannot hold
+	// must cost nothing, neither an allocation nor the replica it holds.
+	if err := s.cfg.Limits.checkDomain(fromDesc(h.Domain)); err != nil {
+		s.refuse(h, err)
+		return s.fail(err, now), nil
 	}
 	// Only a complete checkpoint of the same session is worth resuming
 	// from (protocol §7.4); anything else is rebuilt by an initial sync.
@@ -395,13 +480,31 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 		s.status.update(func(st *Status) { st.Domain = s.info.Name })
 	}
 	if err := s.ensureReplica(); err != nil {
-		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: err.Error()})
-		return append(acts, s.m.Step(epoch.Event{Kind: epoch.EvStreamError, Now: now})...), nil
+		s.refuse(h, err)
+		return append(acts, s.fail(err, now)...), nil
 	}
+	s.conn.hello = true
 	reply := &wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: s.session,
 		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum}
 	s.conn.send(reply)
 	return acts, nil
+}
+
+// refuse answers a HELLO this standby will not serve: a HELLO (nothing
+// held for it), since a GOODBYE may only follow one (protocol §5.12), and
+// a GOODBYE saying why.
+func (s *Standby) refuse(h *wire.Hello, err error) {
+	s.conn.send(&wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: h.Session, Domain: h.Domain,
+		Codec: h.Codec, Inflight: max(h.Inflight, 1)})
+	s.conn.send(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: truncate(err.Error(), wire.MaxString)})
+}
+
+// truncate cuts msg to at most n octets.
+func truncate(msg string, n int) string {
+	if len(msg) > n {
+		return msg[:n]
+	}
+	return msg
 }
 
 // destroyNow carries out the ActDestroyReplica and ActRetire actions of
@@ -482,6 +585,15 @@ func (s *Standby) ensureReplica() error {
 	if s.has {
 		return nil
 	}
+	if err := s.cfg.Limits.checkDomain(s.info); err != nil {
+		return err
+	}
+	if r, ok := s.sink.(libxl.ReplicaRoom); ok {
+		// Before the backend allocates anything for it.
+		if err := r.RoomFor(s.info); err != nil {
+			return fmt.Errorf("%w: HELLO domain.pages %d: no room for the replica: %w", ErrLimit, s.info.Pages, err)
+		}
+	}
 	dom, err := s.sink.CreateReplica(s.info)
 	if err != nil {
 		s.log.Error("create replica", "err", err)
@@ -495,6 +607,7 @@ func (s *Standby) ensureReplica() error {
 	s.replica, s.has = dom, true
 	s.disk = diskbuf.NewReplica(s.mode, stores)
 	s.digest = newMemDigest(s.info.Pages)
+	s.budget = s.cfg.Limits.budget(s.info)
 	return nil
 }
 
@@ -616,10 +729,14 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 		switch a.Kind {
 		case epoch.ActCommit:
 			if err := s.commit(a.Epoch); err != nil {
-				// The replica may be torn: it can never be activated.
+				// The replica may be torn: it can never be activated. The
+				// session ends, not the standby; the actions after the
+				// commit (its ACK above all) assumed it and are dropped.
+				err = fmt.Errorf("epoch %d: commit: %w", a.Epoch, err)
 				s.log.Error("commit failed; discarding the replica", "epoch", a.Epoch, "err", err)
 				s.observe(Observation{Kind: ObsError, Epoch: a.Epoch, Msg: err.Error()})
-				return err
+				s.sessionErr = err
+				return s.apply(ctx, s.m.Step(epoch.Event{Kind: epoch.EvCommitFailed, Epoch: a.Epoch, Now: s.now()}))
 			}
 		case epoch.ActAck:
 			// Observed before the ack leaves, so an observer knows epoch
@@ -645,7 +762,7 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			}
 		case epoch.ActDisconnect:
 			if s.conn != nil {
-				s.conn.c.Close()
+				s.conn.hangUp()
 				s.conn = nil
 			}
 		case epoch.ActHeartbeat:
@@ -789,9 +906,30 @@ func (s *Standby) Digest() uint64 {
 // (records alias the reader's buffer); a writer goroutine sends what the
 // loop queues, so the loop never blocks on the network.
 type sconn struct {
-	gen uint64
-	c   Conn
-	q   chan wire.Record
+	gen   uint64
+	c     Conn
+	q     chan wire.Record
+	hello bool // its HELLO was taken (loop goroutine only)
+
+	fin     chan struct{} // closed by hangUp: write what is queued, then close
+	finOnce sync.Once
+	grace   *time.Timer
+}
+
+// closeGrace is how long a connection the standby hangs up on has to take
+// the records queued for it (the NACK or GOODBYE saying why) before it is
+// closed regardless.
+const closeGrace = time.Second
+
+// hangUp ends the connection once the records queued for the primary are
+// written: by the loop, which forgets the connection (its reader's
+// records are ignored from then on), or by the writer when the standby
+// ends. Safe from both; only the first call counts.
+func (c *sconn) hangUp() {
+	c.finOnce.Do(func() {
+		c.grace = time.AfterFunc(closeGrace, func() { c.c.Close() })
+		close(c.fin)
+	})
 }
 
 func (c *sconn) read(s *Standby) {
@@ -836,10 +974,30 @@ func (c *sconn) write(s *Standby) {
 					return
 				}
 			}
+		case <-c.fin:
+			c.drain(w)
+			return
 		case <-s.done:
+			// The standby ended (a one-shot one on this session's
+			// failure): the primary still gets what says why.
+			c.hangUp()
+			c.drain(w)
 			return
 		}
 	}
+}
+
+// drain writes what is queued, then closes the connection. A primary that
+// does not read it is cut off by the grace timer of hangUp.
+func (c *sconn) drain(w *wire.Writer) {
+	for len(c.q) > 0 {
+		if w.Write(<-c.q) != nil {
+			break
+		}
+	}
+	w.Flush()
+	c.grace.Stop()
+	c.c.Close()
 }
 
 // send queues one record (loop goroutine only). Records are copied by the

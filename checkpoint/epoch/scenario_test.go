@@ -18,7 +18,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of scenar
 // test compares (or, with -rewrite, rewrites). Commands:
 //
 //	config mode=epoch interval=100 min=10 timeout=500 inflight=1 arbiter=0 reprotect=1
-//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1] [retire=1]
+//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1] [retire=1] [resync=1]
 //	p|s state            prints the machine's state
 //	p|s deadline         prints the next deadline
 //
@@ -182,7 +182,7 @@ func parseConfig(t *testing.T, args []string) Config {
 
 func parseEvent(t *testing.T, path string, line int, f []string) Event {
 	kinds := map[string]EventKind{}
-	for k := EvStart; k <= EvPromote; k++ {
+	for k := EvStart; k <= EvCommitFailed; k++ {
 		kinds[k.String()] = k
 	}
 	ev := Event{}
@@ -212,6 +212,8 @@ func parseEvent(t *testing.T, path string, line int, f []string) Event {
 			ev.Initial = n != 0
 		case "retire":
 			ev.Retire = n != 0
+		case "resync":
+			ev.Resync = n != 0
 		default:
 			t.Fatalf("%s:%d: unknown argument %q", path, line, a)
 		}

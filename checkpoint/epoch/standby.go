@@ -27,6 +27,7 @@ type Standby struct {
 	staging   uint64 // epoch being received, 0 if none; ^0 for a pre-copy round
 	initial   bool   // staging a pre-copy round
 	connected bool
+	undo      commitUndo // what the last ActCommit's step changed, for EvCommitFailed
 	lastHeard Duration
 	lastHB    Duration
 	now       Duration
@@ -119,9 +120,9 @@ func (s *Standby) Step(ev Event) []Action {
 			s.staging, s.initial = ^uint64(0), true
 			break
 		}
-		if s.staging != 0 || ev.Epoch <= s.committed {
+		if why := s.outOfOrder(ev); why != "" {
 			// Out of order or nested: the stream cannot be trusted. (I2)
-			out = s.reject(ev.Epoch, "epoch out of order", out)
+			out = s.reject(ev.Epoch, why, out)
 			break
 		}
 		s.staging = ev.Epoch
@@ -147,6 +148,10 @@ func (s *Standby) Step(ev Event) []Action {
 			out = s.reject(ev.Epoch, "epoch failed verification", out)
 		default:
 			// Commit, then ack: Ack(k) means k is held, verified, applied.
+			// The driver carries out the commit before anything after it;
+			// if it fails (EvCommitFailed) the rest is never carried out,
+			// so what this step gives up is kept to be given back.
+			s.undo = commitUndo{epoch: ev.Epoch, fallback: s.fallback, valid: true}
 			s.committed, s.staging = ev.Epoch, 0
 			out = append(out, Action{Kind: ActCommit, Epoch: ev.Epoch})
 			if s.fallback != 0 {
@@ -161,6 +166,8 @@ func (s *Standby) Step(ev Event) []Action {
 				out = append(out, notify("replica ready"))
 			}
 		}
+	case EvCommitFailed:
+		out = s.commitFailed(ev.Epoch, out)
 	case EvStreamError:
 		if s.connected {
 			out = s.reject(s.staging, "malformed frame", out)
@@ -212,6 +219,65 @@ func (s *Standby) Step(ev Event) []Action {
 		}
 	}
 	return s.timers(out)
+}
+
+// commitUndo is what the step that emitted ActCommit(epoch) gave up on
+// the assumption that the commit succeeds: the fallback replica it dropped.
+type commitUndo struct {
+	epoch    uint64
+	fallback uint64
+	valid    bool
+}
+
+// outOfOrder says why an EPOCH_BEGIN of a checkpoint (not a pre-copy
+// round) cannot be taken, or "" if it can. Reference: docs/protocol.md
+// §7.2: the next expected epoch, or one with RESYNC after a gap (§7.4).
+// Before the first checkpoint of a replica (committed 0) nothing is
+// expected: the sync's checkpoint carries the primary's next number.
+func (s *Standby) outOfOrder(ev Event) string {
+	switch {
+	case s.staging != 0:
+		return "epoch begins inside another"
+	case ev.Epoch <= s.committed:
+		return "epoch out of order"
+	case ev.Epoch == ^uint64(0):
+		// No epoch can follow it: the primary would be stuck.
+		return "epoch number exhausted"
+	case s.committed != 0 && ev.Epoch != s.committed+1 && !ev.Resync:
+		return "epoch gap without RESYNC"
+	}
+	return ""
+}
+
+// commitFailed handles a commit of epoch e that the driver could not
+// carry out: part of it may be in the replica, which is then at no
+// checkpoint and must never run (I3). It is destroyed; the fallback the
+// commit's step dropped (it was never destroyed: the driver stops at the
+// failed commit) is the replica again, else the standby has nothing and
+// waits for a primary. The primary holds the output of e (no ACK went
+// out) and rebuilds the replica after the NACK.
+func (s *Standby) commitFailed(e uint64, out []Action) []Action {
+	if s.state != SSyncing && s.state != SReady {
+		return out
+	}
+	if s.undo.valid && s.undo.epoch == e && s.undo.fallback != 0 {
+		s.fallback = s.undo.fallback
+	}
+	s.undo = commitUndo{}
+	out = append(out, s.discardStaging()...)
+	s.committed = 0
+	out = append(out, Action{Kind: ActDestroyReplica})
+	if s.connected {
+		s.connected = false
+		out = append(out, Action{Kind: ActNack, Epoch: e, Reason: "commit failed"},
+			Action{Kind: ActDisconnect, Reason: "commit failed"})
+	}
+	if s.fallback != 0 {
+		s.state = SSyncing
+		return append(out, notify("commit failed; replica discarded, the previous replica kept"))
+	}
+	s.state = SWaiting
+	return append(out, notify("commit failed; replica discarded"))
 }
 
 func (s *Standby) dropFallback(out []Action) []Action {

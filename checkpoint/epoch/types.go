@@ -102,11 +102,12 @@ const (
 	EvStreamError                        // standby: a frame failed to decode (corrupt, torn, ...)
 	EvGoodbye                            // standby: the primary ended protection
 	EvPromote                            // standby: failover by hand
+	EvCommitFailed                       // standby: applying staged Epoch to the replica failed; the replica is torn
 )
 
 var eventNames = [...]string{"", "start", "tick", "connected", "connect-failed", "sync-done",
 	"ack", "nack", "frame", "output-waiting", "disconnected", "granted", "denied", "stop",
-	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote"}
+	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -123,6 +124,7 @@ type Event struct {
 	HasReplica bool // EvConnected: the standby still holds a replica of this session
 	Verified   bool // EvEpochEnd: counts, digests and memory digest matched
 	Initial    bool // EvEpochBegin/EvEpochEnd: a pre-copy round (epoch 0), not a checkpoint
+	Resync     bool // EvEpochBegin: the epoch carries every change since the last committed one (RESYNC), so it may follow a gap
 	// Retire (EvHello, standby): the primary rebuilds a replica of the
 	// session the standby holds (its output is still held, so the held
 	// replica covers every output released) and the standby can keep

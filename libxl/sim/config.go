@@ -101,7 +101,7 @@ func (c DomainConfig) withDefaults(defQuantum time.Duration) (DomainConfig, erro
 	if c.Quantum < 0 {
 		probs = append(probs, fmt.Sprintf("quantum %v negative", c.Quantum))
 	}
-	if c.Pages > 1<<36 {
+	if c.Pages > maxPages {
 		probs = append(probs, fmt.Sprintf("pages %d above the simulator's 256 TiB limit", c.Pages))
 	}
 	for i := range c.NICs {

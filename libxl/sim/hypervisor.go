@@ -28,6 +28,9 @@ var (
 	ErrExists = errors.New("sim: domain name in use")
 	// ErrClosed: the hypervisor handle was closed.
 	ErrClosed = errors.New("sim: hypervisor closed")
+	// ErrNoRoom: the simulated host's memory (host_memory) cannot hold
+	// another replica of that size.
+	ErrNoRoom = errors.New("sim: no room on this host")
 	// ErrBind: a NIC could not bind its host address.
 	ErrBind = errors.New("sim: cannot bind NIC address")
 	// ErrNoSocket: a NIC without a bound socket was asked to transmit.
@@ -81,6 +84,7 @@ type Faults struct {
 type Hypervisor struct {
 	bindRetry time.Duration
 	quantum   time.Duration
+	hostPages uint64 // guest memory this host holds, all domains; 0: unlimited
 	faults    atomic.Pointer[Faults]
 
 	mu sync.Mutex
@@ -92,13 +96,16 @@ type Hypervisor struct {
 }
 
 var (
-	_ libxl.Hypervisor = (*Hypervisor)(nil)
-	_ libxl.Source     = (*Hypervisor)(nil)
-	_ libxl.Sink       = (*Hypervisor)(nil)
+	_ libxl.Hypervisor  = (*Hypervisor)(nil)
+	_ libxl.Source      = (*Hypervisor)(nil)
+	_ libxl.Sink        = (*Hypervisor)(nil)
+	_ libxl.ReplicaRoom = (*Hypervisor)(nil)
 )
 
 // New returns a simulated hypervisor. Options: bind_retry (a Go duration,
-// default DefaultBindRetry) and quantum (the default guest step period).
+// default DefaultBindRetry), quantum (the default guest step period) and
+// host_memory (MiB of guest memory the simulated host holds, all domains
+// together; default unlimited).
 // The keys DomainConfigFromOptions reads are accepted and ignored here;
 // any other key is an error.
 func New(opts libxl.Options) (*Hypervisor, error) {
@@ -122,13 +129,20 @@ func New(opts libxl.Options) (*Hypervisor, error) {
 	}
 	dur("bind_retry", &h.bindRetry)
 	dur("quantum", &h.quantum)
+	if v, ok := opts["host_memory"]; ok {
+		mib, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || mib == 0 {
+			probs = append(probs, fmt.Sprintf("host_memory=%q: not a positive number of MiB", v))
+		}
+		h.hostPages = mib << 20 / libxl.PageSize
+	}
 	keys := make([]string, 0, len(opts))
 	for k := range opts {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if k != "bind_retry" && k != "quantum" && !slices.Contains(domainKeys, k) {
+		if k != "bind_retry" && k != "quantum" && k != "host_memory" && !slices.Contains(domainKeys, k) {
 			probs = append(probs, fmt.Sprintf("unknown option %q", k))
 		}
 	}
@@ -599,6 +613,11 @@ func (h *Hypervisor) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 			return libxl.DomIDInvalid, injected("create-replica", 0, err)
 		}
 	}
+	// The size comes from the primary: checked before the replica's
+	// memory tables are allocated for it.
+	if err := h.RoomFor(info); err != nil {
+		return libxl.DomIDInvalid, err
+	}
 	cfg, err := ConfigFromInfo(info)
 	if err != nil {
 		return libxl.DomIDInvalid, err
@@ -678,6 +697,32 @@ func (h *Hypervisor) RestoreState(dom libxl.DomID, st []libxl.State) error {
 	}
 	d.applyState(p)
 	d.restored = true
+	return nil
+}
+
+// maxPages is the largest guest the simulator builds (DomainConfig).
+const maxPages = 1 << 36
+
+// RoomFor implements libxl.ReplicaRoom: the replica must be a guest the
+// simulator can build and, with host_memory, fit beside every domain this
+// host holds.
+func (h *Hypervisor) RoomFor(info libxl.DomainInfo) error {
+	if info.Pages == 0 || info.Pages > maxPages {
+		return fmt.Errorf("%w: replica of %q: pages %d not in 1..%d", ErrConfig, info.Name, info.Pages, uint64(maxPages))
+	}
+	if h.hostPages == 0 {
+		return nil
+	}
+	h.mu.Lock()
+	var used uint64
+	for _, d := range h.doms {
+		used += d.cfg.Pages
+	}
+	h.mu.Unlock()
+	if used+info.Pages > h.hostPages {
+		return fmt.Errorf("%w: replica of %q needs %d MiB; the host holds %d MiB, %d MiB in use",
+			ErrNoRoom, info.Name, info.Pages*libxl.PageSize>>20, h.hostPages*libxl.PageSize>>20, used*libxl.PageSize>>20)
+	}
 	return nil
 }
 

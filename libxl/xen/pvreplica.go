@@ -33,6 +33,10 @@ import (
 // restore: beyond domid_t (16 bits), so never a real domain's.
 const replicaBase libxl.DomID = 0x10000
 
+// maxReplicaPages is 16 TiB of guest memory, the most an x86 host of Xen
+// 4.17 addresses, so the largest guest a primary can really have.
+const maxReplicaPages = 16 << 40 / libxl.PageSize
+
 // restorer is what a pvReplica needs of Xen: a Context (ctxRestorer), or
 // a fake libxl in tests.
 type restorer interface {
@@ -93,6 +97,12 @@ type replicaJob struct {
 func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, error) {
 	if len(info.Config) == 0 {
 		return nil, fmt.Errorf("xen: CreateReplica(%q): no libxl configuration in the description", info.Name)
+	}
+	// The size comes from the primary's HELLO and sizes the arrays below
+	// (28 octets a page before any page arrives): refuse what no Xen host
+	// holds before allocating for it. The engine has asked RoomFor too.
+	if info.Pages == 0 || info.Pages > maxReplicaPages {
+		return nil, fmt.Errorf("xen: CreateReplica(%q): %w: %d pages, want 1..%d", info.Name, libxl.ErrRange, info.Pages, uint64(maxReplicaPages))
 	}
 	r, w, err := os.Pipe()
 	if err != nil {

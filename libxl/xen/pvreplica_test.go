@@ -290,3 +290,18 @@ func TestPVReplicaNoInfo(t *testing.T) {
 		t.Error("replica without a configuration accepted")
 	}
 }
+
+// TestNewReplicaSize: the page count is the primary's (its HELLO); one no
+// Xen host holds is refused before the replica's arrays are allocated for
+// it (issue 12: 2^33 pages took the standby down with out of memory).
+func TestNewReplicaSize(t *testing.T) {
+	for _, pages := range []uint64{0, 1 << 33, 1 << 52} {
+		info := libxl.DomainInfo{Name: "guest", Type: libxl.TypePV, Pages: pages, Config: []byte(`{"c_info":{}}`)}
+		if rp, err := newReplica(&fakeRestore{}, replicaBase, info); !errors.Is(err, libxl.ErrRange) {
+			if rp != nil {
+				rp.destroy()
+			}
+			t.Errorf("%d pages: %v, want ErrRange", pages, err)
+		}
+	}
+}
