@@ -72,7 +72,6 @@ type Standby struct {
 	// limit, a commit), nil while it is well; a one-shot standby with
 	// nothing to hold returns it.
 	sessionErr error
-	committed  time.Time
 	rate       rateWindow
 	commits    uint64
 	discarded  uint64
