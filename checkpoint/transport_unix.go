@@ -111,12 +111,25 @@ func ListenUnix(path string) (*UnixListener, error) {
 		}
 		os.Remove(path)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	// Bind under a temporary name, make it 0600, then rename it into
+	// place: the socket never stands at path with the umask's mode, not
+	// even for a moment (connect finds a socket by its inode, so the
+	// rename keeps it bound).
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	ln.SetUnlinkOnClose(false) // Close removes path, not tmp
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("checkpoint: unix socket %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("checkpoint: unix socket %s: %w", path, err)
 	}
 	return &UnixListener{ln: ln, path: path, done: make(chan struct{})}, nil
@@ -148,6 +161,7 @@ func (l *UnixListener) Close() error {
 	l.once.Do(func() {
 		close(l.done)
 		err = l.ln.Close()
+		os.Remove(l.path)
 	})
 	return err
 }

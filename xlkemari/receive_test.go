@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,7 +50,7 @@ func TestReceiveStdioBadFrame(t *testing.T) {
 	in.Write([]byte{0x02, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef})
 	in.Write(make([]byte, 16))
 
-	runDir := t.TempDir()
+	runDir := filepath.Join(t.TempDir(), "run") // created 0700 by receive: a run directory must be private
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestReceiveHelper$", "--",
