@@ -153,13 +153,7 @@ func TestTLSListen(t *testing.T) {
 	wcert, wkey, wca := certs(t, filepath.Join(c.dir, "other"), "intruder")
 	bad := c.spawn("bad", append(append([]string{"start", "-F", "--transport=tls", "--tls-cert=" + wcert, "--tls-key=" + wkey, "--tls-ca=" + wca},
 		sim...), simDomain("evil1", addr)...)...)
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(listen.logText(), "refused a peer without a valid certificate") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the listen service did not report refusing the intruder")
-		}
-		time.Sleep(20 * time.Millisecond) // polling a log file, not settling
-	}
+	waitLog(t, listen, "refused a peer without a valid certificate", 15*time.Second)
 	for _, e := range c.status() {
 		if e.Domain == "evil1" && e.Role == "standby" {
 			t.Errorf("the listen service holds a replica for a peer with a wrong certificate: %+v", e)
