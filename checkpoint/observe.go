@@ -116,3 +116,26 @@ func (r *rateWindow) add(t time.Time) float64 {
 	}
 	return float64(len(r.t)-1) / t.Sub(r.t[0]).Seconds()
 }
+
+// byteRate measures a byte rate over a sliding window of samples of a
+// cumulative counter (a connection's wire bytes). A counter that goes
+// back (a new connection) starts the window again.
+type byteRate struct {
+	t []time.Time
+	n []uint64
+}
+
+func (r *byteRate) add(t time.Time, total uint64) float64 {
+	if k := len(r.n); k > 0 && total < r.n[k-1] {
+		r.t, r.n = r.t[:0], r.n[:0]
+	}
+	r.t, r.n = append(r.t, t), append(r.n, total)
+	for len(r.t) > 2 && t.Sub(r.t[0]) > 5*time.Second {
+		r.t, r.n = r.t[1:], r.n[1:]
+	}
+	d := t.Sub(r.t[0])
+	if len(r.t) < 2 || d <= 0 {
+		return 0
+	}
+	return float64(total-r.n[0]) / d.Seconds()
+}

@@ -87,6 +87,7 @@ type Primary struct {
 	local    []epoch.Event
 	barriers map[uint64]time.Time
 	rate     rateWindow
+	bw       byteRate // wire bytes per second, for Status.Bandwidth
 	pauses   struct{ n, sum, max time.Duration }
 	dirtySum uint64
 	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
@@ -639,6 +640,7 @@ func (p *Primary) recordCheckpoint(e uint64, pause time.Duration, n int) {
 		st := p.conn.stats()
 		raw, wireB = st.RawBytes, st.WireBytes
 	}
+	bw := p.bw.add(now, wireB)
 	p.status.update(func(s *Status) {
 		s.Checkpoints = uint64(cnt)
 		s.EpochRate = r
@@ -648,6 +650,7 @@ func (p *Primary) recordCheckpoint(e uint64, pause time.Duration, n int) {
 			s.BytesRaw, s.BytesWire = raw, wireB
 			s.Compression = float64(raw) / float64(max(wireB, 1))
 		}
+		s.Bandwidth = bw
 	})
 	p.observe(Observation{Kind: ObsCheckpoint, Epoch: e, Pause: pause, Pages: n, Digest: p.digest.sum})
 }
