@@ -55,12 +55,15 @@ func TestHeartbeatPreemptsCheckpoint(t *testing.T) {
 		seq   uint64
 	}
 	recs := make(chan seen, 4096)
+	// The reader outlives the test on its failure paths; it reports its
+	// end through rerr, never through t, which it may not touch then.
+	rerr := make(chan error, 1)
 	go func() {
 		r := wire.NewReader(b, wire.DefaultLimits())
 		for {
 			rec, err := r.Next()
 			if err != nil {
-				t.Logf("standby's reader: %v", err)
+				rerr <- err
 				close(recs)
 				return
 			}
@@ -128,7 +131,7 @@ func TestHeartbeatPreemptsCheckpoint(t *testing.T) {
 			case s, ok := <-recs:
 				if !ok {
 					e := <-p.events
-					t.Fatalf("stream ended: %s", e.why)
+					t.Fatalf("stream ended: %s (standby's reader: %v)", e.why, <-rerr)
 				}
 				order = append(order, s)
 				pages += s.pages
@@ -165,7 +168,7 @@ func TestHeartbeatPreemptsCheckpoint(t *testing.T) {
 	for pages < items*perItem {
 		s, ok := <-recs
 		if !ok {
-			t.Fatal("stream ended early")
+			t.Fatalf("stream ended early (standby's reader: %v)", <-rerr)
 		}
 		order = append(order, s)
 		pages += s.pages
