@@ -63,6 +63,12 @@ type pconn struct {
 	cancel context.CancelFunc
 	once   sync.Once
 	hbSeq  uint64
+	// hb is the heartbeat lane: one pending heartbeat, written by the
+	// sender before the next record whatever the queue holds, and
+	// between the records of a long item (preempt), so that a heartbeat
+	// never waits behind more than one record of at most preemptPages
+	// pages (docs/protocol.md §8.1).
+	hb chan sendItem
 
 	mu sync.Mutex
 	// Protected by mu.
@@ -73,7 +79,7 @@ func newPConn(gen uint64, c Conn, codec wire.Codec, cacheBytes, inflight int) *p
 	ctx, cancel := context.WithCancel(context.Background())
 	return &pconn{gen: gen, c: c, w: wire.NewWriter(c), r: wire.NewReader(c, wire.DefaultLimits()),
 		enc: wire.NewPageEncoder(codec, cacheBytes), q: make(chan sendItem, 64+inflight*16),
-		closed: make(chan struct{}), budget: semaphore.NewWeighted(syncBudget), ctx: ctx, cancel: cancel}
+		hb: make(chan sendItem, 1), closed: make(chan struct{}), budget: semaphore.NewWeighted(syncBudget), ctx: ctx, cancel: cancel}
 }
 
 // reserve takes n bytes of syncBudget for an item about to be read and
@@ -103,13 +109,27 @@ func (pc *pconn) stats() wire.CodecStats {
 	return pc.cstats
 }
 
+// preemptPages bounds the pages of one PAGES record the sender writes:
+// a larger batch is sent as several records, with a pending heartbeat
+// written between them. 64 pages is 256 KiB: at 100 Mbit/s a heartbeat
+// waits at most ~20 ms for the record ahead of it (plus what the kernel
+// holds unsent, bounded by tuneTCP's TCP_NOTSENT_LOWAT).
+const preemptPages = 64
+
+// preemptBytes bounds a DISK record's data likewise (a multiple of the
+// sector size, below wire.MaxDiskWrite).
+const preemptBytes = preemptPages * wire.PageSize
+
 // send queues it for the sender, blocking while the queue is full (back-
-// pressure). Heartbeats never block: one skipped is harmless. It returns
-// false once the connection is closed.
+// pressure). Heartbeats never block and never queue behind checkpoint
+// records: they take the heartbeat lane, and one still pending there
+// when the next comes is replaced by nothing (a skipped heartbeat is
+// harmless, the pending one carries the same news). It returns false
+// once the connection is closed.
 func (pc *pconn) send(it sendItem) bool {
 	if it.kind == itemHeartbeat {
 		select {
-		case pc.q <- it:
+		case pc.hb <- it:
 		default:
 		}
 		return true
@@ -137,9 +157,14 @@ func (pc *pconn) sender(p *Primary) {
 	for {
 		var it sendItem
 		select {
-		case it = <-pc.q:
-		case <-pc.closed:
-			return
+		case it = <-pc.hb: // the lane first, whatever q holds
+		default:
+			select {
+			case it = <-pc.hb:
+			case it = <-pc.q:
+			case <-pc.closed:
+				return
+			}
 		}
 		var err error
 		switch it.kind {
@@ -147,9 +172,17 @@ func (pc *pconn) sender(p *Primary) {
 			err = pc.w.Write(&wire.EpochBegin{Epoch: it.epoch, Flags: it.flags})
 		case itemPages:
 			u64 = toU64(u64, it.pfns)
-			var rec *wire.Pages
-			if rec, err = pc.enc.Encode(u64, it.data); err == nil {
-				err = pc.w.Write(rec)
+			for off := 0; off < len(u64) && err == nil; off += preemptPages {
+				end := min(off+preemptPages, len(u64))
+				if off > 0 {
+					if err = pc.preempt(); err != nil {
+						break
+					}
+				}
+				var rec *wire.Pages
+				if rec, err = pc.enc.Encode(u64[off:end], it.data[off*wire.PageSize:end*wire.PageSize]); err == nil {
+					err = pc.w.Write(rec)
+				}
 			}
 			pc.mu.Lock()
 			pc.cstats = pc.enc.Stats()
@@ -158,6 +191,9 @@ func (pc *pconn) sender(p *Primary) {
 			err = pc.writeDisk(it.writes)
 		case itemEnd:
 			for _, s := range it.states {
+				if err = pc.preempt(); err != nil {
+					break
+				}
 				if err = pc.w.Write(&wire.State{Kind: uint32(s.Kind), Index: s.Index, Data: s.Data}); err != nil {
 					break
 				}
@@ -175,11 +211,7 @@ func (pc *pconn) sender(p *Primary) {
 				p.unstage(it.stage)
 			}
 		case itemHeartbeat:
-			pc.hbSeq++
-			err = pc.w.Write(&wire.Heartbeat{Seq: pc.hbSeq, SentNanos: time.Now().UnixNano(), Epoch: it.epoch, Flushed: it.epoch})
-			if err == nil {
-				err = pc.w.Flush()
-			}
+			err = pc.heartbeat(it)
 		case itemGoodbye:
 			err = pc.w.Write(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "protection stopped"})
 			if err == nil {
@@ -196,11 +228,37 @@ func (pc *pconn) sender(p *Primary) {
 	}
 }
 
-// writeDisk ships writes as DISK records of at most wire.MaxDiskWrite.
+// heartbeat writes one HEARTBEAT and flushes it (with whatever the
+// writer buffered before it: the stream's order is kept).
+func (pc *pconn) heartbeat(it sendItem) error {
+	pc.hbSeq++
+	if err := pc.w.Write(&wire.Heartbeat{Seq: pc.hbSeq, SentNanos: time.Now().UnixNano(), Epoch: it.epoch, Flushed: it.epoch}); err != nil {
+		return err
+	}
+	return pc.w.Flush()
+}
+
+// preempt writes the pending heartbeat, if any, between two records of
+// an item (control records may sit anywhere in a stream, inside an
+// epoch frame too: docs/protocol.md §5.2).
+func (pc *pconn) preempt() error {
+	select {
+	case it := <-pc.hb:
+		return pc.heartbeat(it)
+	default:
+		return nil
+	}
+}
+
+// writeDisk ships writes as DISK records of at most preemptBytes,
+// a pending heartbeat between any two.
 func (pc *pconn) writeDisk(ws []diskbuf.Write) error {
 	for _, w := range ws {
-		for off := 0; off < len(w.Data); off += wire.MaxDiskWrite {
-			end := min(off+wire.MaxDiskWrite, len(w.Data))
+		for off := 0; off < len(w.Data); off += preemptBytes {
+			if err := pc.preempt(); err != nil {
+				return err
+			}
+			end := min(off+preemptBytes, len(w.Data))
 			if err := pc.w.Write(&wire.Disk{Disk: w.Disk, Sector: w.Sector + uint64(off/diskbuf.SectorSize), Data: w.Data[off:end]}); err != nil {
 				return err
 			}

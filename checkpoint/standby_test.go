@@ -345,3 +345,37 @@ func TestStandbyOnceBadFrame(t *testing.T) {
 		}
 	})
 }
+
+// TestStandbyHeartbeatInsideEpoch: the primary's sender writes a
+// heartbeat between the records of an epoch (protocol §5.9); the standby
+// takes it in any position and the epoch still commits. A control
+// without the heartbeats proves the epoch alone is ACKed the same way,
+// so the heartbeats are what this exercises.
+func TestStandbyHeartbeatInsideEpoch(t *testing.T) {
+	for _, beats := range []bool{false, true} {
+		t.Run(fmt.Sprintf("heartbeats=%v", beats), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r := newStandbyRig(t, false)
+				p := dialRaw(t, r.net)
+				recs := []wire.Record{hello(smallDomain(16), 1), &wire.EpochBegin{Epoch: 1}}
+				if beats {
+					recs = append(recs, &wire.Heartbeat{Seq: 1, Epoch: 0})
+				}
+				if beats {
+					recs = append(recs, &wire.Heartbeat{Seq: 2, Epoch: 0})
+				}
+				recs = append(recs, &wire.EpochEnd{Epoch: 1})
+				if err := p.send(recs...); err != nil {
+					t.Fatal(err)
+				}
+				synctest.Wait()
+				if !p.has("ACK 1") || p.has("NACK") || p.has("GOODBYE") {
+					t.Fatalf("replies %q: want ACK 1 and no NACK or GOODBYE", p.replies())
+				}
+				if !r.running(t) {
+					t.Fatal("the standby ended")
+				}
+			})
+		})
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn is one replication connection: a reliable, ordered byte stream in
@@ -71,11 +73,24 @@ func (d TCPDialer) Dial(ctx context.Context) (Conn, error) {
 
 func (d TCPDialer) String() string { return "tcp:" + d.Addr }
 
+// notsentLowat bounds the bytes the kernel holds written but not yet
+// sent on a replication socket (TCP_NOTSENT_LOWAT): a write blocks
+// beyond it, so a heartbeat the sender writes next waits behind at most
+// this much unsent checkpoint data plus what is in flight (the link's
+// bandwidth-delay product), not behind a 4 MiB send buffer.
+const notsentLowat = 128 << 10
+
 func tuneTCP(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 		tc.SetWriteBuffer(4 << 20)
 		tc.SetReadBuffer(4 << 20)
+		if rc, err := tc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) {
+				// Best effort: a kernel without it queues as before.
+				unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notsentLowat)
+			})
+		}
 	}
 }
 
