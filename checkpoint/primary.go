@@ -536,6 +536,9 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 	var writes []diskbuf.Write
 	if p.disk != nil {
 		writes = p.disk.Barrier(e)
+		// Disk front: no disk request is answered until this epoch's
+		// memory is captured (diskbuf.Primary.Barrier).
+		defer p.disk.Open()
 	}
 	tBarrier := time.Now()
 	var pause time.Duration

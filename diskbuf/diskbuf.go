@@ -1,6 +1,7 @@
 package diskbuf
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -70,6 +71,12 @@ type Primary struct {
 	mode   Mode
 	stores []Store
 
+	// gate, if set, is drained at every Barrier (SetGate); gated says
+	// Barrier closed it and Open has not reopened it. Both belong to the
+	// primary loop.
+	gate  Gate
+	gated bool
+
 	mu sync.Mutex
 	// Protected by mu.
 	cur         []entry                   // writes not yet under a barrier
@@ -93,6 +100,23 @@ func NewPrimary(mode Mode, stores []Store) *Primary {
 	return p
 }
 
+// Gate is what serves a Primary's devices to the guest and can hold its
+// requests at an epoch boundary: an NBD front's *nbd.Server.
+type Gate interface {
+	// Quiesce stops admitting requests and returns once every admitted
+	// one has been answered.
+	Quiesce(ctx context.Context) (uint64, error)
+	// Resume admits requests again.
+	Resume()
+}
+
+// SetGate makes every Barrier drain g first, so that the writes a barrier
+// closes are exactly those the guest was answered for: without it a write
+// in flight at the barrier (admitted, not yet on the store) would land in
+// the next epoch while the guest already saw its answer in this one.
+// Call it once, before the first Barrier.
+func (p *Primary) SetGate(g Gate) { p.gate = g }
+
 // Device returns disk i as an io.ReaderAt + io.WriterAt for the guest's
 // disk backend. Offsets and lengths must be multiples of SectorSize.
 func (p *Primary) Device(i int) *Device { return &Device{p: p, disk: uint32(i)} }
@@ -114,6 +138,22 @@ func (d *Device) WriteAt(b []byte, off int64) (int, error) {
 // ReadAt implements io.ReaderAt for the guest: in shared mode it sees the
 // writes still held.
 func (d *Device) ReadAt(b []byte, off int64) (int, error) { return d.p.read(d.disk, b, off) }
+
+// Sync is the guest's flush: replicate mode (and an unprotected primary)
+// syncs the local store, which holds every write already. In shared mode
+// the held writes are not on the store until their epoch is acknowledged
+// (Release syncs them then); a flush answered before that is safe because
+// a guest that saw the answer is lost with its epoch if the primary dies
+// before the ack, and a replica resumes from an epoch before the flush.
+func (d *Device) Sync() error {
+	if int(d.disk) >= len(d.p.stores) {
+		return fmt.Errorf("%w %d", ErrNoDisk, d.disk)
+	}
+	if err := d.p.stores[d.disk].Sync(); err != nil {
+		return fmt.Errorf("diskbuf: sync disk %d: %w", d.disk, err)
+	}
+	return nil
+}
 
 func checkIO(nstores int, disk uint32, n int, off int64) error {
 	if int(disk) >= nstores {
@@ -182,7 +222,25 @@ func (p *Primary) read(disk uint32, b []byte, off int64) (int, error) {
 // Barrier closes epoch: it returns the writes made since the previous
 // barrier, in order, for shipping with checkpoint epoch. Called while the
 // guest is suspended. The returned slices stay valid and unmodified.
+//
+// With a Gate (SetGate), the gate is quiesced first and stays closed
+// until Open: every request the guest's backend had sent is answered and
+// its write is in this epoch, and no request is answered between the cut
+// and Open, which the primary calls once the epoch's memory is captured.
+// So an answer the captured memory holds (blkback writes its responses
+// into the guest's ring) is always for a write of this epoch or an
+// earlier one; a write in flight at the cut is at worst on the disk
+// ahead of the memory, and the guest's frontend resubmits it after a
+// failover (same data, same place). The drain has no deadline of its
+// own: it waits for the store to finish the requests already admitted.
+// A gate already quiesced by someone else admits nothing either, so the
+// cut is consistent then too.
 func (p *Primary) Barrier(epoch uint64) []Write {
+	if p.gate != nil && !p.gated {
+		if _, err := p.gate.Quiesce(context.Background()); err == nil {
+			p.gated = true
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]Write, len(p.cur))
@@ -202,6 +260,15 @@ func (p *Primary) Barrier(epoch uint64) []Write {
 	}
 	p.cur = p.cur[:0]
 	return out
+}
+
+// Open reopens the gate Barrier closed (a no-op without one). The primary
+// calls it when the epoch's capture is over, whether it succeeded or not.
+func (p *Primary) Open() {
+	if p.gated {
+		p.gated = false
+		p.gate.Resume()
+	}
 }
 
 // Release makes the writes of epochs <= epoch durable output: in shared
