@@ -582,7 +582,7 @@ func (tr trial) run(t *testing.T, seed uint64) {
 		outcome = "standby activated " + act[0].Sub(faultAt).Round(time.Millisecond).String() + " after the fault"
 	}
 	t.Logf("%s; %d acked, counter %d, trial %v", outcome, sum.Acked, sum.MaxCounter, end.Sub(faultAt).Round(time.Millisecond))
-	tallies.add(tr.arb+"/"+tr.fault, len(violations) > 0)
+	tallies.add(strings.Split(t.Name(), "/")[0]+"/"+tr.arb+"/"+tr.fault, len(violations) > 0)
 	if len(violations) > 0 {
 		t.Errorf("seed %d: %s with arbiter %s: %d violation(s):\n  %s\nreproduce: KEMARI_PARTITION_SEED=%d go test ./test/netns -run '^%s$' -v",
 			seed, tr.fault, tr.arb, len(violations), strings.Join(violations, "\n  "), baseSeed(), strings.ReplaceAll(t.Name(), "/", "$/^"))
@@ -612,7 +612,7 @@ func logTallies(t *testing.T, prefix string) {
 	defer tallies.Unlock()
 	for k, n := range tallies.n {
 		if strings.HasPrefix(k, prefix) {
-			t.Logf("%-16s %3d trials, %3d with violations", k, n, tallies.bad[k])
+			t.Logf("%-28s %3d trials, %3d with violations", k, n, tallies.bad[k])
 		}
 	}
 }
@@ -623,7 +623,7 @@ func logTallies(t *testing.T, prefix string) {
 // trials wait mostly on timeouts, not on a core.
 func runTrials(t *testing.T, tr trial, faults []string, n int) {
 	t.Run(tr.arb, func(t *testing.T) {
-		t.Cleanup(func() { logTallies(t, tr.arb+"/") })
+		t.Cleanup(func() { logTallies(t, strings.Split(t.Name(), "/")[0]+"/"+tr.arb+"/") })
 		var wg sync.WaitGroup
 		for i := 0; i < n; i++ {
 			tr := tr

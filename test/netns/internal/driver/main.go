@@ -248,10 +248,41 @@ func primary(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go func() { <-ctx.Done(); p.Stop() }()
-	if err := p.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	err = p.Run(ctx)
+	// The guest dies with this process (deferred DestroyAll), and as a
+	// destroyed Xen domain's vif goes with it, so does its dom0-side
+	// device here, before the buffer is closed: what it still holds, and
+	// whatever the guest namespace's kernel would answer later (a fenced
+	// guest's closed service port), never reaches the wire.
+	if derr := setLink(c.dom0NS, c.vif, false); derr != nil {
+		log.Error("vif not taken down", "err", derr)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// setLink sets link name in namespace ns up or down (no wait).
+func setLink(ns, name string, isUp bool) error {
+	h, err := netns.GetFromPath(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	l, err := nh.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if isUp {
+		return nh.LinkSetUp(l)
+	}
+	return nh.LinkSetDown(l)
 }
 
 func standby(args []string) error {
