@@ -503,8 +503,8 @@ func (tr trial) run(t *testing.T, seed uint64) {
 		// A little more load after the heal, as long as the fault lasted.
 		<-time.After(min(hold, 200*time.Millisecond))
 	} else {
-		t.Errorf("seed %d: liveness: no answer after the heal within 20 s (client-P %v, client-S %v)",
-			seed, lp.ackedAfter(healed), ls.ackedAfter(healed))
+		t.Errorf("seed %d: liveness: no answer after the heal within 20 s (client-P %v, client-S %v)\n%s",
+			seed, lp.ackedAfter(healed), ls.ackedAfter(healed), reproduce(t))
 	}
 	cancel()
 	lp.wg.Wait()
@@ -585,9 +585,15 @@ func (tr trial) run(t *testing.T, seed uint64) {
 	t.Logf("%s; %d acked, counter %d, trial %v", outcome, sum.Acked, sum.MaxCounter, end.Sub(faultAt).Round(time.Millisecond))
 	tallies.add(strings.Split(t.Name(), "/")[0]+"/"+tr.arb+"/"+tr.fault, len(violations) > 0)
 	if len(violations) > 0 {
-		t.Errorf("seed %d: %s with arbiter %s: %d violation(s):\n  %s\nreproduce: KEMARI_PARTITION_SEED=%d go test ./test/netns -run '^%s$' -v",
-			seed, tr.fault, tr.arb, len(violations), strings.Join(violations, "\n  "), baseSeed(), strings.ReplaceAll(t.Name(), "/", "$/^"))
+		t.Errorf("seed %d: %s with arbiter %s: %d violation(s):\n  %s\n%s",
+			seed, tr.fault, tr.arb, len(violations), strings.Join(violations, "\n  "), reproduce(t))
 	}
+}
+
+// reproduce is the command that reruns this trial alone, same seed.
+func reproduce(t *testing.T) string {
+	return fmt.Sprintf("reproduce: KEMARI_PARTITION_SEED=%d go test ./test/netns -run '^%s$' -partition -v",
+		baseSeed(), strings.ReplaceAll(t.Name(), "/", "$/^"))
 }
 
 // tallies counts trials and violating trials per arbiter/fault, logged
