@@ -583,7 +583,7 @@ func (tr trial) run(t *testing.T, seed uint64) {
 		outcome = "standby activated " + act[0].Sub(faultAt).Round(time.Millisecond).String() + " after the fault"
 	}
 	t.Logf("%s; %d acked, counter %d, trial %v", outcome, sum.Acked, sum.MaxCounter, end.Sub(faultAt).Round(time.Millisecond))
-	tallies.add(strings.Split(t.Name(), "/")[0]+"/"+tr.arb+"/"+tr.fault, len(violations) > 0)
+	tallies.add(strings.Split(t.Name(), "/")[0]+"/"+tr.arb+"/"+tr.fault, len(standby.times("activate")) > 0, len(violations) > 0)
 	if len(violations) > 0 {
 		t.Errorf("seed %d: %s with arbiter %s: %d violation(s):\n  %s\n%s",
 			seed, tr.fault, tr.arb, len(violations), strings.Join(violations, "\n  "), reproduce(t))
@@ -600,15 +600,18 @@ func reproduce(t *testing.T) string {
 // at the end of each suite.
 type tally struct {
 	sync.Mutex
-	n, bad map[string]int
+	n, failover, bad map[string]int
 }
 
-var tallies = &tally{n: map[string]int{}, bad: map[string]int{}}
+var tallies = &tally{n: map[string]int{}, failover: map[string]int{}, bad: map[string]int{}}
 
-func (tl *tally) add(k string, bad bool) {
+func (tl *tally) add(k string, failover, bad bool) {
 	tl.Lock()
 	defer tl.Unlock()
 	tl.n[k]++
+	if failover {
+		tl.failover[k]++
+	}
 	if bad {
 		tl.bad[k]++
 	}
@@ -619,7 +622,7 @@ func logTallies(t *testing.T, prefix string) {
 	defer tallies.Unlock()
 	for k, n := range tallies.n {
 		if strings.HasPrefix(k, prefix) {
-			t.Logf("%-28s %3d trials, %3d with violations", k, n, tallies.bad[k])
+			t.Logf("%-28s %3d trials, %3d with the replica activated, %3d with violations", k, n, tallies.failover[k], tallies.bad[k])
 		}
 	}
 }
