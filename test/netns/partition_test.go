@@ -38,7 +38,8 @@ import (
 //   - cut-pa, cut-sa: the primary's or the standby's path to the arbiter
 //     (etcd: its veth is set down; file: every operation fails while a
 //     marker exists, through the backend's fault hook, the file being on
-//     no network);
+//     no network); in half of them (seeded) the primary/standby cut
+//     follows part way through, so that only one side can ask;
 //   - cut-all: all three at once;
 //   - stop-p, stop-s: SIGSTOP of the primary or the standby process for
 //     2 to 5 timeouts, then SIGCONT.
@@ -419,7 +420,14 @@ func (tr trial) run(t *testing.T, seed uint64) {
 		// notices must not break anything either.
 		hold = partTimeout/2 + time.Duration(rng.Int64N(int64(8*partTimeout)))
 	}
-	t.Logf("seed %d: %s, arbiter %s, fault after %v for %v", seed, tr.fault, tr.arb, wait, hold)
+	// Half of the arbiter cuts are joined, part way through, by a cut
+	// between primary and standby: then only one of them can reach the
+	// arbiter, and it must be the one that goes on.
+	var then time.Duration
+	if (tr.fault == "cut-pa" || tr.fault == "cut-sa") && rng.IntN(2) == 0 {
+		then = time.Duration(rng.Int64N(int64(hold/2))) + 1
+	}
+	t.Logf("seed %d: %s, arbiter %s, fault after %v for %v; primary/standby cut too after %v (0: no)", seed, tr.fault, tr.arb, wait, hold, then)
 	<-time.After(wait)
 	link := func(ns, dev, state string) {
 		if _, err := host.Run("", "ip", "-n", ns, "link", "set", dev, state); err != nil {
@@ -481,7 +489,14 @@ func (tr trial) run(t *testing.T, seed uint64) {
 	}
 	faultAt := time.Now()
 	apply(true)
-	<-time.After(hold)
+	if then > 0 {
+		<-time.After(then)
+		cutPS(true)
+		<-time.After(hold - then)
+		cutPS(false)
+	} else {
+		<-time.After(hold)
+	}
 	apply(false)
 	healed := time.Now()
 
