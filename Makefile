@@ -48,13 +48,17 @@ endif
 
 # Tiers 1-4 and 6 (short): unit, scenario, contract, the seeded cluster
 # harness over $(SEEDS) seeds, the multi-process kill test, short fuzzing;
-# all under the race detector.
+# all under the race detector. Then the partition and stall suites in
+# network namespaces (as root; they skip saying why otherwise), last, alone
+# and without -race: 204 seeded trials with 200 ms timeouts, ~2-3 min on 2
+# cores (test/netns/partition_test.go; KEMARI_PARTITION_SEED reruns one).
 test: build
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 	$(GO) test -race -count=1 -timeout 20m ./checkpoint/checkpointtest -run 'TestCluster$$' -seeds $(SEEDS)
 	$(GO) test -count=1 ./checkpoint/checkpointtest -run 'TestReproducible$$'
 	$(MAKE) fuzz FUZZTIME=5s
+	$(GO) test -count=1 -timeout 15m ./test/netns -run '^(TestPartition|TestStall)$$' -partition
 
 # The mutation check: deliberate bugs applied to a copy of the tree, each
 # of which the harness must catch within $(MUTANT_SEEDS) seeds; prints the

@@ -36,6 +36,15 @@
 // requires CheckCommit to flag the replies, so that a pass above means
 // something.
 //
+// TestPartition and TestStall (partition_test.go, run with -partition;
+// make test does) are issue 14's partition and stall suites on the same
+// drivers: a LAN in two halves with a client on each, an arbiter (file:
+// on a shared directory, cut through its fault hook; or a real etcd in a
+// namespace of its own, cut by setting a veth down), and seeded faults —
+// a cut of any link or all three, a SIGSTOP of either process — checked
+// for two hosts answering (on the wire), I4 (from the drivers'
+// observations) and acknowledged INCRs lost (svc.Check).
+//
 // The test needs root; it skips, saying why, otherwise or when
 // KEMARI_SKIP_ROOT_TESTS is set.
 package netns

@@ -40,6 +40,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
+	_ "github.com/xl-kemari/xl-kemari/arbiter/etcd" // etcd:// arbiters
 	"github.com/xl-kemari/xl-kemari/checkpoint"
 	"github.com/xl-kemari/xl-kemari/checkpoint/epoch"
 	"github.com/xl-kemari/xl-kemari/checkpoint/wire"
@@ -109,6 +110,7 @@ func observe(o checkpoint.Observation) {
 type common struct {
 	dom0NS, vif, listen string
 	interval, timeout   time.Duration
+	arbiter, cut        string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -117,6 +119,32 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.listen, "listen", "", "primary: the service address; standby: the replication address")
 	fs.DurationVar(&c.interval, "interval", 100*time.Millisecond, "checkpoint interval")
 	fs.DurationVar(&c.timeout, "timeout", 500*time.Millisecond, "peer declared lost after this long")
+	fs.StringVar(&c.arbiter, "arbiter", "none", "arbiter: none, file:DIR or etcd://HOST:PORT/PREFIX (dialled from this process's namespace)")
+	fs.StringVar(&c.cut, "arbiter-cut", "", "file: arbiters only: while this file exists every arbiter operation fails, as across a partition")
+}
+
+// errCut is what an arbiter operation meets across a simulated partition.
+var errCut = errors.New("driver: arbiter unreachable (partitioned by the test)")
+
+// openArbiter opens c.arbiter. A file: arbiter is on a directory this
+// process shares with its peer, not on the network: the test cuts it off
+// through the backend's fault hook, which fails every operation while the
+// -arbiter-cut file exists.
+func (c *common) openArbiter() (arbiter.Arbiter, error) {
+	a, err := arbiter.Open(c.arbiter)
+	if err != nil {
+		return nil, err
+	}
+	if f, ok := a.(*arbiter.File); ok && c.cut != "" {
+		cut := c.cut
+		f.Fault = func(string) error {
+			if _, err := os.Stat(cut); err == nil {
+				return errCut
+			}
+			return nil
+		}
+	}
+	return a, nil
 }
 
 func (c *common) epoch() epoch.Config {
@@ -206,9 +234,13 @@ func primary(args []string) error {
 	st := diskbuf.NewMemStore(4096 * diskbuf.SectorSize)
 	disk := diskbuf.NewPrimary(diskbuf.Replicate, []diskbuf.Store{st})
 	d.Disk(0).SetBackend(disk.Device(0))
+	arb, err := c.openArbiter()
+	if err != nil {
+		return err
+	}
 	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: c.epoch(), Domain: dom, Codec: wire.CodecLZ4,
 		Logger: log, Observer: observe}, hv.Source(), nsDialer{ns: c.dom0NS, addr: *peer},
-		[]netbuf.Buffer{buf}, disk, arbiter.None{})
+		[]netbuf.Buffer{buf}, disk, arb)
 	if err != nil {
 		return err
 	}
@@ -216,10 +248,41 @@ func primary(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go func() { <-ctx.Done(); p.Stop() }()
-	if err := p.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	err = p.Run(ctx)
+	// The guest dies with this process (deferred DestroyAll), and as a
+	// destroyed Xen domain's vif goes with it, so does its dom0-side
+	// device here, before the buffer is closed: what it still holds, and
+	// whatever the guest namespace's kernel would answer later (a fenced
+	// guest's closed service port), never reaches the wire.
+	if derr := setLink(c.dom0NS, c.vif, false); derr != nil {
+		log.Error("vif not taken down", "err", derr)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// setLink sets link name in namespace ns up or down (no wait).
+func setLink(ns, name string, isUp bool) error {
+	h, err := netns.GetFromPath(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	l, err := nh.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if isUp {
+		return nh.LinkSetUp(l)
+	}
+	return nh.LinkSetDown(l)
 }
 
 func standby(args []string) error {
@@ -244,6 +307,10 @@ func standby(args []string) error {
 	}); err != nil {
 		return err
 	}
+	arb, err := c.openArbiter()
+	if err != nil {
+		return err
+	}
 	activated := make(chan struct{})
 	onActivate := func(libxl.DomID, libxl.DomainInfo) {
 		// The replica's vif joins the bridge only now, as a restored
@@ -259,7 +326,7 @@ func standby(args []string) error {
 		close(activated)
 	}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: c.epoch(), Verify: true, Once: true, Logger: log,
-		Observer: observe, OnActivate: onActivate}, hv.Sink(), tcpListener{ln}, arbiter.None{})
+		Observer: observe, OnActivate: onActivate}, hv.Sink(), tcpListener{ln}, arb)
 	if err != nil {
 		return err
 	}
