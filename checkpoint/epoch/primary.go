@@ -52,6 +52,9 @@ type Primary struct {
 	// standby may have declared it dead and activated. A loss after that
 	// is not a dead standby on this machine's authority (issue 14, point 2).
 	stalled bool
+	// stallNext: p.next when the stall was seen. An ack of an epoch at or
+	// after it (taken after the stall) shows the standby stayed standby.
+	stallNext uint64
 }
 
 // NewPrimary returns a machine in PIdle; feed it EvStart.
@@ -128,6 +131,7 @@ func (p *Primary) Step(ev Event) []Action {
 		switch p.state {
 		case PSyncing, PProtected, PReconnecting, PStopping:
 			p.stalled = true
+			p.stallNext = p.next
 		}
 	}
 	if ev.Now > p.now {
@@ -280,6 +284,9 @@ func (p *Primary) onAck(k uint64, out []Action) []Action {
 	p.lastHeard = p.now
 	p.acked = k
 	p.everSynced = true
+	if p.stalled && k >= p.stallNext {
+		p.stalled = false
+	}
 	i := 0
 	for i < len(p.inflight) && p.inflight[i] <= k {
 		i++
