@@ -15,10 +15,11 @@ const (
 	PStopping                         // stop requested: saying goodbye to the standby; output held
 	PStopped                          // protection ended: the standby confirmed, or was lost (and the arbiter granted)
 	PFenced                           // the arbiter gave the guest to the standby; guest destroyed
+	PStalled                          // the standby was lost after this machine itself stalled: output held, reconnecting; never unprotected on its own authority
 )
 
 var pstateNames = [...]string{"idle", "connecting", "syncing", "protected", "reconnecting",
-	"arbitrating", "unprotected", "stopping", "stopped", "fenced"}
+	"arbitrating", "unprotected", "stopping", "stopped", "fenced", "stalled"}
 
 func (s PrimaryState) String() string { return pstateNames[s] }
 
@@ -46,6 +47,14 @@ type Primary struct {
 	stopAt      Duration // when the stop was requested (PStopping)
 	byeAt       Duration // when the goodbye was last sent on the live connection
 	now         Duration
+	// stalled: this machine ran more than Timeout/2 after a deadline it
+	// asked for while the standby could be counting its silence, so the
+	// standby may have declared it dead and activated. A loss after that
+	// is not a dead standby on this machine's authority (issue 14, point 2).
+	stalled bool
+	// stallNext: p.next when the stall was seen. An ack of an epoch at or
+	// after it (taken after the stall) shows the standby stayed standby.
+	stallNext uint64
 }
 
 // NewPrimary returns a machine in PIdle; feed it EvStart.
@@ -85,6 +94,10 @@ func (p *Primary) Deadline() Duration {
 		if p.connected {
 			at(p.lastHB + p.cfg.Heartbeat)
 		}
+	case PStalled:
+		if !p.connecting {
+			at(p.lastAttempt + p.cfg.Retry)
+		}
 	case PConnecting, PUnprotected:
 		if !p.connecting && (p.state == PConnecting || p.cfg.Reprotect) {
 			at(p.lastAttempt + p.cfg.Retry)
@@ -114,6 +127,13 @@ func (p *Primary) nextCheckpoint() Duration {
 
 // Step feeds one event and returns the actions to carry out, in order.
 func (p *Primary) Step(ev Event) []Action {
+	if d := p.Deadline(); d >= 0 && ev.Now-d > p.cfg.Timeout/2 {
+		switch p.state {
+		case PSyncing, PProtected, PReconnecting, PStopping:
+			p.stalled = true
+			p.stallNext = p.next
+		}
+	}
 	if ev.Now > p.now {
 		p.now = ev.Now
 	}
@@ -200,6 +220,25 @@ func (p *Primary) onConnected(ev Event, out []Action) []Action {
 		p.lastHeard = p.now
 		return p.goodbye(out)
 	}
+	if p.state == PStalled {
+		if !ev.HasReplica || !p.everSynced {
+			// The standby no longer holds this session's replica: it
+			// may have activated it. Stay held.
+			return append(out, Action{Kind: ActDisconnect, Reason: "stalled: standby holds no replica of this session"},
+				notify("stalled; the standby holds no replica; output held, not running unprotected"))
+		}
+		// It answers as the standby of this session: it has not taken
+		// over, and resyncing keeps it from doing so.
+		p.stalled = false
+		if p.stopping {
+			p.state = PStopping
+			p.stopAt = p.now
+			p.connected = true
+			p.lastHeard = p.now
+			return p.goodbye(append(out, notify("stalled; the standby answered; stopping")))
+		}
+		p.state = PReconnecting
+	}
 	switch p.state {
 	case PConnecting, PReconnecting, PUnprotected:
 	default:
@@ -245,6 +284,9 @@ func (p *Primary) onAck(k uint64, out []Action) []Action {
 	p.lastHeard = p.now
 	p.acked = k
 	p.everSynced = true
+	if p.stalled && k >= p.stallNext {
+		p.stalled = false
+	}
 	i := 0
 	for i < len(p.inflight) && p.inflight[i] <= k {
 		i++
@@ -297,6 +339,10 @@ func (p *Primary) onStop(out []Action) []Action {
 			out = p.connect(out)
 		}
 		return out
+	case PStalled:
+		// Only the standby's answer may release held output.
+		p.stopping = true
+		return append(out, notify("stop requested; stalled: output held until the standby answers"))
 	case PArbitrating:
 		// The arbiter's answer decides: granted, stop; denied, fenced.
 		p.stopping = true
@@ -333,8 +379,14 @@ func (p *Primary) stopped(out []Action) []Action {
 func (p *Primary) lost(why string, out []Action) []Action {
 	p.connected = false
 	p.inflight = p.inflight[:0]
-	p.everSynced = false
 	out = append(out, Action{Kind: ActDisconnect, Reason: why})
+	if p.stalled && !p.cfg.Arbiter {
+		// The standby may have declared this machine dead while it did
+		// not run: hold output, keep trying to reach it. (issue 14)
+		p.state = PStalled
+		return append(out, notify("standby lost ("+why+") after this primary stalled; output held, reconnecting"))
+	}
+	p.everSynced = false
 	if p.cfg.Arbiter {
 		p.state = PArbitrating
 		return append(out, Action{Kind: ActAcquire}, notify("standby lost ("+why+"); asking the arbiter"))
@@ -357,6 +409,11 @@ func (p *Primary) timers(out []Action) []Action {
 			return p.lost("no frames for the timeout", out)
 		}
 	case PConnecting:
+		if !p.connecting && now >= p.lastAttempt+p.cfg.Retry {
+			out = p.connect(out)
+		}
+		return out
+	case PStalled:
 		if !p.connecting && now >= p.lastAttempt+p.cfg.Retry {
 			out = p.connect(out)
 		}
