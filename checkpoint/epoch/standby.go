@@ -31,6 +31,13 @@ type Standby struct {
 	lastHeard Duration
 	lastHB    Duration
 	now       Duration
+	// stalledAt: when this machine, without an arbiter, ran more than
+	// Timeout/2 after a deadline it asked for (SIGSTOP, a hung dom0): the
+	// primary may have counted that silence as this standby's death and
+	// run unprotected since, so its replica no longer covers what the
+	// primary released. 0: not stalled. Cleared by a hello, or by frames
+	// heard for a whole Timeout after it (the primary kept streaming).
+	stalledAt Duration
 }
 
 // NewStandby returns a machine waiting for a primary.
@@ -61,12 +68,16 @@ func (s *Standby) Deadline() Duration {
 
 // Step feeds one event and returns the actions to carry out, in order.
 func (s *Standby) Step(ev Event) []Action {
+	if d := s.Deadline(); d >= 0 && ev.Now-d > s.cfg.Timeout/2 && !s.cfg.Arbiter {
+		s.stalledAt = max(ev.Now, 1)
+	}
 	if ev.Now > s.now {
 		s.now = ev.Now
 	}
 	var out []Action
 	switch ev.Kind {
 	case EvHello:
+		s.stalledAt = 0 // a primary that dials again holds its output or starts anew
 		// HasReplica: the hello continues the session whose replica this
 		// standby holds (a resync); otherwise any replica is stale.
 		switch s.state {
@@ -333,6 +344,23 @@ func (s *Standby) failover(why string, out []Action) []Action {
 func (s *Standby) timers(out []Action) []Action {
 	if s.state != SSyncing && s.state != SReady {
 		return out
+	}
+	if s.stalledAt != 0 && s.lastHeard-s.stalledAt > s.cfg.Timeout {
+		s.stalledAt = 0 // the primary streamed on for a Timeout after the stall
+	}
+	if s.now-s.lastHeard > s.cfg.Timeout && s.stalledAt != 0 {
+		// This standby stalled, then the primary fell silent: without an
+		// arbiter it cannot tell a dead primary from one that declared it
+		// dead during the stall and ran unprotected. Activating could
+		// make two active copies and forget replies the primary gave
+		// since; giving the replica up loses no acknowledged output.
+		out = append(out, s.discardStaging()...)
+		out = s.dropFallback(out)
+		s.state = SWaiting
+		s.connected = false
+		s.stalledAt = 0
+		return append(out, Action{Kind: ActDisconnect, Reason: "standby stalled, then the primary fell silent"},
+			Action{Kind: ActDestroyReplica}, notify("this standby stalled longer than the primary may wait, then lost the primary: replica discarded, not activated (no arbiter)"))
 	}
 	if s.now-s.lastHeard > s.cfg.Timeout {
 		if s.state == SReady {
