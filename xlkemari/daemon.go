@@ -149,6 +149,11 @@ func daemonize(e *env, args []string, domain, logPath string, wait bool) int {
 				fmt.Fprintf(e.Stderr, "xl-kemari: %s is protected\n", domain)
 				cmd.Process.Release()
 				return exitOK
+			case "stalled":
+				bar.finish()
+				fmt.Fprintf(e.Stderr, "xl-kemari: %s is NOT protected: the protector stalled and then lost the standby (%s); its output is held until the standby answers: see xl kemari status %s\n", domain, why, domain)
+				cmd.Process.Release()
+				return exitOK
 			case "unprotected":
 				bar.finish()
 				fmt.Fprintf(e.Stderr, "xl-kemari: %s is NOT protected yet (%s); the protector keeps trying: see xl kemari status %s\n", domain, why, domain)

@@ -21,7 +21,7 @@ import (
 // protected right now" on a primary.
 var stateValues = map[string]float64{
 	"idle": 0, "connecting": 0, "syncing": 1, "protected": 2, "reconnecting": 1, "arbitrating": 0,
-	"unprotected": 0, "stopping": 1, "stopped": 0, "fenced": -1,
+	"unprotected": 0, "stopping": 1, "stopped": 0, "fenced": -1, "stalled": 1,
 	"waiting": 0, "ready": 2, "active": 3, "denied": -1,
 }
 
@@ -55,7 +55,7 @@ func newStatusCollector(statuses func() []checkpoint.Status) *statusCollector {
 		info: prometheus.NewDesc("xl_kemari_state_info", "the protection state by name (value always 1)",
 			[]string{"domain", "role", "state"}, nil),
 		metrics: []statusMetric{
-			m("xl_kemari_state", "protection state: 2 protected/ready, 1 syncing, 0 unprotected, 3 active (failed over), -1 fenced/denied", g,
+			m("xl_kemari_state", "protection state: 2 protected/ready, 1 syncing/reconnecting/stalled (output held), 0 unprotected, 3 active (failed over), -1 fenced/denied", g,
 				func(s checkpoint.Status) float64 { return stateValues[s.State] }),
 			m("xl_kemari_epoch", "last acknowledged (primary) or committed (standby) epoch", g, func(s checkpoint.Status) float64 { return float64(s.Epoch) }),
 			m("xl_kemari_checkpoints_total", "checkpoints taken (primary) or committed (standby)", c, func(s checkpoint.Status) float64 { return float64(s.Checkpoints) }),
