@@ -292,6 +292,14 @@ func (p *Primary) onAck(k uint64, out []Action) []Action {
 		i++
 	}
 	p.inflight = append(p.inflight[:0], p.inflight[i:]...)
+	if p.stalled {
+		// Read after the stall, it may have been sent before the standby
+		// declared this primary dead and activated: releasing now would
+		// make two copies answer. The output waits for an ack of a
+		// checkpoint taken after the stall, which shows the standby still
+		// standby and covers this epoch too.
+		return out
+	}
 	// Output commit: epoch k's output leaves only now. (I1)
 	return append(out, Action{Kind: ActRelease, Epoch: k})
 }
