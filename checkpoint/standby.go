@@ -221,7 +221,12 @@ func (s *Standby) Run(ctx context.Context) error {
 	defer func() {
 		s.ln.Close()
 		if s.conn != nil {
-			s.conn.c.Close()
+			// Write what is queued first (the answer to a GOODBYE, a
+			// refusal), then close; closeGrace bounds a peer that does
+			// not read. Closing at once lost the answer to the goodbye of
+			// a one-shot standby's primary, whose stop then waited out its
+			// whole timeout and ended as a standby loss.
+			s.conn.hangUp()
 		}
 		if s.has && s.m.State() != epoch.SActive {
 			s.sink.Destroy(s.replica)

@@ -9,7 +9,9 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -355,8 +357,14 @@ func captureStream(tb testing.TB, codec wire.Codec, commits int) []byte {
 		n := checkpoint.NewPipeNetwork()
 		n.Wrap = func(c checkpoint.Conn) checkpoint.Conn { return teeConn{Conn: c, mu: &mu, w: &buf} }
 		acked := make(chan struct{}, 64)
+		var unconfirmed atomic.Bool
 		p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: captureEpoch, Domain: dom, Codec: codec, SyncStopPages: 8,
 			Observer: func(o checkpoint.Observation) {
+				if o.Kind == checkpoint.ObsState && strings.Contains(o.Msg, "goodbye not confirmed") {
+					// The one-shot standby's answer to the goodbye must
+					// reach the primary before its connection closes.
+					unconfirmed.Store(true)
+				}
 				if o.Kind == checkpoint.ObsRelease {
 					select {
 					case acked <- struct{}{}:
@@ -392,6 +400,9 @@ func captureStream(tb testing.TB, codec wire.Codec, commits int) []byte {
 		}
 		if err := <-sdone; err != nil {
 			tb.Fatalf("capture: standby: %v", err)
+		}
+		if unconfirmed.Load() {
+			tb.Fatalf("capture (%v): the standby's answer to the goodbye never reached the primary", codec)
 		}
 		mu.Lock()
 		out = bytes.Clone(buf.Bytes())
