@@ -253,7 +253,7 @@ func (f *netbufFlags) onActivate(log *slog.Logger, hv libxl.Hypervisor) func(lib
 			}
 		}
 		for _, v := range f.vifs {
-			if err := linkUp(f.dom0NS, v, 5*time.Second); err != nil {
+			if err := host.LinkUp(f.dom0NS, v, 5*time.Second); err != nil {
 				log.Warn("failover: replica vif not up", "vif", v, "err", err)
 			}
 		}
@@ -297,7 +297,7 @@ var replicaDomID func(hv libxl.Hypervisor, dom libxl.DomID) (libxl.DomID, bool)
 func (f *netbufFlags) announceXen(log *slog.Logger, id libxl.DomID, nics []libxl.NIC) {
 	for _, n := range nics {
 		vif := fmt.Sprintf("vif%d.%d", id, n.Index)
-		if err := linkUp(f.dom0NS, vif, 10*time.Second); err != nil {
+		if err := host.LinkUp(f.dom0NS, vif, 10*time.Second); err != nil {
 			log.Warn("failover: replica vif not up", "vif", vif, "err", err)
 			continue
 		}
@@ -332,56 +332,4 @@ func ifAddrs(ifname string) (net.HardwareAddr, []netip.Addr, error) {
 		}
 	}
 	return l.Attrs().HardwareAddr, out, nil
-}
-
-// linkUp sets name up in the namespace at nsPath and waits, on link
-// notifications, until it is operationally up or wait has passed.
-func linkUp(nsPath, name string, wait time.Duration) error {
-	h := netns.None()
-	if nsPath != "" {
-		var err error
-		if h, err = netns.GetFromPath(nsPath); err != nil {
-			return err
-		}
-		defer h.Close()
-	} else {
-		var err error
-		if h, err = netns.Get(); err != nil {
-			return err
-		}
-		defer h.Close()
-	}
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return err
-	}
-	defer nh.Close()
-	ch := make(chan netlink.LinkUpdate, 16)
-	done := make(chan struct{})
-	defer close(done)
-	if err := netlink.LinkSubscribeAt(h, ch, done); err != nil {
-		return err
-	}
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if err := nh.LinkSetUp(l); err != nil {
-		return err
-	}
-	if l, err := nh.LinkByName(name); err == nil && l.Attrs().OperState == netlink.OperUp {
-		return nil
-	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		select {
-		case u := <-ch:
-			if u.Attrs().Name == name && u.Attrs().OperState == netlink.OperUp {
-				return nil
-			}
-		case <-timer.C:
-			return fmt.Errorf("%s not operationally up after %v", name, wait)
-		}
-	}
 }

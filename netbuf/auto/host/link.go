@@ -1,0 +1,109 @@
+package host
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// SetLink sets link name in the network namespace at nsPath ("" = the
+// calling thread's) up or down. It does not wait for the link to be
+// operationally up: LinkUp does.
+func SetLink(nsPath, name string, up bool) error {
+	ns, nh, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	defer nh.Close()
+	l, err := nh.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
+	}
+	if up {
+		err = nh.LinkSetUp(l)
+	} else {
+		err = nh.LinkSetDown(l)
+	}
+	if err != nil {
+		return fmt.Errorf("host: set link %s in %s up=%v: %w", name, nsName(nsPath), up, err)
+	}
+	return nil
+}
+
+// LinkUp sets link name in the network namespace at nsPath ("" = the
+// calling thread's) up and waits, on link notifications (no polling),
+// until it is operationally up, or fails after wait. A bridge port is
+// forwarding only once its carrier is noticed: a frame sent through it
+// before (a failover announcement) is dropped.
+func LinkUp(nsPath, name string, wait time.Duration) error {
+	ns, nh, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	defer nh.Close()
+	// Subscribed before the link is set up: no transition is missed.
+	ch := make(chan netlink.LinkUpdate, 16)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.LinkSubscribeAt(ns, ch, done); err != nil {
+		return fmt.Errorf("host: link notifications in %s: %w", nsName(nsPath), err)
+	}
+	l, err := nh.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
+	}
+	if err := nh.LinkSetUp(l); err != nil {
+		return fmt.Errorf("host: set link %s in %s up: %w", name, nsName(nsPath), err)
+	}
+	if l, err := nh.LinkByName(name); err == nil && l.Attrs().OperState == netlink.OperUp {
+		return nil
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case u, ok := <-ch:
+			if !ok {
+				return fmt.Errorf("host: link notifications in %s ended before %s was operationally up", nsName(nsPath), name)
+			}
+			if u.Attrs().Name == name && u.Attrs().OperState == netlink.OperUp {
+				return nil
+			}
+		case <-timer.C:
+			return fmt.Errorf("host: link %s in %s not operationally up after %v", name, nsName(nsPath), wait)
+		}
+	}
+}
+
+// handleAt returns the network namespace at nsPath ("" = the calling
+// thread's) and a netlink handle in it. The caller closes both.
+func handleAt(nsPath string) (netns.NsHandle, *netlink.Handle, error) {
+	var ns netns.NsHandle
+	var err error
+	if nsPath == "" {
+		ns, err = netns.Get()
+	} else {
+		ns, err = netns.GetFromPath(nsPath)
+	}
+	if err != nil {
+		return netns.None(), nil, fmt.Errorf("%w: open %s: %v", ErrNetNS, nsName(nsPath), err)
+	}
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return netns.None(), nil, fmt.Errorf("%w: netlink in %s: %v", ErrNetNS, nsName(nsPath), err)
+	}
+	return ns, nh, nil
+}
+
+// nsName names the namespace at nsPath in errors.
+func nsName(nsPath string) string {
+	if nsPath == "" {
+		return "this network namespace"
+	}
+	return nsPath
+}
