@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"time"
 
 	"github.com/spf13/pflag"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -264,7 +262,7 @@ func (f *netbufFlags) onActivate(log *slog.Logger, hv libxl.Hypervisor) func(lib
 		for _, ifname := range f.announceIf {
 			var addrs []netip.Addr
 			err := host.InNetNS(ns, func() error {
-				mac, a, err := ifAddrs(ifname)
+				mac, a, err := host.LinkAddrs("", ifname)
 				if err != nil {
 					return err
 				}
@@ -312,24 +310,4 @@ func (f *netbufFlags) announceXen(log *slog.Logger, id libxl.DomID, nics []libxl
 		}
 		log.Info("failover: announced", "dom", id, "vif", vif, "bridge", n.Bridge, "mac", n.MAC, "addrs", n.Addrs)
 	}
-}
-
-// ifAddrs returns ifname's MAC and global unicast addresses, in the
-// calling thread's namespace.
-func ifAddrs(ifname string) (net.HardwareAddr, []netip.Addr, error) {
-	l, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return nil, nil, err
-	}
-	as, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, nil, err
-	}
-	var out []netip.Addr
-	for _, a := range as {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-			out = append(out, ip.Unmap())
-		}
-	}
-	return l.Attrs().HardwareAddr, out, nil
 }

@@ -2,6 +2,8 @@ package host
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -77,6 +79,33 @@ func LinkUp(nsPath, name string, wait time.Duration) error {
 			return fmt.Errorf("host: link %s in %s not operationally up after %v", name, nsName(nsPath), wait)
 		}
 	}
+}
+
+// LinkAddrs returns the MAC and the global unicast addresses of link
+// name in the network namespace at nsPath ("" = the calling thread's):
+// what a failover announces for an interface.
+func LinkAddrs(nsPath, name string) (net.HardwareAddr, []netip.Addr, error) {
+	ns, nh, err := handleAt(nsPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ns.Close()
+	defer nh.Close()
+	l, err := nh.LinkByName(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
+	}
+	as, err := nh.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("host: addresses of %s in %s: %w", name, nsName(nsPath), err)
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return l.Attrs().HardwareAddr, out, nil
 }
 
 // handleAt returns the network namespace at nsPath ("" = the calling

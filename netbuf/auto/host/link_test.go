@@ -92,3 +92,36 @@ func TestLinkErrorsName(t *testing.T) {
 		}
 	}
 }
+
+// LinkAddrs returns the link's MAC and its global unicast addresses,
+// IPv4 and IPv6, not its link-local ones (what a failover announces).
+func TestLinkAddrs(t *testing.T) {
+	path := linkNS(t)
+	for _, args := range [][]string{
+		{"link", "set", "va", "address", "02:00:00:00:0a:01"},
+		{"addr", "add", "192.0.2.7/24", "dev", "va"},
+		{"addr", "add", "2001:db8::7/64", "dev", "va", "nodad"},
+		{"addr", "add", "fe80::7/64", "dev", "va", "nodad"},
+	} {
+		if _, err := Run(path, append([]string{"ip"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mac, addrs, err := LinkAddrs(path, "va")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mac.String() != "02:00:00:00:0a:01" {
+		t.Errorf("MAC %v, want 02:00:00:00:0a:01", mac)
+	}
+	got := map[string]bool{}
+	for _, a := range addrs {
+		got[a.String()] = true
+	}
+	if len(addrs) != 2 || !got["192.0.2.7"] || !got["2001:db8::7"] {
+		t.Errorf("addresses %v, want 192.0.2.7 and 2001:db8::7 only", addrs)
+	}
+	if _, _, err := LinkAddrs(path, "nosuch"); err == nil || !strings.Contains(err.Error(), "nosuch") {
+		t.Errorf("a missing link: %v, want an error naming it", err)
+	}
+}

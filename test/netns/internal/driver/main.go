@@ -36,8 +36,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/xl-kemari/xl-kemari/arbiter"
 	_ "github.com/xl-kemari/xl-kemari/arbiter/etcd" // etcd:// arbiters
 	"github.com/xl-kemari/xl-kemari/checkpoint"
@@ -321,19 +319,9 @@ func standby(args []string) error {
 
 // announceIf announces ifname's MAC and global addresses from ifname.
 func announceIf(ifname string) error {
-	l, err := netlink.LinkByName(ifname)
+	mac, ips, err := host.LinkAddrs("", ifname)
 	if err != nil {
 		return err
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return err
-	}
-	var ips []netip.Addr
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-			ips = append(ips, ip.Unmap())
-		}
-	}
-	return announce.Send(ifname, l.Attrs().HardwareAddr, ips, 3)
+	return announce.Send(ifname, mac, ips, 3)
 }
