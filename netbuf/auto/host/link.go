@@ -14,16 +14,11 @@ import (
 // calling thread's) up or down. It does not wait for the link to be
 // operationally up: LinkUp does.
 func SetLink(nsPath, name string, up bool) error {
-	ns, nh, err := handleAt(nsPath)
+	_, nh, l, done, err := linkAt(nsPath, name)
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	defer nh.Close()
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
-	}
+	defer done()
 	if up {
 		err = nh.LinkSetUp(l)
 	} else {
@@ -41,22 +36,17 @@ func SetLink(nsPath, name string, up bool) error {
 // forwarding only once its carrier is noticed: a frame sent through it
 // before (a failover announcement) is dropped.
 func LinkUp(nsPath, name string, wait time.Duration) error {
-	ns, nh, err := handleAt(nsPath)
+	ns, nh, l, done, err := linkAt(nsPath, name)
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	defer nh.Close()
+	defer done()
 	// Subscribed before the link is set up: no transition is missed.
 	ch := make(chan netlink.LinkUpdate, 16)
-	done := make(chan struct{})
-	defer close(done)
-	if err := netlink.LinkSubscribeAt(ns, ch, done); err != nil {
+	stop := make(chan struct{})
+	defer close(stop)
+	if err := netlink.LinkSubscribeAt(ns, ch, stop); err != nil {
 		return fmt.Errorf("host: link notifications in %s: %w", nsName(nsPath), err)
-	}
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
 	}
 	if err := nh.LinkSetUp(l); err != nil {
 		return fmt.Errorf("host: set link %s in %s up: %w", name, nsName(nsPath), err)
@@ -85,16 +75,11 @@ func LinkUp(nsPath, name string, wait time.Duration) error {
 // name in the network namespace at nsPath ("" = the calling thread's):
 // what a failover announces for an interface.
 func LinkAddrs(nsPath, name string) (net.HardwareAddr, []netip.Addr, error) {
-	ns, nh, err := handleAt(nsPath)
+	_, nh, l, done, err := linkAt(nsPath, name)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer ns.Close()
-	defer nh.Close()
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return nil, nil, fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
-	}
+	defer done()
 	as, err := nh.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("host: addresses of %s in %s: %w", name, nsName(nsPath), err)
@@ -106,6 +91,23 @@ func LinkAddrs(nsPath, name string) (net.HardwareAddr, []netip.Addr, error) {
 		}
 	}
 	return l.Attrs().HardwareAddr, out, nil
+}
+
+// linkAt returns the network namespace at nsPath ("" = the calling
+// thread's), a netlink handle in it and its link name; done closes the
+// handles.
+func linkAt(nsPath, name string) (netns.NsHandle, *netlink.Handle, netlink.Link, func(), error) {
+	ns, nh, err := handleAt(nsPath)
+	if err != nil {
+		return ns, nil, nil, nil, err
+	}
+	done := func() { nh.Close(); ns.Close() }
+	l, err := nh.LinkByName(name)
+	if err != nil {
+		done()
+		return netns.None(), nil, nil, nil, fmt.Errorf("host: link %s in %s: %w", name, nsName(nsPath), err)
+	}
+	return ns, nh, l, done, nil
 }
 
 // handleAt returns the network namespace at nsPath ("" = the calling

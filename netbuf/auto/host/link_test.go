@@ -34,16 +34,11 @@ func linkNS(t *testing.T) string {
 
 func operState(t *testing.T, nsPath, name string) netlink.LinkOperState {
 	t.Helper()
-	ns, nh, err := handleAt(nsPath)
+	_, _, l, done, err := linkAt(nsPath, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
-	defer nh.Close()
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer done()
 	return l.Attrs().OperState
 }
 
