@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"time"
 
 	"github.com/spf13/pflag"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -253,7 +251,7 @@ func (f *netbufFlags) onActivate(log *slog.Logger, hv libxl.Hypervisor) func(lib
 			}
 		}
 		for _, v := range f.vifs {
-			if err := linkUp(f.dom0NS, v, 5*time.Second); err != nil {
+			if err := host.LinkUp(f.dom0NS, v, 5*time.Second); err != nil {
 				log.Warn("failover: replica vif not up", "vif", v, "err", err)
 			}
 		}
@@ -264,7 +262,7 @@ func (f *netbufFlags) onActivate(log *slog.Logger, hv libxl.Hypervisor) func(lib
 		for _, ifname := range f.announceIf {
 			var addrs []netip.Addr
 			err := host.InNetNS(ns, func() error {
-				mac, a, err := ifAddrs(ifname)
+				mac, a, err := host.LinkAddrs("", ifname)
 				if err != nil {
 					return err
 				}
@@ -297,7 +295,7 @@ var replicaDomID func(hv libxl.Hypervisor, dom libxl.DomID) (libxl.DomID, bool)
 func (f *netbufFlags) announceXen(log *slog.Logger, id libxl.DomID, nics []libxl.NIC) {
 	for _, n := range nics {
 		vif := fmt.Sprintf("vif%d.%d", id, n.Index)
-		if err := linkUp(f.dom0NS, vif, 10*time.Second); err != nil {
+		if err := host.LinkUp(f.dom0NS, vif, 10*time.Second); err != nil {
 			log.Warn("failover: replica vif not up", "vif", vif, "err", err)
 			continue
 		}
@@ -311,77 +309,5 @@ func (f *netbufFlags) announceXen(log *slog.Logger, id libxl.DomID, nics []libxl
 			continue
 		}
 		log.Info("failover: announced", "dom", id, "vif", vif, "bridge", n.Bridge, "mac", n.MAC, "addrs", n.Addrs)
-	}
-}
-
-// ifAddrs returns ifname's MAC and global unicast addresses, in the
-// calling thread's namespace.
-func ifAddrs(ifname string) (net.HardwareAddr, []netip.Addr, error) {
-	l, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return nil, nil, err
-	}
-	as, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, nil, err
-	}
-	var out []netip.Addr
-	for _, a := range as {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-			out = append(out, ip.Unmap())
-		}
-	}
-	return l.Attrs().HardwareAddr, out, nil
-}
-
-// linkUp sets name up in the namespace at nsPath and waits, on link
-// notifications, until it is operationally up or wait has passed.
-func linkUp(nsPath, name string, wait time.Duration) error {
-	h := netns.None()
-	if nsPath != "" {
-		var err error
-		if h, err = netns.GetFromPath(nsPath); err != nil {
-			return err
-		}
-		defer h.Close()
-	} else {
-		var err error
-		if h, err = netns.Get(); err != nil {
-			return err
-		}
-		defer h.Close()
-	}
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return err
-	}
-	defer nh.Close()
-	ch := make(chan netlink.LinkUpdate, 16)
-	done := make(chan struct{})
-	defer close(done)
-	if err := netlink.LinkSubscribeAt(h, ch, done); err != nil {
-		return err
-	}
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if err := nh.LinkSetUp(l); err != nil {
-		return err
-	}
-	if l, err := nh.LinkByName(name); err == nil && l.Attrs().OperState == netlink.OperUp {
-		return nil
-	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		select {
-		case u := <-ch:
-			if u.Attrs().Name == name && u.Attrs().OperState == netlink.OperUp {
-				return nil
-			}
-		case <-timer.C:
-			return fmt.Errorf("%s not operationally up after %v", name, wait)
-		}
 	}
 }

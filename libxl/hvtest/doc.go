@@ -10,7 +10,7 @@
 //			Open:    func(t *testing.T) libxl.Hypervisor { ... },
 //			Create:  func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID { ... },
 //			Touch:   ...,             // optional: exact dirty sets (else NoTouch says why not)
-//			Advance: func(t *testing.T) { time.Sleep(20 * time.Millisecond) },
+//			Advance: hvtest.Virtual(20 * time.Millisecond), // virtual time: no wall clock
 //			Bubble:  true,            // sim: each subtest in a synctest bubble
 //		})
 //	}

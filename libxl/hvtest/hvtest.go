@@ -41,7 +41,8 @@ type Factory struct {
 	NoTouch string
 
 	// Advance lets running guests execute for a while: long enough for
-	// a running guest to write to its memory.
+	// a running guest to write to its memory. A Bubble backend uses
+	// Virtual, which moves the bubble's clock instead of waiting.
 	Advance func(t *testing.T)
 
 	// Bubble runs each subtest in a testing/synctest bubble: Advance may
@@ -71,6 +72,36 @@ type Factory struct {
 	// report the same as its primary, because it resumes the guest's run
 	// rather than starting the guest again.
 	Boot func(t *testing.T, hv libxl.Hypervisor, dom libxl.DomID) string
+}
+
+// Virtual returns an Advance for a Bubble backend: it moves the
+// bubble's virtual clock on by d (time.Sleep in a bubble returns as soon
+// as every other goroutine of the bubble is durably blocked, so no wall
+// clock time passes), then waits until every guest goroutine has run
+// the step due at that instant and blocked again, so that each guest has
+// run exactly the steps d holds. Outside a synctest bubble the sleep
+// would be a wall-clock wait: it fails the test instead.
+func Virtual(d time.Duration) func(t *testing.T) {
+	return func(t *testing.T) {
+		t.Helper()
+		if !inBubble() {
+			t.Fatalf("hvtest: Virtual(%v) outside a testing/synctest bubble (Factory.Bubble): it would wait on the wall clock", d)
+		}
+		time.Sleep(d)
+		synctest.Wait()
+	}
+}
+
+// inBubble reports whether the calling goroutine is in a synctest
+// bubble: synctest.Wait panics outside one.
+func inBubble() (in bool) {
+	defer func() {
+		if recover() != nil {
+			in = false
+		}
+	}()
+	synctest.Wait()
+	return true
 }
 
 // Pages is the size of the domains the suite asks Create for. The checks

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/hvtest"
@@ -303,7 +302,7 @@ func TestContractStream(t *testing.T) {
 			return dom
 		},
 		NoTouch: "a stream's checks run on the guest's own writes, as on Xen",
-		Advance: func(t *testing.T) { time.Sleep(20 * sim.DefaultQuantum) },
+		Advance: hvtest.Virtual(20 * sim.DefaultQuantum),
 		Bubble:  true,
 	})
 }

@@ -2,7 +2,6 @@ package sim_test
 
 import (
 	"testing"
-	"time"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/hvtest"
@@ -52,7 +51,7 @@ func TestContract(t *testing.T) {
 				t.Error(err)
 			}
 		},
-		Advance: func(t *testing.T) { time.Sleep(20 * sim.DefaultQuantum) },
+		Advance: hvtest.Virtual(20 * sim.DefaultQuantum),
 		Bubble:  true,
 	})
 }

@@ -277,20 +277,25 @@ func TestSparse(t *testing.T) {
 
 // TestGuestLoop runs a guest in virtual time: it steps once per quantum,
 // stops at Suspend, goes on at Resume, and leaves no goroutine behind.
+// Every sleep here moves the bubble's clock (no wall-clock time passes);
+// the synctest.Wait after it returns once the guest has run the step due
+// at that instant, so the counts are exact.
 func TestGuestLoop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHV(t, nil)
 		dom, d := create(t, h, sim.DomainConfig{Pages: 128, Workload: sim.WorkloadStream, Rate: 1000, Quantum: 2 * time.Millisecond})
 		time.Sleep(100 * time.Millisecond)
 		synctest.Wait()
-		if got := d.Steps(); got < 45 || got > 51 {
-			t.Errorf("after 100ms of 2ms quanta: %d steps", got)
+		// A step as it starts, then one per quantum: at 2, 4, ... 100 ms.
+		if got := d.Steps(); got != 51 {
+			t.Errorf("after 100ms of 2ms quanta: %d steps, want 51", got)
 		}
 		if err := h.Suspend(dom); err != nil {
 			t.Fatal(err)
 		}
 		at := d.Steps()
 		time.Sleep(time.Second)
+		synctest.Wait()
 		if d.Steps() != at {
 			t.Errorf("suspended guest stepped from %d to %d", at, d.Steps())
 		}
@@ -308,8 +313,9 @@ func TestGuestLoop(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 		synctest.Wait()
-		if d.Steps() <= at+3 {
-			t.Error("resumed guest did not step")
+		// A step at Resume, then one per quantum for 20ms.
+		if got := d.Steps(); got != at+3+11 {
+			t.Errorf("resumed guest: %d steps 20ms after Resume at %d, want %d", got, at+3, at+3+11)
 		}
 		if err := h.Destroy(dom); err != nil {
 			t.Fatal(err)

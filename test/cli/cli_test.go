@@ -260,17 +260,10 @@ func TestSSHReconnectAttaches(t *testing.T) {
 	}
 	// Protected again, past the epoch before the break, through a second
 	// session...
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	waitFile(t, filepath.Dir(pids), 15*time.Second, primary, "the primary reconnecting through a new ssh session", func() bool {
 		b, _ = os.ReadFile(pids)
-		if len(strings.Fields(string(b))) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the primary did not reconnect through a new ssh session")
-		}
-		<-time.After(20 * time.Millisecond)
-	}
+		return len(strings.Fields(string(b))) >= 2
+	})
 	after := c.waitEpoch("ssh2", before.Epoch+5, 15*time.Second)
 	// ...to the same standby, the only one of the domain, never active.
 	var standbys []entry

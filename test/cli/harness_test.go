@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // bin is the directory holding the built xl-kemari, the xl shim and a
@@ -199,67 +201,146 @@ func (c *cluster) status() []entry {
 	return es
 }
 
+// pollEvery is how often a wait on status asks again: the control
+// socket has no change notification, so those waits poll it, each with a
+// deadline that fails the test naming what it waited for. Waits on files
+// (a log line, a socket) take the file's inotify events instead
+// (waitFile).
+const pollEvery = 20 * time.Millisecond
+
+// until asks cond every pollEvery until it holds, failing the test with
+// msg() after d, or as soon as p (if not nil) has ended without cond.
+func until(t *testing.T, d time.Duration, p *proc, cond func() bool, msg func() string) {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-p.ended():
+			if cond() {
+				return
+			}
+			t.Fatalf("%s: %v ended (%v)", msg(), p.cmd.Args[1:], p.err) // its log: newCluster's cleanup
+		case <-timer.C:
+			if cond() {
+				return
+			}
+			t.Fatal(msg())
+		}
+	}
+}
+
+// waitFile waits until cond, a check of files in dir, holds: it checks
+// again on each inotify event of dir (a file created, written, renamed
+// in or changed in mode), not on a clock. It fails the test with what
+// after d, or as soon as p (if not nil) has ended without cond.
+func waitFile(t *testing.T, dir string, d time.Duration, p *proc, what string, cond func() bool) {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatalf("inotify: %v", err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: Close ends a Read
+	defer f.Close()
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MODIFY|unix.IN_CLOSE_WRITE|unix.IN_MOVED_TO|unix.IN_ATTRIB); err != nil {
+		t.Fatalf("inotify watch %s: %v", dir, err)
+	}
+	// One pending wake-up is enough: cond is checked after each.
+	events := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			_, err := f.Read(buf)
+			select {
+			case events <- err:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	// The watch is in place before the first check: no change is missed.
+	for !cond() {
+		select {
+		case err := <-events:
+			if err != nil {
+				t.Fatalf("inotify %s: %v", dir, err)
+			}
+		case <-p.ended():
+			if cond() {
+				return
+			}
+			t.Fatalf("%v ended (%v) before %s", p.cmd.Args[1:], p.err, what) // its log: newCluster's cleanup
+		case <-timer.C:
+			if cond() {
+				return
+			}
+			t.Fatalf("not within %v: %s", d, what)
+		}
+	}
+}
+
+// ended is p.done, or nil (never ready) for no process.
+func (p *proc) ended() <-chan struct{} {
+	if p == nil {
+		return nil
+	}
+	return p.done
+}
+
 // waitState polls status until domain's protection in role is in state,
 // failing the test after d.
 func (c *cluster) waitState(domain, role, state string, d time.Duration) entry {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
 	var last []entry
-	for {
+	var got entry
+	until(c.t, d, nil, func() bool {
 		last = c.status()
 		for _, e := range last {
 			if e.Domain == domain && e.Role == role && e.State == state {
-				return e
+				got = e
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s %s not %s within %v; status %+v", role, domain, state, d, last)
-		}
-		<-tick.C
-	}
+		return false
+	}, func() string { return fmt.Sprintf("%s %s not %s within %v; status %+v", role, domain, state, d, last) })
+	return got
 }
 
 // waitEpoch polls until domain's primary is protected and has epoch e
 // acknowledged.
 func (c *cluster) waitEpoch(domain string, e uint64, d time.Duration) entry {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	var got entry
+	until(c.t, d, nil, func() bool {
 		for _, en := range c.status() {
 			if en.Domain == domain && en.Role == "primary" && en.State == "protected" && en.Epoch >= e {
-				return en
+				got = en
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("primary %s not at epoch %d within %v", domain, e, d)
-		}
-		<-tick.C
-	}
+		return false
+	}, func() string { return fmt.Sprintf("primary %s not at epoch %d within %v", domain, e, d) })
+	return got
 }
 
 // waitGone polls until no protector of domain in role answers.
 func (c *cluster) waitGone(domain, role string, d time.Duration) {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		found := false
+	until(c.t, d, nil, func() bool {
 		for _, e := range c.status() {
-			found = found || (e.Domain == domain && e.Role == role)
+			if e.Domain == domain && e.Role == role {
+				return false
+			}
 		}
-		if !found {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s of %s still answers after %v", role, domain, d)
-		}
-		<-tick.C
-	}
+		return true
+	}, func() string { return fmt.Sprintf("%s of %s still answers after %v", role, domain, d) })
 }
 
 // sock returns the path of a unix socket for a standby of this test (the

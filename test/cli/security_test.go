@@ -125,21 +125,10 @@ func TestLocalTransportRefusesOtherUsers(t *testing.T) {
 	}
 	sock := c.sock("repl")
 	standby := c.spawn("standby", append([]string{"receive", "--listen=" + sock}, sim...)...)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if _, err := os.Lstat(sock); err == nil {
-			break
-		}
-		select {
-		case <-standby.done:
-			t.Fatalf("receive --listen=%s ended: %v\n%s", sock, standby.err, standby.logText())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no socket %s", sock)
-		}
-		time.Sleep(10 * time.Millisecond) // polling for a file, not settling
-	}
+	waitFile(t, filepath.Dir(sock), 15*time.Second, standby, "receive --listen="+sock+" creating its socket", func() bool {
+		_, err := os.Lstat(sock)
+		return err == nil
+	})
 	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode %v (%v), want 0600", fi.Mode(), err)
 	}
@@ -214,21 +203,13 @@ func (p *pki) host(host string, ip bool) []string {
 	return []string{"--tls-cert=" + p.write(host+".crt", "CERTIFICATE", der), "--tls-key=" + p.write(host+".key", "EC PRIVATE KEY", kder), "--tls-ca=" + p.ca}
 }
 
-// waitLog polls p's log for s, failing the test after d.
+// waitLog waits until p's log holds s (on the log's inotify events),
+// failing the test after d or when p ends first.
 func waitLog(t *testing.T, p *proc, s string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(p.logText(), s) {
-		select {
-		case <-p.done:
-			t.Fatalf("%v ended (%v) before logging %q:\n%s", p.cmd.Args[1:], p.err, s, p.logText())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%v did not log %q within %v", p.cmd.Args[1:], s, d)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a log file, not settling
-	}
+	waitFile(t, filepath.Dir(p.log), d, p, fmt.Sprintf("%v logging %q", p.cmd.Args[1:], s), func() bool {
+		return strings.Contains(p.logText(), s)
+	})
 }
 
 // byPID returns the status entry of the protector with pid whose control
@@ -252,17 +233,12 @@ func (c *cluster) byPID(runDir string, pid int) (entry, bool) {
 // state, failing the test after d.
 func (c *cluster) waitPID(runDir string, pid int, state string, d time.Duration) {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		e, ok := c.byPID(runDir, pid)
-		if ok && e.State == state {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("protector %d not %s within %v: %+v", pid, state, d, e)
-		}
-		time.Sleep(20 * time.Millisecond) // polling status, not settling
-	}
+	var e entry
+	until(c.t, d, nil, func() bool {
+		var ok bool
+		e, ok = c.byPID(runDir, pid)
+		return ok && e.State == state
+	}, func() string { return fmt.Sprintf("protector %d not %s within %v: %+v", pid, state, d, e) })
 }
 
 // Authentication is not authorisation: a certificate of the same CA for
@@ -306,13 +282,9 @@ func TestListenAuthorisesPeers(t *testing.T) {
 	intruder := tlsStart("intruder", xen3, "web1")
 	waitLog(t, listen, "refused a primary not allowed to replicate the domain here", 15*time.Second)
 	other := tlsStart("other", xen3, "db9")
-	deadline := time.Now().Add(15 * time.Second)
-	for strings.Count(listen.logText(), "refused a primary not allowed") < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the listen service did not refuse xen3 for db9:\n%s", listen.logText())
-		}
-		time.Sleep(20 * time.Millisecond) // polling a log file, not settling
-	}
+	waitFile(t, filepath.Dir(listen.log), 15*time.Second, listen, "the listen service refusing xen3 for db9 (a second refusal)", func() bool {
+		return strings.Count(listen.logText(), "refused a primary not allowed") >= 2
+	})
 	for _, e := range c.status() {
 		if e.Role == "standby" && e.Domain == "db9" {
 			t.Errorf("a replica of db9 for an unconfigured peer: %+v", e)
@@ -382,21 +354,10 @@ func TestListenSurvivesEMFILE(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := c.spawn("good", append(append(append([]string{"start", "-F", "--transport=tls"}, tlsArgs...), sim...), simDomain("app1", addr)...)...)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if e, ok := c.byPID(c.runDir, good.cmd.Process.Pid); ok && e.State == "protected" {
-			break
-		}
-		select {
-		case <-listen.done:
-			t.Fatalf("the listen service ended after EMFILE (%v):\n%s", listen.err, listen.logText())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no protection through the listen service after EMFILE:\n%s", listen.logText())
-		}
-		time.Sleep(20 * time.Millisecond) // polling status, not settling
-	}
+	until(t, 20*time.Second, listen, func() bool {
+		e, ok := c.byPID(c.runDir, good.cmd.Process.Pid)
+		return ok && e.State == "protected"
+	}, func() string { return "no protection through the listen service after EMFILE" })
 	c.waitState("app1", "standby", "ready", 10*time.Second)
 }
 

@@ -275,7 +275,7 @@ func start(t *testing.T, mode string) *run {
 	netbuftest.RequireRoot(t)
 	// Registered first, so it runs after every other cleanup.
 	t.Cleanup(func() {
-		if left := leftovers(); len(left) > 0 {
+		if left := leftovers("xlke"); len(left) > 0 {
 			t.Errorf("namespaces left behind: %v", left)
 		}
 	})

@@ -123,65 +123,21 @@ func newPartTopo(t *testing.T, arbNS string) *partTopo {
 	n := partSeq.Add(1)
 	pre := fmt.Sprintf("xlkp%d-%d", os.Getpid(), n)
 	tp := &partTopo{sw: pre + "sw", p: pre + "p", s: pre + "s", gp: pre + "gp", gs: pre + "gs", cp: pre + "cp", cs: pre + "cs", arb: arbNS}
-	ip := func(ns string, args ...string) {
-		t.Helper()
-		if _, err := host.Run("", append([]string{"ip", "-n", ns}, args...)...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, ns := range []string{tp.sw, tp.p, tp.s, tp.gp, tp.gs, tp.cp, tp.cs} {
-		t.Cleanup(func() { _, _ = host.Run("", "ip", "netns", "del", ns) })
-		if _, err := host.Run("", "ip", "netns", "add", ns); err != nil {
-			t.Fatal(err)
-		}
-		ip(ns, "link", "set", "lo", "up")
-		for _, kv := range [][2]string{{"disable_ipv6", "1"}, {"accept_dad", "0"}} {
-			if err := host.WriteSysctl(path(ns), "net/ipv6/conf/default/"+kv[0], kv[1]); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	addNamespaces(t, tp.sw, tp.p, tp.s, tp.gp, tp.gs, tp.cp, tp.cs)
 	// The switch forgets a MAC after 1 s unheard, as a real one does
 	// after minutes: once a cut between its halves heals, the half where
 	// the guest was last heard floods to it again, rather than keeping it
 	// behind the fenced primary's port until the replica talks across.
 	for _, br := range []string{"lanP", "lanS"} {
-		ip(tp.sw, "link", "add", br, "type", "bridge", "ageing_time", "100")
-		ip(tp.sw, "link", "set", br, "up")
+		ip(t, tp.sw, "link", "add", br, "type", "bridge", "ageing_time", "100")
+		ip(t, tp.sw, "link", "set", br, "up")
 	}
-	ip(tp.sw, "link", "add", "tkP", "type", "veth", "peer", "name", "tkS")
-	ip(tp.sw, "link", "set", "tkP", "master", "lanP", "up")
-	ip(tp.sw, "link", "set", "tkS", "master", "lanS", "up")
-	for _, hp := range [][3]string{{tp.p, "toP", "lanP"}, {tp.s, "toS", "lanS"}} {
-		h, port, br := hp[0], hp[1], hp[2]
-		ip(h, "link", "add", "xenbr0", "type", "bridge")
-		ip(h, "link", "set", "xenbr0", "up")
-		ip(tp.sw, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns", h)
-		ip(tp.sw, "link", "set", port, "master", br, "up")
-		ip(h, "link", "set", "uplink", "master", "xenbr0", "up")
-	}
-	ip(tp.p, "link", "add", "rep0", "type", "veth", "peer", "name", "rep0", "netns", tp.s)
-	ip(tp.p, "addr", "add", "198.51.100.1/30", "dev", "rep0")
-	ip(tp.s, "addr", "add", "198.51.100.2/30", "dev", "rep0")
-	ip(tp.p, "link", "set", "rep0", "up")
-	ip(tp.s, "link", "set", "rep0", "up")
-	for _, hg := range [][2]string{{tp.p, tp.gp}, {tp.s, tp.gs}} {
-		ip(hg[0], "link", "add", "vif1.0", "type", "veth", "peer", "name", "eth0", "netns", hg[1])
-		ip(hg[0], "link", "set", "vif1.0", "master", "xenbr0")
-		guestIf(t, hg[1], guestMAC.String(), "192.0.2.10/24", "2001:db8::10/64")
-	}
-	ip(tp.p, "link", "set", "vif1.0", "up")
-	for _, c := range []struct {
-		ns, port, br string
-		mac          net.HardwareAddr
-		addr4, addr6 string
-	}{{tp.cp, "toCp", "lanP", clientMACp, "192.0.2.100/24", "2001:db8::100/64"},
-		{tp.cs, "toCs", "lanS", clientMACs, "192.0.2.101/24", "2001:db8::101/64"}} {
-		ip(tp.sw, "link", "add", c.port, "type", "veth", "peer", "name", "eth0", "netns", c.ns)
-		ip(tp.sw, "link", "set", c.port, "master", c.br, "up")
-		guestIf(t, c.ns, c.mac.String(), c.addr4, c.addr6)
-		ip(c.ns, "neigh", "replace", "192.0.2.10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
-	}
+	ip(t, tp.sw, "link", "add", "tkP", "type", "veth", "peer", "name", "tkS")
+	ip(t, tp.sw, "link", "set", "tkP", "master", "lanP", "up")
+	ip(t, tp.sw, "link", "set", "tkS", "master", "lanS", "up")
+	dom0Pair(t, tp.sw, "lanP", "lanS", tp.p, tp.s, tp.gp, tp.gs)
+	addClient(t, tp.sw, "lanP", "toCp", tp.cp, clientMACp, "192.0.2.100/24", "2001:db8::100/64")
+	addClient(t, tp.sw, "lanS", "toCs", tp.cs, clientMACs, "192.0.2.101/24", "2001:db8::101/64")
 	if arbNS != "" {
 		// The standby's driver runs in its guest's namespace (see
 		// internal/driver), so its arbiter link ends there; the primary's
@@ -191,18 +147,16 @@ func newPartTopo(t *testing.T, arbNS string) *partTopo {
 		tp.arbAddrP = fmt.Sprintf("203.0.113.%d", 10+2*(n%100))
 		tp.arbAddrS = fmt.Sprintf("203.0.113.%d", 11+2*(n%100))
 		for _, l := range [][3]string{{tp.p, tp.arbP, tp.arbAddrP}, {tp.gs, tp.arbS, tp.arbAddrS}} {
-			ip(arbNS, "link", "add", l[1], "type", "veth", "peer", "name", "arb0", "netns", l[0])
+			ip(t, arbNS, "link", "add", l[1], "type", "veth", "peer", "name", "arb0", "netns", l[0])
 			t.Cleanup(func() { _, _ = host.Run("", "ip", "-n", arbNS, "link", "del", l[1]) })
-			ip(arbNS, "link", "set", l[1], "master", "arbbr", "up")
-			ip(l[0], "addr", "add", l[2]+"/24", "dev", "arb0")
-			ip(l[0], "link", "set", "arb0", "up")
+			ip(t, arbNS, "link", "set", l[1], "master", "arbbr", "up")
+			ip(t, l[0], "addr", "add", l[2]+"/24", "dev", "arb0")
+			ip(t, l[0], "link", "set", "arb0", "up")
 		}
 		netbuftest.WaitOperUp(t, tp.p, "arb0")
 	}
 	netbuftest.WaitOperUp(t, tp.sw, "lanP", "lanS", "tkP", "tkS", "toP", "toS", "toCp", "toCs")
-	netbuftest.WaitOperUp(t, tp.p, "xenbr0", "uplink", "vif1.0", "rep0")
-	netbuftest.WaitOperUp(t, tp.s, "xenbr0", "uplink", "rep0")
-	netbuftest.WaitOperUp(t, tp.gp, "eth0")
+	waitDom0Pair(t, tp.p, tp.s, tp.gp)
 	netbuftest.WaitOperUp(t, tp.cp, "eth0")
 	netbuftest.WaitOperUp(t, tp.cs, "eth0")
 	return tp
@@ -678,22 +632,10 @@ func requirePartitionSuite(t *testing.T) {
 	netbuftest.RequireRoot(t)
 	t.Logf("KEMARI_PARTITION_SEED=%d", baseSeed())
 	t.Cleanup(func() {
-		if left := leftovers2(); len(left) > 0 {
+		if left := leftovers("xlkp"); len(left) > 0 {
 			t.Errorf("namespaces left behind: %v", left)
 		}
 	})
-}
-
-// leftovers2 lists this process's partition namespaces still present.
-func leftovers2() []string {
-	out, _ := host.Run("", "ip", "netns", "list")
-	var left []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], fmt.Sprintf("xlkp%d-", os.Getpid())) {
-			left = append(left, f[0])
-		}
-	}
-	return left
 }
 
 // TestPartition: partTrials trials per arbiter kind, the four cuts in

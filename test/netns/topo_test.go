@@ -2,6 +2,7 @@ package netns
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -27,73 +28,100 @@ func newTopo(t *testing.T) *topo {
 	t.Helper()
 	pre := fmt.Sprintf("xlke%d-%d", os.Getpid(), topoSeq.Add(1))
 	tp := &topo{prefix: pre, sw: pre + "sw", p: pre + "p", s: pre + "s", gp: pre + "gp", gs: pre + "gs", cli: pre + "c"}
-	run := func(ns string, argv ...string) {
-		t.Helper()
-		if ns != "" {
-			argv = append([]string{"ip", "-n", ns}, argv[1:]...)
-		}
-		if _, err := host.Run("", argv...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sysctl := func(ns, key, v string) {
-		t.Helper()
-		if err := host.WriteSysctl(path(ns), key, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, ns := range []string{tp.sw, tp.p, tp.s, tp.gp, tp.gs, tp.cli} {
-		t.Cleanup(func() { _, _ = host.Run("", "ip", "netns", "del", ns) })
-		run("", "ip", "netns", "add", ns)
-		run(ns, "ip", "link", "set", "lo", "up")
-		// Only the guests and the client speak IPv6: no autoconfiguration
-		// chatter from bridges and ports.
-		sysctl(ns, "net/ipv6/conf/default/disable_ipv6", "1")
-		sysctl(ns, "net/ipv6/conf/default/accept_dad", "0")
-	}
-	ip := func(ns string, args ...string) { t.Helper(); run(ns, append([]string{"ip"}, args...)...) }
-	ip(tp.sw, "link", "add", "lan0", "type", "bridge")
-	ip(tp.sw, "link", "set", "lan0", "up")
-	for _, h := range []string{tp.p, tp.s} {
-		ip(h, "link", "add", "xenbr0", "type", "bridge")
-		ip(h, "link", "set", "xenbr0", "up")
-		port := "toP"
-		if h == tp.s {
-			port = "toS"
-		}
-		ip(tp.sw, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns", h)
-		ip(tp.sw, "link", "set", port, "master", "lan0", "up")
-		ip(h, "link", "set", "uplink", "master", "xenbr0", "up")
-	}
-	ip(tp.p, "link", "add", "rep0", "type", "veth", "peer", "name", "rep0", "netns", tp.s)
-	ip(tp.p, "addr", "add", "198.51.100.1/30", "dev", "rep0")
-	ip(tp.s, "addr", "add", "198.51.100.2/30", "dev", "rep0")
-	ip(tp.p, "link", "set", "rep0", "up")
-	ip(tp.s, "link", "set", "rep0", "up")
-	// The guest on each host: same MAC and addresses, as a replica has.
-	for _, hg := range [][2]string{{tp.p, tp.gp}, {tp.s, tp.gs}} {
-		h, g := hg[0], hg[1]
-		ip(h, "link", "add", "vif1.0", "type", "veth", "peer", "name", "eth0", "netns", g)
-		ip(h, "link", "set", "vif1.0", "master", "xenbr0")
-		guestIf(t, g, guestMAC.String(), "192.0.2.10/24", "2001:db8::10/64")
-	}
-	// The primary's vif is up; the standby's stays down until failover.
-	ip(tp.p, "link", "set", "vif1.0", "up")
-	ip(tp.sw, "link", "add", "toC", "type", "veth", "peer", "name", "eth0", "netns", tp.cli)
-	ip(tp.sw, "link", "set", "toC", "master", "lan0", "up")
-	guestIf(t, tp.cli, clientMAC.String(), "192.0.2.100/24", "2001:db8::100/64")
-	// The client knows the guest's MAC already (as a client that talked to
-	// it before would): probes measure the guest's replies, not the
-	// client's own neighbour resolution.
-	ip(tp.cli, "neigh", "replace", "192.0.2.10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
-	ip(tp.cli, "neigh", "replace", "2001:db8::10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
-	// A frame sent before a bridge port noticed its carrier is dropped.
+	addNamespaces(t, tp.sw, tp.p, tp.s, tp.gp, tp.gs, tp.cli)
+	ip(t, tp.sw, "link", "add", "lan0", "type", "bridge")
+	ip(t, tp.sw, "link", "set", "lan0", "up")
+	dom0Pair(t, tp.sw, "lan0", "lan0", tp.p, tp.s, tp.gp, tp.gs)
+	addClient(t, tp.sw, "lan0", "toC", tp.cli, clientMAC, "192.0.2.100/24", "2001:db8::100/64")
 	netbuftest.WaitOperUp(t, tp.sw, "lan0", "toP", "toS", "toC")
-	netbuftest.WaitOperUp(t, tp.p, "xenbr0", "uplink", "vif1.0", "rep0")
-	netbuftest.WaitOperUp(t, tp.s, "xenbr0", "uplink", "rep0")
-	netbuftest.WaitOperUp(t, tp.gp, "eth0")
+	waitDom0Pair(t, tp.p, tp.s, tp.gp)
 	netbuftest.WaitOperUp(t, tp.cli, "eth0")
 	return tp
+}
+
+// The builders every topology of this package is made of: newTopo's
+// (one LAN) and newPartTopo's (a LAN in two halves).
+
+// ip runs "ip -n ns args...", failing the test.
+func ip(t *testing.T, ns string, args ...string) {
+	t.Helper()
+	if _, err := host.Run("", append([]string{"ip", "-n", ns}, args...)...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addNamespaces creates the network namespaces names, each with lo up
+// and IPv6 off by default (only the guests and the clients speak it: no
+// autoconfiguration chatter from bridges and ports); t.Cleanup deletes
+// each, also when the test fails half way.
+func addNamespaces(t *testing.T, names ...string) {
+	t.Helper()
+	for _, ns := range names {
+		t.Cleanup(func() { _, _ = host.Run("", "ip", "netns", "del", ns) })
+		if _, err := host.Run("", "ip", "netns", "add", ns); err != nil {
+			t.Fatal(err)
+		}
+		ip(t, ns, "link", "set", "lo", "up")
+		for _, kv := range [][2]string{{"disable_ipv6", "1"}, {"accept_dad", "0"}} {
+			if err := host.WriteSysctl(path(ns), "net/ipv6/conf/default/"+kv[0], kv[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// dom0Pair builds the two hosts: in each dom0 namespace (p, s) a bridge
+// xenbr0 whose uplink is a veth to port toP (toS) on bridge brP (brS) of
+// the switch namespace sw; the replication link rep0 between them
+// (198.51.100.1/30 and .2/30); and the guest on each host, namespace gp
+// (gs) behind vif1.0, with the same MAC and addresses, as a replica has.
+// The primary's vif is up; the standby's stays down until failover.
+func dom0Pair(t *testing.T, sw, brP, brS, p, s, gp, gs string) {
+	t.Helper()
+	for _, hp := range [][3]string{{p, "toP", brP}, {s, "toS", brS}} {
+		h, port, br := hp[0], hp[1], hp[2]
+		ip(t, h, "link", "add", "xenbr0", "type", "bridge")
+		ip(t, h, "link", "set", "xenbr0", "up")
+		ip(t, sw, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns", h)
+		ip(t, sw, "link", "set", port, "master", br, "up")
+		ip(t, h, "link", "set", "uplink", "master", "xenbr0", "up")
+	}
+	ip(t, p, "link", "add", "rep0", "type", "veth", "peer", "name", "rep0", "netns", s)
+	ip(t, p, "addr", "add", "198.51.100.1/30", "dev", "rep0")
+	ip(t, s, "addr", "add", "198.51.100.2/30", "dev", "rep0")
+	ip(t, p, "link", "set", "rep0", "up")
+	ip(t, s, "link", "set", "rep0", "up")
+	for _, hg := range [][2]string{{p, gp}, {s, gs}} {
+		ip(t, hg[0], "link", "add", "vif1.0", "type", "veth", "peer", "name", "eth0", "netns", hg[1])
+		ip(t, hg[0], "link", "set", "vif1.0", "master", "xenbr0")
+		guestIf(t, hg[1], guestMAC.String(), "192.0.2.10/24", "2001:db8::10/64")
+	}
+	ip(t, p, "link", "set", "vif1.0", "up")
+}
+
+// waitDom0Pair waits until the links dom0Pair set up are operationally
+// up (the switch's ports are the caller's): a frame sent before a bridge
+// port noticed its carrier is dropped.
+func waitDom0Pair(t *testing.T, p, s, gp string) {
+	t.Helper()
+	netbuftest.WaitOperUp(t, p, "xenbr0", "uplink", "vif1.0", "rep0")
+	netbuftest.WaitOperUp(t, s, "xenbr0", "uplink", "rep0")
+	netbuftest.WaitOperUp(t, gp, "eth0")
+}
+
+// addClient puts the client namespace ns on bridge br of the switch sw
+// through port, with mac and addresses a4, a6. The client knows the
+// guest's MAC already (as a client that talked to it before would):
+// probes measure the guest's replies, not the client's own neighbour
+// resolution. The caller waits for the links to be operationally up,
+// all at once (netbuftest.WaitOperUp of port in sw, eth0 in ns).
+func addClient(t *testing.T, sw, br, port, ns string, mac net.HardwareAddr, a4, a6 string) {
+	t.Helper()
+	ip(t, sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	ip(t, sw, "link", "set", port, "master", br, "up")
+	guestIf(t, ns, mac.String(), a4, a6)
+	ip(t, ns, "neigh", "replace", "192.0.2.10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
+	ip(t, ns, "neigh", "replace", "2001:db8::10", "lladdr", guestMAC.String(), "dev", "eth0", "nud", "permanent")
 }
 
 func guestIf(t *testing.T, ns, mac, a4, a6 string) {
@@ -115,12 +143,13 @@ func guestIf(t *testing.T, ns, mac, a4, a6 string) {
 	}
 }
 
-// leftovers lists the namespaces of this process still present.
-func leftovers() []string {
+// leftovers lists the namespaces of this process still present whose
+// names start with kind (xlke: newTopo's, xlkp: the partition suites').
+func leftovers(kind string) []string {
 	out, _ := host.Run("", "ip", "netns", "list")
 	var left []string
 	for _, l := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], fmt.Sprintf("xlke%d-", os.Getpid())) {
+		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], fmt.Sprintf("%s%d-", kind, os.Getpid())) {
 			left = append(left, f[0])
 		}
 	}

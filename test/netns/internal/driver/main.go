@@ -36,9 +36,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/xl-kemari/xl-kemari/arbiter"
 	_ "github.com/xl-kemari/xl-kemari/arbiter/etcd" // etcd:// arbiters
 	"github.com/xl-kemari/xl-kemari/checkpoint"
@@ -254,35 +251,13 @@ func primary(args []string) error {
 	// device here, before the buffer is closed: what it still holds, and
 	// whatever the guest namespace's kernel would answer later (a fenced
 	// guest's closed service port), never reaches the wire.
-	if derr := setLink(c.dom0NS, c.vif, false); derr != nil {
+	if derr := host.SetLink(c.dom0NS, c.vif, false); derr != nil {
 		log.Error("vif not taken down", "err", derr)
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
-}
-
-// setLink sets link name in namespace ns up or down (no wait).
-func setLink(ns, name string, isUp bool) error {
-	h, err := netns.GetFromPath(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return err
-	}
-	defer nh.Close()
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if isUp {
-		return nh.LinkSetUp(l)
-	}
-	return nh.LinkSetDown(l)
 }
 
 func standby(args []string) error {
@@ -316,7 +291,7 @@ func standby(args []string) error {
 		// The replica's vif joins the bridge only now, as a restored
 		// Xen domain's would: before, the standby's copy of the guest
 		// stack must not answer for the primary's.
-		if err := up(c.dom0NS, c.vif); err != nil {
+		if err := host.LinkUp(c.dom0NS, c.vif, 5*time.Second); err != nil {
 			emit("error", 0, err.Error(), time.Now())
 		} else if err := announceIf(*guestIf); err != nil {
 			emit("error", 0, err.Error(), time.Now())
@@ -342,64 +317,11 @@ func standby(args []string) error {
 	return nil
 }
 
-// up sets link name up in namespace ns and waits until it is
-// operationally up, so that an announcement is not dropped by a bridge
-// port that is still disabled.
-func up(ns, name string) error {
-	h, err := netns.GetFromPath(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return err
-	}
-	defer nh.Close()
-	ch := make(chan netlink.LinkUpdate, 16)
-	done := make(chan struct{})
-	defer close(done)
-	if err := netlink.LinkSubscribeAt(h, ch, done); err != nil {
-		return err
-	}
-	l, err := nh.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if err := nh.LinkSetUp(l); err != nil {
-		return err
-	}
-	if l, err = nh.LinkByName(name); err == nil && l.Attrs().OperState == netlink.OperUp {
-		return nil
-	}
-	timeout := time.After(5 * time.Second)
-	for {
-		select {
-		case u := <-ch:
-			if u.Attrs().Name == name && u.Attrs().OperState == netlink.OperUp {
-				return nil
-			}
-		case <-timeout:
-			return fmt.Errorf("%s did not come up", name)
-		}
-	}
-}
-
 // announceIf announces ifname's MAC and global addresses from ifname.
 func announceIf(ifname string) error {
-	l, err := netlink.LinkByName(ifname)
+	mac, ips, err := host.LinkAddrs("", ifname)
 	if err != nil {
 		return err
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return err
-	}
-	var ips []netip.Addr
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-			ips = append(ips, ip.Unmap())
-		}
-	}
-	return announce.Send(ifname, l.Attrs().HardwareAddr, ips, 3)
+	return announce.Send(ifname, mac, ips, 3)
 }
