@@ -18,6 +18,10 @@ const (
 	ObsActivate                      // standby: the replica was activated at Epoch
 	ObsError                         // something failed; Msg says what
 	ObsWarning                       // a condition the operator must know of; Msg says what
+	// ObsActivating: the standby decided to activate its replica at Epoch
+	// (Msg: why, and when the primary was last heard); ObsActivate follows
+	// once the replica runs, Took after this decision.
+	ObsActivating
 )
 
 // FailStopWarning is given at start when no arbiter is configured (I4).
@@ -34,7 +38,8 @@ type Observation struct {
 	Pages   int
 	Bytes   uint64
 	Percent float64
-	Digest  uint64 // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
+	Took    time.Duration // ObsActivate: from the decision (ObsActivating) until the replica ran
+	Digest  uint64        // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
 	Msg     string
 }
 
@@ -65,7 +70,15 @@ type Status struct {
 	Discarded        uint64    `json:"epochs_discarded"`
 	FallbackEpoch    uint64    `json:"fallback_epoch,omitempty"` // standby: the previous replica's, kept while a new one is built
 	ActivatedEpoch   uint64    `json:"activated_epoch,omitempty"`
-	Activation       Dur       `json:"activation_time,omitempty"`
+	// Activation is how long the replica took to run after the standby
+	// decided to activate it (the primary's timeout, the arbiter's grant,
+	// a failover by hand): the decision is at StateSince of "activating".
+	Activation Dur `json:"activation_time,omitempty"`
+	// Reason says why the standby is activating, or activated, its
+	// replica (state "activating"/"active"); LastHeard is how long the
+	// primary had been silent at that decision.
+	Reason    string `json:"reason,omitempty"`
+	LastHeard Dur    `json:"last_heard,omitempty"`
 }
 
 // Dur is a duration that marshals as a string ("1.5ms").

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -777,7 +778,7 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			s.wg.Add(1)
 			go func() { defer s.wg.Done(); s.acquire(ctx) }()
 		case epoch.ActActivate:
-			if err := s.activate(); err != nil {
+			if err := s.activate(activationReason(acts)); err != nil {
 				return err
 			}
 		case epoch.ActDestroyReplica:
@@ -840,8 +841,8 @@ func (s *Standby) acquire(ctx context.Context) {
 }
 
 // activate resumes the replica at the last committed checkpoint. (I3)
-func (s *Standby) activate() error {
-	t := time.Now()
+func (s *Standby) activate(reason string) error {
+	t := s.noteActivating(reason)
 	var digest uint64
 	verdict := "not verified"
 	if s.cfg.Verify {
@@ -869,11 +870,51 @@ func (s *Standby) activate() error {
 	took := time.Since(t)
 	e := s.m.Committed()
 	s.status.update(func(st *Status) { st.ActivatedEpoch = e; st.Activation = Dur(took) })
-	s.observe(Observation{Kind: ObsActivate, Epoch: e, Digest: digest, Msg: verdict})
+	s.log.Info(fmt.Sprintf("activated at epoch %d in %s after the decision", e, roundDur(took)), "epoch", e, "took", took, "memory", verdict)
+	s.observe(Observation{Kind: ObsActivate, Epoch: e, Digest: digest, Took: took, Msg: verdict})
 	if s.cfg.OnActivate != nil {
 		s.cfg.OnActivate(s.replica, s.info)
 	}
 	return nil
+}
+
+// activationReason is why the machine's actions acts activate the
+// replica: the reason of their notification.
+func activationReason(acts []epoch.Action) string {
+	for _, a := range acts {
+		if a.Kind == epoch.ActNotify {
+			return strings.TrimSuffix(a.Reason, "; activated")
+		}
+	}
+	return "activation"
+}
+
+// noteActivating makes the decision to activate visible before the
+// replica is resumed, which can take seconds on Xen: status says
+// "activating" (why, at which epoch), the log and the observers are told
+// how long the primary had been silent. It returns the decision's time.
+func (s *Standby) noteActivating(reason string) time.Time {
+	t := time.Now()
+	e := s.m.Committed()
+	silent := time.Duration(s.now() - s.m.LastHeard())
+	s.status.update(func(st *Status) {
+		st.State, st.StateSince, st.Reason, st.LastHeard = "activating", t, reason, Dur(silent)
+		st.Epoch = e
+	})
+	s.log.Warn(fmt.Sprintf("activating the replica at epoch %d", e), "epoch", e, "reason", reason,
+		"last_heard", fmt.Sprintf("%s ago", roundDur(silent)))
+	s.observe(Observation{Kind: ObsActivating, Epoch: e, State: "activating",
+		Msg: fmt.Sprintf("activating at epoch %d: reason=%s; primary last heard %s ago", e, reason, roundDur(silent))})
+	return t
+}
+
+// roundDur rounds d for people: microseconds below a millisecond, then
+// tenths of milliseconds.
+func roundDur(d time.Duration) time.Duration {
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond)
+	}
+	return d.Round(100 * time.Microsecond)
 }
 
 // ReplicaDigest recomputes the replica's memory digest from its pages (for

@@ -138,16 +138,21 @@ func TestStatusTable(t *testing.T) {
 		{PID: 3, Status: checkpoint.Status{Role: "primary", Domain: "mail", State: "syncing", SyncPercent: 42}},
 		{PID: 4, Status: checkpoint.Status{Role: "standby", Domain: "old", State: "active", ActivatedEpoch: 99}},
 		{PID: 5, Status: checkpoint.Status{Role: "standby", Domain: "pv", Peer: "stdio", State: "syncing", FallbackEpoch: 41}},
+		{PID: 6, Status: checkpoint.Status{Role: "standby", Domain: "hvm", State: "activating", Epoch: 12, Reason: "primary silent for the timeout",
+			LastHeard: checkpoint.Dur(1012 * time.Millisecond)}},
+		{PID: 7, Status: checkpoint.Status{Role: "standby", Domain: "new", State: "active", ActivatedEpoch: 5, Activation: checkpoint.Dur(2800 * time.Millisecond)}},
 	}
 	var b bytes.Buffer
 	writeStatusTable(&b, entries, now)
 	want := []string{
-		"DOMAIN  ROLE     PEER           STATE                             EPOCH  RATE    PAUSE LAST/AVG  DIRTY  BANDWIDTH  COMPR  COMMIT  UNPROTECTED",
-		"web     primary  ssh:xen2       protected                         7      10.0/s  800us/1.2ms     12/10  3.0 MiB/s  2.5x   3.0ms   -",
-		"db      primary  tls:xen3:8011  unprotected                       0      -       -               -      -          -      -       1m30s ago",
-		"mail    primary  -              syncing 42%                       0      -       -               -      -          -      -       -",
-		"old     standby  -              active (failed over at epoch 99)  0      -       -               -      -          -      -       -",
-		"pv      standby  stdio          syncing (fallback at epoch 41)    0      -       -               -      -          -      -       -",
+		"DOMAIN  ROLE     PEER           STATE                                                                  EPOCH  RATE    PAUSE LAST/AVG  DIRTY  BANDWIDTH  COMPR  COMMIT  UNPROTECTED",
+		"web     primary  ssh:xen2       protected                                                              7      10.0/s  800us/1.2ms     12/10  3.0 MiB/s  2.5x   3.0ms   -",
+		"db      primary  tls:xen3:8011  unprotected                                                            0      -       -               -      -          -      -       1m30s ago",
+		"mail    primary  -              syncing 42%                                                            0      -       -               -      -          -      -       -",
+		"old     standby  -              active (failed over at epoch 99)                                       0      -       -               -      -          -      -       -",
+		"pv      standby  stdio          syncing (fallback at epoch 41)                                         0      -       -               -      -          -      -       -",
+		"hvm     standby  -              activating epoch 12: primary silent for the timeout, last heard 1.01s  12     -       -               -      -          -      -       -",
+		"new     standby  -              active (failed over at epoch 5 in 2.8s)                                0      -       -               -      -          -      -       -",
 	}
 	got := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
 	if len(got) != len(want) {

@@ -118,13 +118,15 @@ type eventLine struct {
 	PauseNs int64   `json:"pause_ns,omitempty"`
 	Pages   int     `json:"pages,omitempty"`
 	Percent float64 `json:"percent,omitempty"`
+	TookNs  int64   `json:"took_ns,omitempty"` // activate: from the decision (activating) until the replica ran
 	Digest  string  `json:"digest,omitempty"`
 	Msg     string  `json:"msg,omitempty"`
 }
 
 var obsNames = map[checkpoint.ObsKind]string{checkpoint.ObsState: "state", checkpoint.ObsCheckpoint: "checkpoint",
 	checkpoint.ObsRelease: "release", checkpoint.ObsCommit: "commit", checkpoint.ObsSync: "sync",
-	checkpoint.ObsActivate: "activate", checkpoint.ObsError: "error"}
+	checkpoint.ObsActivate: "activate", checkpoint.ObsError: "error", checkpoint.ObsWarning: "warning",
+	checkpoint.ObsActivating: "activating"}
 
 func openEventLog(path string) (*eventLog, error) {
 	if path == "" {
@@ -142,7 +144,7 @@ func (l *eventLog) observe(o checkpoint.Observation) {
 		return
 	}
 	line := eventLine{T: o.Time.UnixNano(), Kind: obsNames[o.Kind], Epoch: o.Epoch, State: o.State,
-		PauseNs: int64(o.Pause), Pages: o.Pages, Percent: o.Percent, Msg: o.Msg}
+		PauseNs: int64(o.Pause), Pages: o.Pages, Percent: o.Percent, TookNs: int64(o.Took), Msg: o.Msg}
 	if o.Digest != 0 {
 		line.Digest = fmt.Sprintf("%016x", o.Digest)
 	}

@@ -326,7 +326,7 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 				l.observe(o)
 			}
 			ss.observe(o)
-			if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivate {
+			if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivating || o.Kind == checkpoint.ObsActivate {
 				// Not on the Standby's loop: status takes l.mu.
 				go l.notifyStatus()
 			}

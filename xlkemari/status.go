@@ -118,7 +118,12 @@ func stateText(s checkpoint.Status) string {
 	switch {
 	case s.State == "syncing" && s.Role == "primary":
 		return fmt.Sprintf("syncing %.0f%%", s.SyncPercent)
+	case s.State == "activating":
+		return fmt.Sprintf("activating epoch %d: %s, last heard %s", s.Epoch, dash(s.Reason), durText(time.Duration(s.LastHeard)))
 	case s.State == "active" && s.Role == "standby":
+		if s.Activation != 0 {
+			return fmt.Sprintf("active (failed over at epoch %d in %s)", s.ActivatedEpoch, durText(time.Duration(s.Activation)))
+		}
 		return fmt.Sprintf("active (failed over at epoch %d)", s.ActivatedEpoch)
 	case s.State == "syncing" && s.FallbackEpoch != 0:
 		return fmt.Sprintf("syncing (fallback at epoch %d)", s.FallbackEpoch)
