@@ -14,7 +14,7 @@ const (
 	ObsCheckpoint                    // primary: checkpoint Epoch captured (Pause, Pages)
 	ObsRelease                       // primary: output through Epoch released
 	ObsCommit                        // standby: Epoch committed and acknowledged
-	ObsSync                          // primary: initial sync progress (Percent)
+	ObsSync                          // primary: initial sync progress (Percent, Round; Msg: what is not yet protected)
 	ObsActivate                      // standby: the replica was activated at Epoch
 	ObsError                         // something failed; Msg says what
 	ObsWarning                       // a condition the operator must know of; Msg says what
@@ -38,6 +38,7 @@ type Observation struct {
 	Pages   int
 	Bytes   uint64
 	Percent float64
+	Round   int // ObsSync: the pre-copy round, from 1
 	Took    time.Duration // ObsActivate: from the decision (ObsActivating) until the replica ran
 	Digest  uint64        // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
 	Msg     string
@@ -51,6 +52,18 @@ type Status struct {
 	State            string    `json:"state"`
 	StateSince       time.Time `json:"state_since"`
 	SyncPercent      float64   `json:"sync_percent"`
+	// NotYetProtected (primary): no checkpoint of this protection has been
+	// acknowledged since it started or since the standby was lost. Output
+	// produced before the sync's checkpoint leaves unheld (it is never
+	// held during the pre-copy: see checkpoint/sync.go), and until the ack
+	// a failure of this host leaves no replica to resume. Protection says
+	// where the sync is, in words; SyncRound (from 1) and SyncSent (guest
+	// memory sent in this sync, per cent, over 100 once rounds resend
+	// dirtied pages) are its numbers.
+	NotYetProtected bool    `json:"not_yet_protected,omitempty"`
+	Protection      string  `json:"protection,omitempty"`
+	SyncRound       int     `json:"sync_round,omitempty"`
+	SyncSent        float64 `json:"sync_memory_sent_percent,omitempty"`
 	UnprotectedSince time.Time `json:"unprotected_since,omitzero"`
 	Epoch            uint64    `json:"epoch"` // primary: acked; standby: committed
 	Checkpoints      uint64    `json:"checkpoints"`

@@ -199,6 +199,7 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	p.noteUnheld()
 	waiting := make(chan struct{}, 1)
 	for _, n := range p.nets {
 		if ch := n.Waiting(); ch != nil && p.cfg.Epoch.Mode == epoch.ModeEvent {
@@ -386,6 +387,7 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 				if st == "protected" {
 					s.UnprotectedSince = time.Time{}
 					s.SyncPercent = 100
+					noteProtected(s)
 				}
 			})
 			p.observe(Observation{Kind: ObsState, State: st, Msg: a.Reason})
@@ -408,6 +410,7 @@ func (p *Primary) unprotect() error {
 	p.history = p.history[:0]
 	clear(p.barriers)
 	p.endStream()
+	p.noteUnheld()
 	return nil
 }
 
@@ -526,6 +529,7 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 		for _, n := range p.nets {
 			n.Protect()
 		}
+		p.noteHeld(e)
 	}
 	var berr error
 	for _, n := range p.nets {

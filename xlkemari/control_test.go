@@ -227,10 +227,24 @@ func TestProgress(t *testing.T) {
 	var b bytes.Buffer
 	p := newProgress(&b)
 	for _, pct := range []float64{0, 3, 9, 10, 15, 35, 99, 100, 100} {
-		p.update(pct)
+		p.update(pct, 0, "")
 	}
 	p.finish()
 	want := "initial sync 0%\ninitial sync 10%\ninitial sync 35%\ninitial sync 99%\ninitial sync 100%\n"
+	if b.String() != want {
+		t.Errorf("progress lines\n%s\nwant\n%s", b.String(), want)
+	}
+	// What is not yet protected is said on every line, and a new pre-copy
+	// round gets a line even where the percentage stands still.
+	b.Reset()
+	p = newProgress(&b)
+	p.update(50, 1, "not yet protected (initial sync, round 1, 53% of memory sent)")
+	p.update(95, 1, "not yet protected (initial sync, round 1, 100% of memory sent)")
+	p.update(95, 2, "not yet protected (initial sync, round 2, 104% of memory sent)")
+	p.update(95, 2, "not yet protected (initial sync, round 2, 106% of memory sent)")
+	want = "initial sync 50%: not yet protected (initial sync, round 1, 53% of memory sent)\n" +
+		"initial sync 95%: not yet protected (initial sync, round 1, 100% of memory sent)\n" +
+		"initial sync 95%: not yet protected (initial sync, round 2, 104% of memory sent)\n"
 	if b.String() != want {
 		t.Errorf("progress lines\n%s\nwant\n%s", b.String(), want)
 	}

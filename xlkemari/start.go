@@ -216,9 +216,9 @@ func runStart(e *env, args []string) int {
 		switch o.Kind {
 		case checkpoint.ObsSync:
 			if notify != nil {
-				notify.send("sync %.1f", o.Percent)
+				notify.send("sync %.1f %d %s", o.Percent, o.Round, o.Msg)
 			} else {
-				bar.update(o.Percent)
+				bar.update(o.Percent, o.Round, o.Msg)
 			}
 		case checkpoint.ObsState:
 			if notify != nil {

@@ -116,6 +116,8 @@ func dash(s string) string {
 // epoch it resumed at.
 func stateText(s checkpoint.Status) string {
 	switch {
+	case s.State == "syncing" && s.Role == "primary" && s.NotYetProtected && s.Protection != "":
+		return s.Protection
 	case s.State == "syncing" && s.Role == "primary":
 		return fmt.Sprintf("syncing %.0f%%", s.SyncPercent)
 	case s.State == "activating":
