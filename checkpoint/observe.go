@@ -38,7 +38,7 @@ type Observation struct {
 	Pages   int
 	Bytes   uint64
 	Percent float64
-	Round   int // ObsSync: the pre-copy round, from 1
+	Round   int           // ObsSync: the pre-copy round, from 1
 	Took    time.Duration // ObsActivate: from the decision (ObsActivating) until the replica ran
 	Digest  uint64        // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
 	Msg     string
@@ -46,12 +46,12 @@ type Observation struct {
 
 // Status is a snapshot of one protection, as `xl kemari status` shows it.
 type Status struct {
-	Role             string    `json:"role"`
-	Domain           string    `json:"domain"`
-	Peer             string    `json:"peer"`
-	State            string    `json:"state"`
-	StateSince       time.Time `json:"state_since"`
-	SyncPercent      float64   `json:"sync_percent"`
+	Role        string    `json:"role"`
+	Domain      string    `json:"domain"`
+	Peer        string    `json:"peer"`
+	State       string    `json:"state"`
+	StateSince  time.Time `json:"state_since"`
+	SyncPercent float64   `json:"sync_percent"`
 	// NotYetProtected (primary): no checkpoint of this protection has been
 	// acknowledged since it started or since the standby was lost. Output
 	// produced before the sync's checkpoint leaves unheld (it is never
@@ -60,10 +60,10 @@ type Status struct {
 	// where the sync is, in words; SyncRound (from 1) and SyncSent (guest
 	// memory sent in this sync, per cent, over 100 once rounds resend
 	// dirtied pages) are its numbers.
-	NotYetProtected bool    `json:"not_yet_protected,omitempty"`
-	Protection      string  `json:"protection,omitempty"`
-	SyncRound       int     `json:"sync_round,omitempty"`
-	SyncSent        float64 `json:"sync_memory_sent_percent,omitempty"`
+	NotYetProtected  bool      `json:"not_yet_protected,omitempty"`
+	Protection       string    `json:"protection,omitempty"`
+	SyncRound        int       `json:"sync_round,omitempty"`
+	SyncSent         float64   `json:"sync_memory_sent_percent,omitempty"`
 	UnprotectedSince time.Time `json:"unprotected_since,omitzero"`
 	Epoch            uint64    `json:"epoch"` // primary: acked; standby: committed
 	Checkpoints      uint64    `json:"checkpoints"`

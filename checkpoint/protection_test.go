@@ -111,4 +111,3 @@ func TestSyncNotYetProtected(t *testing.T) {
 		}
 	})
 }
-
