@@ -22,6 +22,9 @@ const (
 	// (Msg: why, and when the primary was last heard); ObsActivate follows
 	// once the replica runs, Took after this decision.
 	ObsActivating
+	// ObsTimeout: the failure-detection timeout changed (derived, or
+	// announced by the primary); Msg says to what and why.
+	ObsTimeout
 )
 
 // FailStopWarning is given at start when no arbiter is configured (I4).
@@ -90,8 +93,12 @@ type Status struct {
 	// Reason says why the standby is activating, or activated, its
 	// replica (state "activating"/"active"); LastHeard is how long the
 	// primary had been silent at that decision.
-	Reason    string `json:"reason,omitempty"`
-	LastHeard Dur    `json:"last_heard,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Timeout is the failure-detection timeout in use; TimeoutWhy says
+	// where it comes from ("timeout 412ms, derived: pause p99 ...").
+	Timeout    Dur    `json:"timeout,omitempty"`
+	TimeoutWhy string `json:"timeout_why,omitempty"`
+	LastHeard  Dur    `json:"last_heard,omitempty"`
 }
 
 // Dur is a duration that marshals as a string ("1.5ms").

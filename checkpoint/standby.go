@@ -39,6 +39,10 @@ type StandbyConfig struct {
 	Limits   StandbyLimits
 	Logger   *slog.Logger
 	Observer func(Observation)
+	// AdoptTimeout: no timeout was configured here; the one the primary
+	// announces (a TIMEOUT record, docs/protocol.md §5.13) replaces
+	// Epoch.Timeout.
+	AdoptTimeout bool
 }
 
 // Standby holds the replica of one protected domain and takes over when
@@ -167,6 +171,7 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 	s := &Standby{cfg: cfg, sink: sink, ln: ln, arb: arb, log: cfg.Logger, m: epoch.NewStandby(cfg.Epoch), memDisks: memDisks,
 		events: make(chan sevent, 16), done: make(chan struct{}), promoteC: make(chan struct{}, 1)}
 	s.status.update(func(st *Status) { st.Role = "standby"; st.Peer = ln.String(); st.State = "waiting" })
+	s.initStandbyTimeout()
 	return s, nil
 }
 
@@ -376,6 +381,8 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		if s.disk != nil {
 			s.disk.Flushed(r.Flushed)
 		}
+	case *wire.Timeout:
+		s.adoptTimeout(r, now)
 	case *wire.Goodbye:
 		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "replica discarded"})
 		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvGoodbye, Now: now})...), nil

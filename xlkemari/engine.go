@@ -126,7 +126,7 @@ type eventLine struct {
 var obsNames = map[checkpoint.ObsKind]string{checkpoint.ObsState: "state", checkpoint.ObsCheckpoint: "checkpoint",
 	checkpoint.ObsRelease: "release", checkpoint.ObsCommit: "commit", checkpoint.ObsSync: "sync",
 	checkpoint.ObsActivate: "activate", checkpoint.ObsError: "error", checkpoint.ObsWarning: "warning",
-	checkpoint.ObsActivating: "activating"}
+	checkpoint.ObsActivating: "activating", checkpoint.ObsTimeout: "timeout"}
 
 func openEventLog(path string) (*eventLog, error) {
 	if path == "" {

@@ -103,6 +103,13 @@ func writeStatusTable(w io.Writer, entries []statusEntry, now time.Time) {
 			durText(time.Duration(s.CommitLatency)), sinceText(s.UnprotectedSince, now))
 	}
 	tw.Flush()
+	// The timeout each uses, and where it comes from (derived from what the
+	// primary measured, announced, configured): too long for a column.
+	for _, en := range entries {
+		if s := en.Status; s.TimeoutWhy != "" {
+			fmt.Fprintf(w, "%s (%s): %s\n", dash(s.Domain), s.Role, s.TimeoutWhy)
+		}
+	}
 }
 
 func dash(s string) string {
