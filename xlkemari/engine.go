@@ -34,7 +34,7 @@ func (f *engineFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.mode, "mode", "epoch", "checkpoint trigger: epoch (fixed interval) or event (on output)")
 	fs.DurationVar(&f.interval, "interval", 100*time.Millisecond, "checkpoint interval (event mode: maximum)")
 	fs.DurationVar(&f.minInt, "min-interval", 5*time.Millisecond, "event mode: minimum spacing of checkpoints")
-	fs.DurationVar(&f.timeout, "timeout", time.Second, "peer declared lost after this long without frames")
+	fs.DurationVar(&f.timeout, "timeout", time.Second, "peer declared lost after this long without frames (unset: start derives it from what it measures, 1s until then, and receive takes the primary's; see xl-kemari(1))")
 	fs.IntVar(&f.inflight, "inflight", 1, "checkpoints in flight before back-pressure")
 	fs.StringVar(&f.compress, "compress", "lz4", "page compression: none, lz4 or zstd")
 	fs.StringVar(&f.hv, "hypervisor", "xen", "hypervisor backend (xen, or sim for the built-in simulator)")
