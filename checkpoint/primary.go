@@ -713,7 +713,7 @@ func (p *Primary) release(e uint64) error {
 	})
 	p.observe(Observation{Kind: ObsRelease, Epoch: e})
 	if lat > 0 {
-		p.retune(lat)
+		p.retune(e, lat)
 	}
 	return nil
 }

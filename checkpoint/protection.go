@@ -44,6 +44,9 @@ func (p *Primary) noteSyncRound(round int, sent uint64) (msg string, unheld bool
 // noteHeld records the sync's checkpoint e: output is held from its
 // barrier on; protection begins with its ack.
 func (p *Primary) noteHeld(e uint64) {
+	if p.tune != nil {
+		p.tune.syncCk = e
+	}
 	p.status.update(func(s *Status) {
 		if s.NotYetProtected {
 			s.Protection = fmt.Sprintf("not yet protected (initial sync: checkpoint %d taken, output held from it until the standby acknowledges it)", e)

@@ -20,7 +20,9 @@ import (
 //     99th percentile of the gaps between two frames less their median
 //     (scheduling on either host, the standby's commits, the link);
 //   - the round trip of a checkpoint: from its barrier to its ack (the
-//     link's latency and bandwidth, the standby's commit).
+//     link's latency and bandwidth, the standby's commit); not of a
+//     sync's checkpoint, which waits behind the pre-copy's last round
+//     (heartbeats do not: they preempt).
 //
 // X = pause p99 + jitter p99 + round trip p99 is then a bound on a healthy
 // silence beyond the heartbeat period (Timeout/5). The derived timeout is
@@ -105,6 +107,7 @@ type timeoutTuner struct {
 	pauses   window
 	rtts     window
 	acks     int
+	syncCk   uint64 // the last sync's checkpoint: its round trip is not a sample
 
 	mu sync.Mutex
 	// Protected by mu.
@@ -179,7 +182,7 @@ func (t *timeoutTuner) announced() time.Duration {
 // derives the timeout again. It returns the new timeout and why, or 0
 // when the timeout stays.
 func (t *timeoutTuner) ack(pauseP99 time.Duration, rtt time.Duration) (time.Duration, string) {
-	if !t.derive {
+	if !t.derive || rtt <= 0 {
 		return 0, ""
 	}
 	t.rtts.add(rtt)
@@ -223,12 +226,15 @@ func (p *Primary) initTimeout() {
 	})
 }
 
-// retune feeds the ack of a checkpoint whose round trip (barrier to ack)
+// retune feeds the ack of checkpoint e whose round trip (barrier to ack)
 // was rtt; a newly derived timeout goes to the machine, the status, the
 // log and the standby. On the loop goroutine.
-func (p *Primary) retune(rtt time.Duration) {
+func (p *Primary) retune(e uint64, rtt time.Duration) {
 	if p.tune == nil {
 		return
+	}
+	if e <= p.tune.syncCk {
+		rtt = 0 // the sync's checkpoint: not a sample
 	}
 	d, why := p.tune.ack(p99(p.tune.pauses.d), rtt)
 	if d == 0 {
