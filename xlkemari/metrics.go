@@ -71,6 +71,7 @@ func newStatusCollector(statuses func() []checkpoint.Status) *statusCollector {
 			m("xl_kemari_output_released_frames_total", "frames released", c, func(s checkpoint.Status) float64 { return float64(s.Released) }),
 			m("xl_kemari_epochs_discarded_total", "epochs the standby discarded (torn, corrupt)", c, func(s checkpoint.Status) float64 { return float64(s.Discarded) }),
 			m("xl_kemari_activation_seconds", "standby: from the decision to activate the replica (timeout, arbiter grant, failover by hand) until it ran; 0 before", g, func(s checkpoint.Status) float64 { return sec(s.Activation) }),
+			m("xl_kemari_timeout_seconds", "the failure-detection timeout in use (configured, the default until measured, derived, or announced by the primary)", g, func(s checkpoint.Status) float64 { return sec(s.Timeout) }),
 			m("xl_kemari_unprotected_seconds", "seconds since protection was lost (0 while protected)", g, func(s checkpoint.Status) float64 {
 				if s.UnprotectedSince.IsZero() {
 					return 0
