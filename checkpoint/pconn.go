@@ -156,8 +156,8 @@ func (pc *pconn) fail(p *Primary, err error) {
 func (pc *pconn) sender(p *Primary) {
 	u64 := make([]uint64, 0, wire.MaxPagesPerRecord)
 	if d := p.tune.announced(); d > 0 {
-		// The derived timeout, first on a new connection: the standby was
-		// started with the default (docs/protocol.md §5.13).
+		// The timeout in use, first on a new connection: a standby not
+		// given its own takes it (docs/protocol.md §5.13).
 		if err := pc.announce(d); err != nil {
 			pc.fail(p, err)
 			return

@@ -43,6 +43,10 @@ const (
 	TimeoutCeiling = 10 * time.Second
 	DeriveSamples  = 32
 	deriveWindow   = 256
+	// announceMin and announceMax bound an announced timeout a standby
+	// takes (the range of the timeout setting, xl-kemari.cfg(5)).
+	announceMin = 10 * time.Millisecond
+	announceMax = time.Hour
 )
 
 // TimeoutInputs are the measures a timeout is derived from.
@@ -164,17 +168,15 @@ func (t *timeoutTuner) current() time.Duration {
 	return t.cur
 }
 
-// announced returns the timeout to announce on a new connection, 0 if it
-// is the configured one (the standby was started with it).
+// announced returns the timeout to announce on a new connection: the one
+// in use, configured or derived (a standby not given its own, such as a
+// listen service, then runs the same), 0 on a nil tuner.
 func (t *timeoutTuner) announced() time.Duration {
 	if t == nil {
 		return 0
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.derived {
-		return 0
-	}
 	return t.cur
 }
 
@@ -261,7 +263,7 @@ func (s *Standby) adoptTimeout(r *wire.Timeout, now epoch.Duration) {
 		}
 		return
 	}
-	if d < TimeoutFloor || d > TimeoutCeiling {
+	if d < announceMin || d > announceMax {
 		s.log.Warn("primary announced a timeout out of range; ignored", "announced", d)
 		return
 	}
@@ -270,7 +272,7 @@ func (s *Standby) adoptTimeout(r *wire.Timeout, now epoch.Duration) {
 	}
 	s.m.SetTimeout(epoch.Duration(d), now)
 	s.log.Info("timeout announced by the primary", "timeout", d)
-	text := fmt.Sprintf("timeout %s, announced by the primary (derived there); set with --timeout", roundDur(d))
+	text := fmt.Sprintf("timeout %s, announced by the primary; set with --timeout", roundDur(d))
 	s.status.update(func(st *Status) { st.Timeout, st.TimeoutWhy = Dur(d), text })
 	s.observe(Observation{Kind: ObsTimeout, Msg: text})
 }

@@ -54,7 +54,7 @@ func TestTunerWaitsAndHysteresis(t *testing.T) {
 		}
 		return d, why
 	}
-	if d, _ := feed(DeriveSamples-1, 10*ms, 20*ms, 20*ms); d != 0 || tu.announced() != 0 {
+	if d, _ := feed(DeriveSamples-1, 10*ms, 20*ms, 20*ms); d != 0 || tu.announced() != DefaultTimeout {
 		t.Fatalf("derived %v from %d samples", d, DeriveSamples-1)
 	}
 	d, why := feed(1, 10*ms, 20*ms, 20*ms)

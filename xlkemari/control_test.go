@@ -258,12 +258,12 @@ func TestStatusTableTimeout(t *testing.T) {
 		{Status: checkpoint.Status{Role: "primary", Domain: "web", State: "protected", Timeout: checkpoint.Dur(410 * time.Millisecond),
 			TimeoutWhy: "timeout 410ms, derived: pause p99 38ms + heartbeat jitter p99 12ms + checkpoint round trip p99 67ms, 3.5 × their sum; set with --timeout"}},
 		{Status: checkpoint.Status{Role: "standby", Domain: "web", State: "ready", Timeout: checkpoint.Dur(410 * time.Millisecond),
-			TimeoutWhy: "timeout 410ms, announced by the primary (derived there); set with --timeout"}},
+			TimeoutWhy: "timeout 410ms, announced by the primary; set with --timeout"}},
 	}, time.Now())
 	got := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
 	want := []string{
 		"web (primary): timeout 410ms, derived: pause p99 38ms + heartbeat jitter p99 12ms + checkpoint round trip p99 67ms, 3.5 × their sum; set with --timeout",
-		"web (standby): timeout 410ms, announced by the primary (derived there); set with --timeout",
+		"web (standby): timeout 410ms, announced by the primary; set with --timeout",
 	}
 	if len(got) != 5 || got[3] != want[0] || got[4] != want[1] {
 		t.Fatalf("table:\n%s", b.String())
