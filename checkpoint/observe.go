@@ -14,10 +14,17 @@ const (
 	ObsCheckpoint                    // primary: checkpoint Epoch captured (Pause, Pages)
 	ObsRelease                       // primary: output through Epoch released
 	ObsCommit                        // standby: Epoch committed and acknowledged
-	ObsSync                          // primary: initial sync progress (Percent)
+	ObsSync                          // primary: initial sync progress (Percent, Round; Msg: what is not yet protected)
 	ObsActivate                      // standby: the replica was activated at Epoch
 	ObsError                         // something failed; Msg says what
 	ObsWarning                       // a condition the operator must know of; Msg says what
+	// ObsActivating: the standby decided to activate its replica at Epoch
+	// (Msg: why, and when the primary was last heard); ObsActivate follows
+	// once the replica runs, Took after this decision.
+	ObsActivating
+	// ObsTimeout: the failure-detection timeout changed (derived, or
+	// announced by the primary); Msg says to what and why.
+	ObsTimeout
 )
 
 // FailStopWarning is given at start when no arbiter is configured (I4).
@@ -34,18 +41,32 @@ type Observation struct {
 	Pages   int
 	Bytes   uint64
 	Percent float64
-	Digest  uint64 // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
+	Round   int           // ObsSync: the pre-copy round, from 1
+	Took    time.Duration // ObsActivate: from the decision (ObsActivating) until the replica ran
+	Digest  uint64        // ObsCheckpoint: memory digest at the checkpoint; ObsActivate: recomputed from the replica
 	Msg     string
 }
 
 // Status is a snapshot of one protection, as `xl kemari status` shows it.
 type Status struct {
-	Role             string    `json:"role"`
-	Domain           string    `json:"domain"`
-	Peer             string    `json:"peer"`
-	State            string    `json:"state"`
-	StateSince       time.Time `json:"state_since"`
-	SyncPercent      float64   `json:"sync_percent"`
+	Role        string    `json:"role"`
+	Domain      string    `json:"domain"`
+	Peer        string    `json:"peer"`
+	State       string    `json:"state"`
+	StateSince  time.Time `json:"state_since"`
+	SyncPercent float64   `json:"sync_percent"`
+	// NotYetProtected (primary): no checkpoint of this protection has been
+	// acknowledged since it started or since the standby was lost. Output
+	// produced before the sync's checkpoint leaves unheld (it is never
+	// held during the pre-copy: see checkpoint/sync.go), and until the ack
+	// a failure of this host leaves no replica to resume. Protection says
+	// where the sync is, in words; SyncRound (from 1) and SyncSent (guest
+	// memory sent in this sync, per cent, over 100 once rounds resend
+	// dirtied pages) are its numbers.
+	NotYetProtected  bool      `json:"not_yet_protected,omitempty"`
+	Protection       string    `json:"protection,omitempty"`
+	SyncRound        int       `json:"sync_round,omitempty"`
+	SyncSent         float64   `json:"sync_memory_sent_percent,omitempty"`
 	UnprotectedSince time.Time `json:"unprotected_since,omitzero"`
 	Epoch            uint64    `json:"epoch"` // primary: acked; standby: committed
 	Checkpoints      uint64    `json:"checkpoints"`
@@ -65,7 +86,19 @@ type Status struct {
 	Discarded        uint64    `json:"epochs_discarded"`
 	FallbackEpoch    uint64    `json:"fallback_epoch,omitempty"` // standby: the previous replica's, kept while a new one is built
 	ActivatedEpoch   uint64    `json:"activated_epoch,omitempty"`
-	Activation       Dur       `json:"activation_time,omitempty"`
+	// Activation is how long the replica took to run after the standby
+	// decided to activate it (the primary's timeout, the arbiter's grant,
+	// a failover by hand): the decision is at StateSince of "activating".
+	Activation Dur `json:"activation_time,omitempty"`
+	// Reason says why the standby is activating, or activated, its
+	// replica (state "activating"/"active"); LastHeard is how long the
+	// primary had been silent at that decision.
+	Reason string `json:"reason,omitempty"`
+	// Timeout is the failure-detection timeout in use; TimeoutWhy says
+	// where it comes from ("timeout 412ms, derived: pause p99 ...").
+	Timeout    Dur    `json:"timeout,omitempty"`
+	TimeoutWhy string `json:"timeout_why,omitempty"`
+	LastHeard  Dur    `json:"last_heard,omitempty"`
 }
 
 // Dur is a duration that marshals as a string ("1.5ms").

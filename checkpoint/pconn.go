@@ -22,6 +22,7 @@ const (
 	itemEnd
 	itemHeartbeat
 	itemGoodbye
+	itemTimeout // epoch: the timeout to announce, in nanoseconds
 )
 
 // sendItem is one unit of work for a connection's sender goroutine.
@@ -154,6 +155,14 @@ func (pc *pconn) fail(p *Primary, err error) {
 
 func (pc *pconn) sender(p *Primary) {
 	u64 := make([]uint64, 0, wire.MaxPagesPerRecord)
+	if d := p.tune.announced(); d > 0 {
+		// The timeout in use, first on a new connection: a standby not
+		// given its own takes it (docs/protocol.md §5.13).
+		if err := pc.announce(d); err != nil {
+			pc.fail(p, err)
+			return
+		}
+	}
 	for {
 		var it sendItem
 		select {
@@ -212,6 +221,8 @@ func (pc *pconn) sender(p *Primary) {
 			}
 		case itemHeartbeat:
 			err = pc.heartbeat(it)
+		case itemTimeout:
+			err = pc.announce(time.Duration(it.epoch))
 		case itemGoodbye:
 			err = pc.w.Write(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "protection stopped"})
 			if err == nil {
@@ -233,6 +244,14 @@ func (pc *pconn) sender(p *Primary) {
 func (pc *pconn) heartbeat(it sendItem) error {
 	pc.hbSeq++
 	if err := pc.w.Write(&wire.Heartbeat{Seq: pc.hbSeq, SentNanos: time.Now().UnixNano(), Epoch: it.epoch, Flushed: it.epoch}); err != nil {
+		return err
+	}
+	return pc.w.Flush()
+}
+
+// announce writes a TIMEOUT record and flushes it.
+func (pc *pconn) announce(d time.Duration) error {
+	if err := pc.w.Write(&wire.Timeout{Nanos: uint64(d)}); err != nil {
 		return err
 	}
 	return pc.w.Flush()
@@ -268,12 +287,14 @@ func (pc *pconn) writeDisk(ws []diskbuf.Write) error {
 }
 
 func (pc *pconn) reader(p *Primary) {
+	p.tune.restart()
 	for {
 		rec, err := pc.r.Next()
 		if err != nil {
 			pc.fail(p, err)
 			return
 		}
+		p.tune.frame(time.Now())
 		var ev epoch.Event
 		switch r := rec.(type) {
 		case *wire.Ack:

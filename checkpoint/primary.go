@@ -53,6 +53,10 @@ type PrimaryConfig struct {
 	// Observer, if set, receives every Observation, on the loop goroutine:
 	// it must not block.
 	Observer func(Observation)
+	// DeriveTimeout: no timeout was configured; Epoch.Timeout is the
+	// conservative default until one is derived from what this primary
+	// measures, and announced to the standby (timeout.go).
+	DeriveTimeout bool
 }
 
 // Primary protects one running domain: it drives an epoch.Primary machine
@@ -89,6 +93,7 @@ type Primary struct {
 	rate     rateWindow
 	bw       byteRate // wire bytes per second, for Status.Bandwidth
 	pauses   struct{ n, sum, max time.Duration }
+	tune     *timeoutTuner // the derived timeout's measures
 	dirtySum uint64
 	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
 	wg       sync.WaitGroup // every goroutine started
@@ -142,6 +147,7 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}),
 		done: make(chan struct{}), barriers: map[uint64]time.Time{}, stages: make(chan []byte, cfg.Epoch.Inflight+2)}
 	p.status.update(func(s *Status) { s.Role = "primary"; s.Peer = dial.String(); s.State = "idle" })
+	p.initTimeout()
 	return p, nil
 }
 
@@ -199,6 +205,7 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	p.noteUnheld()
 	waiting := make(chan struct{}, 1)
 	for _, n := range p.nets {
 		if ch := n.Waiting(); ch != nil && p.cfg.Epoch.Mode == epoch.ModeEvent {
@@ -386,6 +393,7 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 				if st == "protected" {
 					s.UnprotectedSince = time.Time{}
 					s.SyncPercent = 100
+					noteProtected(s)
 				}
 			})
 			p.observe(Observation{Kind: ObsState, State: st, Msg: a.Reason})
@@ -408,6 +416,7 @@ func (p *Primary) unprotect() error {
 	p.history = p.history[:0]
 	clear(p.barriers)
 	p.endStream()
+	p.noteUnheld()
 	return nil
 }
 
@@ -448,7 +457,7 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 	// attempt well within the standby's timeout.
 	ct := p.cfg.ConnectTimeout
 	if ct <= 0 {
-		ct = time.Duration(p.cfg.Epoch.Timeout / 3)
+		ct = p.tune.current() / 3 // the derived timeout once there is one
 	}
 	dctx, cancel := context.WithTimeout(ctx, ct)
 	defer cancel()
@@ -526,6 +535,7 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 		for _, n := range p.nets {
 			n.Protect()
 		}
+		p.noteHeld(e)
 	}
 	var berr error
 	for _, n := range p.nets {
@@ -628,6 +638,7 @@ func (p *Primary) checkpoint(e uint64, flags uint32, protect bool, extra []libxl
 }
 
 func (p *Primary) recordCheckpoint(e uint64, pause time.Duration, n int) {
+	p.tune.pause(pause)
 	p.pauses.n++
 	p.pauses.sum += pause
 	p.pauses.max = max(p.pauses.max, pause)
@@ -701,6 +712,9 @@ func (p *Primary) release(e uint64) error {
 		s.OutputHeld, s.Released = held, rel
 	})
 	p.observe(Observation{Kind: ObsRelease, Epoch: e})
+	if lat > 0 {
+		p.retune(e, lat)
+	}
 	return nil
 }
 

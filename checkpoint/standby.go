@@ -38,6 +38,10 @@ type StandbyConfig struct {
 	Limits   StandbyLimits
 	Logger   *slog.Logger
 	Observer func(Observation)
+	// AdoptTimeout: no timeout was configured here; the one the primary
+	// announces (a TIMEOUT record, docs/protocol.md §5.13) replaces
+	// Epoch.Timeout.
+	AdoptTimeout bool
 }
 
 // Standby holds the replica of one protected domain and takes over when
@@ -166,6 +170,7 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 	s := &Standby{cfg: cfg, sink: sink, ln: ln, arb: arb, log: cfg.Logger, m: epoch.NewStandby(cfg.Epoch), memDisks: memDisks,
 		events: make(chan sevent, 16), done: make(chan struct{}), promoteC: make(chan struct{}, 1)}
 	s.status.update(func(st *Status) { st.Role = "standby"; st.Peer = ln.String(); st.State = "waiting" })
+	s.initStandbyTimeout()
 	return s, nil
 }
 
@@ -375,6 +380,8 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 		if s.disk != nil {
 			s.disk.Flushed(r.Flushed)
 		}
+	case *wire.Timeout:
+		s.adoptTimeout(r, now)
 	case *wire.Goodbye:
 		s.conn.send(&wire.Goodbye{Code: wire.GoodbyeStop, Message: "replica discarded"})
 		return append(out, s.m.Step(epoch.Event{Kind: epoch.EvGoodbye, Now: now})...), nil
@@ -777,7 +784,7 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			s.wg.Add(1)
 			go func() { defer s.wg.Done(); s.acquire(ctx) }()
 		case epoch.ActActivate:
-			if err := s.activate(); err != nil {
+			if err := s.activate(activationReason(acts)); err != nil {
 				return err
 			}
 		case epoch.ActDestroyReplica:
@@ -840,8 +847,8 @@ func (s *Standby) acquire(ctx context.Context) {
 }
 
 // activate resumes the replica at the last committed checkpoint. (I3)
-func (s *Standby) activate() error {
-	t := time.Now()
+func (s *Standby) activate(reason string) error {
+	t := s.noteActivating(reason)
 	var digest uint64
 	verdict := "not verified"
 	if s.cfg.Verify {
@@ -869,7 +876,8 @@ func (s *Standby) activate() error {
 	took := time.Since(t)
 	e := s.m.Committed()
 	s.status.update(func(st *Status) { st.ActivatedEpoch = e; st.Activation = Dur(took) })
-	s.observe(Observation{Kind: ObsActivate, Epoch: e, Digest: digest, Msg: verdict})
+	s.log.Info(fmt.Sprintf("activated at epoch %d in %s after the decision", e, roundDur(took)), "epoch", e, "took", took, "memory", verdict)
+	s.observe(Observation{Kind: ObsActivate, Epoch: e, Digest: digest, Took: took, Msg: verdict})
 	if s.cfg.OnActivate != nil {
 		s.cfg.OnActivate(s.replica, s.info)
 	}

@@ -87,7 +87,11 @@ func (p *Primary) precopy(pc *pconn) ([]libxl.PFN, error) {
 		prev    = ^uint64(0)
 		stalled int
 		buf     []byte
+		sent    uint64 // pages sent in this sync
 	)
+	if msg, unheld := p.noteSyncRound(1, 0); unheld {
+		p.log.Warn("initial sync: output is not held until its checkpoint; should this host fail before the standby acknowledges that checkpoint, there is no replica to fail over to", "protection", msg)
+	}
 	for round := 0; ; round++ {
 		p.dirty.Reset()
 		if err := p.src.ReadAndClearDirty(dom, p.dirty); err != nil {
@@ -123,12 +127,15 @@ func (p *Primary) precopy(pc *pconn) ([]libxl.PFN, error) {
 			if !pc.send(sendItem{kind: itemPages, pfns: pfns[i:j], data: buf, reserved: min(n, syncBudget)}) {
 				return nil, errSyncAborted
 			}
+			sent += uint64(j - i)
+			pct := 95.0
 			if round == 0 {
-				pct := 95 * float64(j) / total
+				pct = 95 * float64(j) / total
 				p.status.update(func(s *Status) { s.SyncPercent = pct })
-				if j%(64*wire.MaxPagesPerRecord) == 0 || j == len(pfns) {
-					p.observe(Observation{Kind: ObsSync, Percent: pct, Pages: j})
-				}
+			}
+			if j%(64*wire.MaxPagesPerRecord) == 0 || j == len(pfns) {
+				msg, _ := p.noteSyncRound(round+1, sent)
+				p.observe(Observation{Kind: ObsSync, Percent: pct, Pages: j, Round: round + 1, Msg: msg})
 			}
 		}
 		if round == 0 && p.disk != nil && !p.cfg.SharedDisk {

@@ -166,7 +166,12 @@ func settingsTable(w io.Writer, settings []conf.Setting) error {
 		if v == "" {
 			v = "-"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.Name, v, s.Origin)
+		src := s.Origin.String()
+		if s.Name == "timeout" && s.Origin.Source == conf.SourceDefault {
+			// start derives it (xl-kemari(1), --timeout).
+			src = "default until measured; then derived by start from its measurements"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.Name, v, src)
 	}
 	return tw.Flush()
 }

@@ -138,16 +138,21 @@ func TestStatusTable(t *testing.T) {
 		{PID: 3, Status: checkpoint.Status{Role: "primary", Domain: "mail", State: "syncing", SyncPercent: 42}},
 		{PID: 4, Status: checkpoint.Status{Role: "standby", Domain: "old", State: "active", ActivatedEpoch: 99}},
 		{PID: 5, Status: checkpoint.Status{Role: "standby", Domain: "pv", Peer: "stdio", State: "syncing", FallbackEpoch: 41}},
+		{PID: 6, Status: checkpoint.Status{Role: "standby", Domain: "hvm", State: "activating", Epoch: 12, Reason: "primary silent for the timeout",
+			LastHeard: checkpoint.Dur(1012 * time.Millisecond)}},
+		{PID: 7, Status: checkpoint.Status{Role: "standby", Domain: "new", State: "active", ActivatedEpoch: 5, Activation: checkpoint.Dur(2800 * time.Millisecond)}},
 	}
 	var b bytes.Buffer
 	writeStatusTable(&b, entries, now)
 	want := []string{
-		"DOMAIN  ROLE     PEER           STATE                             EPOCH  RATE    PAUSE LAST/AVG  DIRTY  BANDWIDTH  COMPR  COMMIT  UNPROTECTED",
-		"web     primary  ssh:xen2       protected                         7      10.0/s  800us/1.2ms     12/10  3.0 MiB/s  2.5x   3.0ms   -",
-		"db      primary  tls:xen3:8011  unprotected                       0      -       -               -      -          -      -       1m30s ago",
-		"mail    primary  -              syncing 42%                       0      -       -               -      -          -      -       -",
-		"old     standby  -              active (failed over at epoch 99)  0      -       -               -      -          -      -       -",
-		"pv      standby  stdio          syncing (fallback at epoch 41)    0      -       -               -      -          -      -       -",
+		"DOMAIN  ROLE     PEER           STATE                                                                  EPOCH  RATE    PAUSE LAST/AVG  DIRTY  BANDWIDTH  COMPR  COMMIT  UNPROTECTED",
+		"web     primary  ssh:xen2       protected                                                              7      10.0/s  800us/1.2ms     12/10  3.0 MiB/s  2.5x   3.0ms   -",
+		"db      primary  tls:xen3:8011  unprotected                                                            0      -       -               -      -          -      -       1m30s ago",
+		"mail    primary  -              syncing 42%                                                            0      -       -               -      -          -      -       -",
+		"old     standby  -              active (failed over at epoch 99)                                       0      -       -               -      -          -      -       -",
+		"pv      standby  stdio          syncing (fallback at epoch 41)                                         0      -       -               -      -          -      -       -",
+		"hvm     standby  -              activating epoch 12: primary silent for the timeout, last heard 1.01s  12     -       -               -      -          -      -       -",
+		"new     standby  -              active (failed over at epoch 5 in 2.8s)                                0      -       -               -      -          -      -       -",
 	}
 	got := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
 	if len(got) != len(want) {
@@ -222,11 +227,45 @@ func TestProgress(t *testing.T) {
 	var b bytes.Buffer
 	p := newProgress(&b)
 	for _, pct := range []float64{0, 3, 9, 10, 15, 35, 99, 100, 100} {
-		p.update(pct)
+		p.update(pct, 0, "")
 	}
 	p.finish()
 	want := "initial sync 0%\ninitial sync 10%\ninitial sync 35%\ninitial sync 99%\ninitial sync 100%\n"
 	if b.String() != want {
 		t.Errorf("progress lines\n%s\nwant\n%s", b.String(), want)
+	}
+	// What is not yet protected is said on every line, and a new pre-copy
+	// round gets a line even where the percentage stands still.
+	b.Reset()
+	p = newProgress(&b)
+	p.update(50, 1, "not yet protected (initial sync, round 1, 53% of memory sent)")
+	p.update(95, 1, "not yet protected (initial sync, round 1, 100% of memory sent)")
+	p.update(95, 2, "not yet protected (initial sync, round 2, 104% of memory sent)")
+	p.update(95, 2, "not yet protected (initial sync, round 2, 106% of memory sent)")
+	want = "initial sync 50%: not yet protected (initial sync, round 1, 53% of memory sent)\n" +
+		"initial sync 95%: not yet protected (initial sync, round 1, 100% of memory sent)\n" +
+		"initial sync 95%: not yet protected (initial sync, round 2, 104% of memory sent)\n"
+	if b.String() != want {
+		t.Errorf("progress lines\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// TestStatusTableTimeout: under the table, each protection's timeout and
+// where it comes from.
+func TestStatusTableTimeout(t *testing.T) {
+	var b bytes.Buffer
+	writeStatusTable(&b, []statusEntry{
+		{Status: checkpoint.Status{Role: "primary", Domain: "web", State: "protected", Timeout: checkpoint.Dur(410 * time.Millisecond),
+			TimeoutWhy: "timeout 410ms, derived: pause p99 38ms + heartbeat jitter p99 12ms + checkpoint round trip p99 67ms, 3.5 × their sum; set with --timeout"}},
+		{Status: checkpoint.Status{Role: "standby", Domain: "web", State: "ready", Timeout: checkpoint.Dur(410 * time.Millisecond),
+			TimeoutWhy: "timeout 410ms, announced by the primary; set with --timeout"}},
+	}, time.Now())
+	got := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	want := []string{
+		"web (primary): timeout 410ms, derived: pause p99 38ms + heartbeat jitter p99 12ms + checkpoint round trip p99 67ms, 3.5 × their sum; set with --timeout",
+		"web (standby): timeout 410ms, announced by the primary; set with --timeout",
+	}
+	if len(got) != 5 || got[3] != want[0] || got[4] != want[1] {
+		t.Fatalf("table:\n%s", b.String())
 	}
 }

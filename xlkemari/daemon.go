@@ -138,8 +138,18 @@ func daemonize(e *env, args []string, domain, logPath string, wait bool) int {
 				return exitOK
 			}
 		case "sync":
-			if pct, err := strconv.ParseFloat(rest, 64); err == nil {
-				bar.update(pct)
+			// sync PERCENT [ROUND [WHAT IS NOT YET PROTECTED]]
+			f := strings.SplitN(rest, " ", 3)
+			if pct, err := strconv.ParseFloat(f[0], 64); err == nil {
+				var round int
+				var msg string
+				if len(f) > 1 {
+					round, _ = strconv.Atoi(f[1])
+				}
+				if len(f) > 2 {
+					msg = f[2]
+				}
+				bar.update(pct, round, msg)
 			}
 		case "state":
 			st, why, _ := strings.Cut(rest, " ")
@@ -225,11 +235,13 @@ func openAppend(path string, perm os.FileMode) (*os.File, error) {
 }
 
 // progress shows the initial synchronisation: a bar on a terminal,
-// a plain line every 10% otherwise.
+// a plain line every 10% and every pre-copy round otherwise, each saying
+// what is not yet protected.
 type progress struct {
 	w     io.Writer
 	tty   bool
 	last  float64
+	round int
 	drawn bool
 }
 
@@ -246,18 +258,25 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-func (p *progress) update(pct float64) {
+// update shows pct of the sync done, in pre-copy round (from 1; 0:
+// unknown), and msg, what is not yet protected ("" when output is held).
+func (p *progress) update(pct float64, round int, msg string) {
 	pct = min(max(pct, 0), 100)
+	tail := ""
+	if msg != "" {
+		tail = ": " + msg
+	}
 	if p.tty {
 		const width = 40
 		n := int(pct / 100 * width)
-		fmt.Fprintf(p.w, "\rinitial sync [%s%s] %3.0f%%", strings.Repeat("#", n), strings.Repeat(" ", width-n), pct)
+		fmt.Fprintf(p.w, "\rinitial sync [%s%s] %3.0f%%%s\x1b[K", strings.Repeat("#", n), strings.Repeat(" ", width-n), pct, tail)
 		p.drawn = true
 		return
 	}
-	if p.last < 0 || pct >= p.last+10 || (pct >= 100 && p.last < 100) {
-		fmt.Fprintf(p.w, "initial sync %.0f%%\n", pct)
+	if p.last < 0 || pct >= p.last+10 || (pct >= 100 && p.last < 100) || round > p.round {
+		fmt.Fprintf(p.w, "initial sync %.0f%%%s\n", pct, tail)
 		p.last = pct
+		p.round = max(p.round, round)
 	}
 }
 

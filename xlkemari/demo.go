@@ -83,7 +83,7 @@ func runDemo(e *env, args []string) int {
 	runFor := fs.Duration("run", 6*time.Second, "how long the client runs in all")
 	killAfter := fs.Duration("kill-after", 3*time.Second, "when to SIGKILL the primary")
 	interval := fs.Duration("interval", 25*time.Millisecond, "checkpoint interval")
-	timeout := fs.Duration("timeout", 250*time.Millisecond, "failure-detection timeout")
+	timeout := fs.Duration("timeout", 0, "failure-detection timeout (default: derived by the primary from the pauses, heartbeat jitter and round trips it measures, 1s until measured, and announced to the standby)")
 	mode := fs.String("mode", "epoch", "checkpoint trigger: epoch or event")
 	keep := fs.Bool("keep", false, "keep the working directory (logs, event files)")
 	useArbiter := fs.Bool("arbiter", false, "guard the failover with a file: arbiter in the demo's directory (then a primary that stalls past the timeout is fenced instead of answering beside the replica)")
@@ -123,8 +123,10 @@ func runDemo(e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFailure
 	}
-	common := []string{"--hypervisor=sim", "--interval=" + interval.String(), "--timeout=" + timeout.String(),
-		"--mode=" + *mode, "--log-level=warn"}
+	common := []string{"--hypervisor=sim", "--interval=" + interval.String(), "--mode=" + *mode, "--log-level=warn"}
+	if *timeout != 0 {
+		common = append(common, "--timeout="+timeout.String())
+	}
 	if *useArbiter {
 		common = append(common, "--arbiter=file:"+filepath.Join(dir, "arbiter"))
 	}

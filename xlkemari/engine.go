@@ -34,7 +34,7 @@ func (f *engineFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.mode, "mode", "epoch", "checkpoint trigger: epoch (fixed interval) or event (on output)")
 	fs.DurationVar(&f.interval, "interval", 100*time.Millisecond, "checkpoint interval (event mode: maximum)")
 	fs.DurationVar(&f.minInt, "min-interval", 5*time.Millisecond, "event mode: minimum spacing of checkpoints")
-	fs.DurationVar(&f.timeout, "timeout", time.Second, "peer declared lost after this long without frames")
+	fs.DurationVar(&f.timeout, "timeout", time.Second, "peer declared lost after this long without frames (unset: start derives it from what it measures, 1s until then, and receive takes the primary's; see xl-kemari(1))")
 	fs.IntVar(&f.inflight, "inflight", 1, "checkpoints in flight before back-pressure")
 	fs.StringVar(&f.compress, "compress", "lz4", "page compression: none, lz4 or zstd")
 	fs.StringVar(&f.hv, "hypervisor", "xen", "hypervisor backend (xen, or sim for the built-in simulator)")
@@ -118,13 +118,15 @@ type eventLine struct {
 	PauseNs int64   `json:"pause_ns,omitempty"`
 	Pages   int     `json:"pages,omitempty"`
 	Percent float64 `json:"percent,omitempty"`
+	TookNs  int64   `json:"took_ns,omitempty"` // activate: from the decision (activating) until the replica ran
 	Digest  string  `json:"digest,omitempty"`
 	Msg     string  `json:"msg,omitempty"`
 }
 
 var obsNames = map[checkpoint.ObsKind]string{checkpoint.ObsState: "state", checkpoint.ObsCheckpoint: "checkpoint",
 	checkpoint.ObsRelease: "release", checkpoint.ObsCommit: "commit", checkpoint.ObsSync: "sync",
-	checkpoint.ObsActivate: "activate", checkpoint.ObsError: "error"}
+	checkpoint.ObsActivate: "activate", checkpoint.ObsError: "error", checkpoint.ObsWarning: "warning",
+	checkpoint.ObsActivating: "activating", checkpoint.ObsTimeout: "timeout"}
 
 func openEventLog(path string) (*eventLog, error) {
 	if path == "" {
@@ -142,7 +144,7 @@ func (l *eventLog) observe(o checkpoint.Observation) {
 		return
 	}
 	line := eventLine{T: o.Time.UnixNano(), Kind: obsNames[o.Kind], Epoch: o.Epoch, State: o.State,
-		PauseNs: int64(o.Pause), Pages: o.Pages, Percent: o.Percent, Msg: o.Msg}
+		PauseNs: int64(o.Pause), Pages: o.Pages, Percent: o.Percent, TookNs: int64(o.Took), Msg: o.Msg}
 	if o.Digest != 0 {
 		line.Digest = fmt.Sprintf("%016x", o.Digest)
 	}

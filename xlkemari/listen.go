@@ -76,8 +76,11 @@ func runListen(e *env, args []string) int {
 	if !fs.Changed("min-interval") {
 		f.minInt = d.MinInterval
 	}
+	adopt := false
 	if !fs.Changed("timeout") {
 		f.timeout = d.Timeout
+		// Neither here nor in kemari.toml: each primary's announced one.
+		adopt = d.Origin(conf.FieldTimeout).Source == conf.SourceDefault
 	}
 	if !fs.Changed("mode") {
 		f.mode = d.Mode
@@ -144,7 +147,7 @@ func runListen(e *env, args []string) int {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	svc := &listenService{ctx: ctx, log: log, hv: hv, arb: a, verify: *verify, ecfg: ecfg, timeout: f.timeout,
+	svc := &listenService{ctx: ctx, log: log, hv: hv, arb: a, verify: *verify, ecfg: ecfg, timeout: f.timeout, adopt: adopt,
 		observe: ev.observe, getenv: e.Getenv, sessions: map[string]*domainStandby{}, policy: policy,
 		hellos: make(chan struct{}, maxPendingHellos), admitted: map[string]bool{}}
 	if policy.any {
@@ -207,6 +210,7 @@ type listenService struct {
 	verify  bool
 	ecfg    epoch.Config
 	timeout time.Duration
+	adopt   bool // no timeout configured: take each primary's announced one
 	observe func(checkpoint.Observation)
 	getenv  func(string) string
 	policy  *peerPolicy
@@ -317,7 +321,7 @@ func (l *listenService) admit(domain string) error {
 func (l *listenService) startDomain(name string) (*domainStandby, error) {
 	ln := newChanListener("tls:" + name)
 	ss := &standbySession{arbiter: l.arb.Configured(), timeout: l.timeout, done: make(chan struct{})}
-	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: l.ecfg, Verify: l.verify, Once: true,
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: l.ecfg, Verify: l.verify, Once: true, AdoptTimeout: l.adopt,
 		Logger: l.log.With("domain", name),
 		// On Xen: bring the replica's vifs up and announce its addresses.
 		OnActivate: (&netbufFlags{}).onActivate(l.log.With("domain", name), l.hv),
@@ -326,7 +330,7 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 				l.observe(o)
 			}
 			ss.observe(o)
-			if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivate {
+			if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivating || o.Kind == checkpoint.ObsActivate {
 				// Not on the Standby's loop: status takes l.mu.
 				go l.notifyStatus()
 			}

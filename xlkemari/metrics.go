@@ -22,7 +22,7 @@ import (
 var stateValues = map[string]float64{
 	"idle": 0, "connecting": 0, "syncing": 1, "protected": 2, "reconnecting": 1, "arbitrating": 0,
 	"unprotected": 0, "stopping": 1, "stopped": 0, "fenced": -1, "stalled": 1,
-	"waiting": 0, "ready": 2, "active": 3, "denied": -1,
+	"waiting": 0, "ready": 2, "activating": 3, "active": 3, "denied": -1,
 }
 
 // statusMetric is one exported series per protector.
@@ -55,7 +55,7 @@ func newStatusCollector(statuses func() []checkpoint.Status) *statusCollector {
 		info: prometheus.NewDesc("xl_kemari_state_info", "the protection state by name (value always 1)",
 			[]string{"domain", "role", "state"}, nil),
 		metrics: []statusMetric{
-			m("xl_kemari_state", "protection state: 2 protected/ready, 1 syncing/reconnecting/stalled (output held), 0 unprotected, 3 active (failed over), -1 fenced/denied", g,
+			m("xl_kemari_state", "protection state: 2 protected/ready, 1 syncing/reconnecting/stalled (output held), 0 unprotected, 3 activating/active (failed over), -1 fenced/denied", g,
 				func(s checkpoint.Status) float64 { return stateValues[s.State] }),
 			m("xl_kemari_epoch", "last acknowledged (primary) or committed (standby) epoch", g, func(s checkpoint.Status) float64 { return float64(s.Epoch) }),
 			m("xl_kemari_checkpoints_total", "checkpoints taken (primary) or committed (standby)", c, func(s checkpoint.Status) float64 { return float64(s.Checkpoints) }),
@@ -70,6 +70,8 @@ func newStatusCollector(statuses func() []checkpoint.Status) *statusCollector {
 			m("xl_kemari_output_held_frames", "frames held now", g, func(s checkpoint.Status) float64 { return float64(s.OutputHeld) }),
 			m("xl_kemari_output_released_frames_total", "frames released", c, func(s checkpoint.Status) float64 { return float64(s.Released) }),
 			m("xl_kemari_epochs_discarded_total", "epochs the standby discarded (torn, corrupt)", c, func(s checkpoint.Status) float64 { return float64(s.Discarded) }),
+			m("xl_kemari_activation_seconds", "standby: from the decision to activate the replica (timeout, arbiter grant, failover by hand) until it ran; 0 before", g, func(s checkpoint.Status) float64 { return sec(s.Activation) }),
+			m("xl_kemari_timeout_seconds", "the failure-detection timeout in use (configured, the default until measured, derived, or announced by the primary)", g, func(s checkpoint.Status) float64 { return sec(s.Timeout) }),
 			m("xl_kemari_unprotected_seconds", "seconds since protection was lost (0 while protected)", g, func(s checkpoint.Status) float64 {
 				if s.UnprotectedSince.IsZero() {
 					return 0

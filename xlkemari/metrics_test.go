@@ -39,7 +39,9 @@ func scrape(t *testing.T, sts []checkpoint.Status) (string, http.Header) {
 func TestMetricsEndpoint(t *testing.T) {
 	st := checkpoint.Status{Role: "primary", Domain: "web1", State: "protected", Epoch: 42,
 		Checkpoints: 40, AvgPause: checkpoint.Dur(1500 * time.Microsecond)}
-	out, hdr := scrape(t, []checkpoint.Status{st})
+	sb := checkpoint.Status{Role: "standby", Domain: "web2", State: "active", Activation: checkpoint.Dur(250 * time.Millisecond),
+		Timeout: checkpoint.Dur(410 * time.Millisecond)}
+	out, hdr := scrape(t, []checkpoint.Status{st, sb})
 	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
 		t.Errorf("content type %q", ct)
 	}
@@ -51,6 +53,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		`xl_kemari_epoch{domain="web1",role="primary"} 42`,
 		`xl_kemari_checkpoints_total{domain="web1",role="primary"} 40`,
 		`xl_kemari_pause_seconds_avg{domain="web1",role="primary"} 0.0015`,
+		`xl_kemari_activation_seconds{domain="web2",role="standby"} 0.25`,
+		`xl_kemari_state{domain="web2",role="standby"} 3`,
+		`xl_kemari_timeout_seconds{domain="web2",role="standby"} 0.41`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %q:\n%s", want, out)

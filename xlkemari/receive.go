@@ -241,6 +241,9 @@ func runReceive(e *env, args []string) int {
 	}
 	ss := &standbySession{arbiter: a.Configured(), timeout: f.timeout, done: make(chan struct{})}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log,
+		// No --timeout: the primary's derived one, announced (start
+		// leaves --timeout out when it derives its own).
+		AdoptTimeout: !fs.Changed("timeout"),
 		// One primary, --stdio or --listen: after its clean goodbye (stop)
 		// there is nothing left to hold, so Run returns and we exit 0,
 		// unless --stay. (`listen` is the service that outlives them.)

@@ -56,7 +56,7 @@ func (ss *standbySession) observe(o checkpoint.Observation) {
 	if o.Kind == checkpoint.ObsCommit {
 		ss.lastCommit.Store(time.Now().UnixNano())
 	}
-	if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivate || o.Kind == checkpoint.ObsError {
+	if o.Kind == checkpoint.ObsState || o.Kind == checkpoint.ObsActivating || o.Kind == checkpoint.ObsActivate || o.Kind == checkpoint.ObsError {
 		ss.w.notify()
 	}
 }

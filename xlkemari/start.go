@@ -154,10 +154,16 @@ func runStart(e *env, args []string) int {
 			kind = localTransport(peer, f.insecureTCP)
 		}
 	}
+	// No timeout given anywhere: derive one from what is measured, and
+	// announce it to the standby, which is started without --timeout so
+	// that it takes the announcement (docs/protocol.md §5.13).
+	derive := prot.Origin(conf.FieldTimeout).Source == conf.SourceDefault
 	remote := []string{"receive", "--stdio", "--hypervisor=" + f.hv, "--mode=" + prot.Mode,
 		"--interval=" + prot.Interval.String(), "--min-interval=" + prot.MinInterval.String(),
-		"--timeout=" + prot.Timeout.String(), fmt.Sprintf("--inflight=%d", prot.Inflight),
-		"--arbiter=" + prot.Arbiter, "--log-level=" + f.logLevel}
+		fmt.Sprintf("--inflight=%d", prot.Inflight), "--arbiter=" + prot.Arbiter, "--log-level=" + f.logLevel}
+	if !derive {
+		remote = append(remote, "--timeout="+prot.Timeout.String())
+	}
 	dialer, err := f.dialer(kind, peer, host, remote, e.Stderr)
 	if err != nil {
 		return fail(exitUsage, "start: %v", err)
@@ -216,9 +222,9 @@ func runStart(e *env, args []string) int {
 		switch o.Kind {
 		case checkpoint.ObsSync:
 			if notify != nil {
-				notify.send("sync %.1f", o.Percent)
+				notify.send("sync %.1f %d %s", o.Percent, o.Round, o.Msg)
 			} else {
-				bar.update(o.Percent)
+				bar.update(o.Percent, o.Round, o.Msg)
 			}
 		case checkpoint.ObsState:
 			if notify != nil {
@@ -237,7 +243,7 @@ func runStart(e *env, args []string) int {
 		connectTimeout = max(prot.Timeout, 10*time.Second)
 	}
 	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom0, Codec: codec,
-		SharedDisk: prot.Disk == "shared", ConnectTimeout: connectTimeout, Logger: log, Observer: observe},
+		SharedDisk: prot.Disk == "shared", ConnectTimeout: connectTimeout, Logger: log, Observer: observe, DeriveTimeout: derive},
 		hv.Source(), dialer, nets, disk, a)
 	if err != nil {
 		return fail(exitConfig, "start: %v", err)
@@ -272,7 +278,7 @@ func runStart(e *env, args []string) int {
 		return fail(exitFailure, "start: %v", err)
 	}
 	defer stopMetrics()
-	log.Info("protecting", "standby", dialer.String(), "mode", prot.Mode, "interval", prot.Interval, "timeout", prot.Timeout, "control", srv.path)
+	log.Info("protecting", "standby", dialer.String(), "mode", prot.Mode, "interval", prot.Interval, "timeout", prot.Timeout, "derive_timeout", derive, "control", srv.path)
 	notify.send("ready")
 
 	// SIGTERM and `stop`: a clean stop (goodbye, output released). SIGINT

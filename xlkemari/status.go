@@ -103,6 +103,13 @@ func writeStatusTable(w io.Writer, entries []statusEntry, now time.Time) {
 			durText(time.Duration(s.CommitLatency)), sinceText(s.UnprotectedSince, now))
 	}
 	tw.Flush()
+	// The timeout each uses, and where it comes from (derived from what the
+	// primary measured, announced, configured): too long for a column.
+	for _, en := range entries {
+		if s := en.Status; s.TimeoutWhy != "" {
+			fmt.Fprintf(w, "%s (%s): %s\n", dash(s.Domain), s.Role, s.TimeoutWhy)
+		}
+	}
 }
 
 func dash(s string) string {
@@ -116,9 +123,16 @@ func dash(s string) string {
 // epoch it resumed at.
 func stateText(s checkpoint.Status) string {
 	switch {
+	case s.State == "syncing" && s.Role == "primary" && s.NotYetProtected && s.Protection != "":
+		return s.Protection
 	case s.State == "syncing" && s.Role == "primary":
 		return fmt.Sprintf("syncing %.0f%%", s.SyncPercent)
+	case s.State == "activating":
+		return fmt.Sprintf("activating epoch %d: %s, last heard %s", s.Epoch, dash(s.Reason), durText(time.Duration(s.LastHeard)))
 	case s.State == "active" && s.Role == "standby":
+		if s.Activation != 0 {
+			return fmt.Sprintf("active (failed over at epoch %d in %s)", s.ActivatedEpoch, durText(time.Duration(s.Activation)))
+		}
 		return fmt.Sprintf("active (failed over at epoch %d)", s.ActivatedEpoch)
 	case s.State == "syncing" && s.FallbackEpoch != 0:
 		return fmt.Sprintf("syncing (fallback at epoch %d)", s.FallbackEpoch)

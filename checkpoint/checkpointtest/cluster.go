@@ -106,6 +106,10 @@ type Options struct {
 	ByeFault Fault
 	ByeSide  string
 	ByeN     int
+	// DeriveTimeout: the primary derives its timeout from what it
+	// measures (Timeout is the value until then) and the standby adopts
+	// the announced one, as with no timeout configured.
+	DeriveTimeout bool
 
 	arbDelay time.Duration // the arbiter's answer time, from the seed
 	codec    wire.Codec
@@ -128,6 +132,9 @@ type Report struct {
 	Inflight   int
 	Latency    time.Duration
 	Bye        string // the goodbye fault of a stop scenario
+	// Timeouts in use at the end (DeriveTimeout), primary's and standby's.
+	PTimeout, STimeout time.Duration
+	TimeoutWhy         string
 }
 
 // OK reports whether no invariant was violated.
@@ -477,7 +484,7 @@ func (c *cluster) run(rng *rand.Rand) {
 	defer cancel()
 
 	pcfg := checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom, Codec: o.codec, CacheBytes: 1 << 20,
-		SyncStopPages: 16, Observer: func(ob checkpoint.Observation) {
+		SyncStopPages: 16, DeriveTimeout: o.DeriveTimeout, Observer: func(ob checkpoint.Observation) {
 			switch ob.Kind {
 			case checkpoint.ObsCheckpoint:
 				c.mu.Lock()
@@ -516,8 +523,9 @@ func (c *cluster) run(rng *rand.Rand) {
 	}()
 
 	var sstop func()
+	var curStandby atomic.Pointer[checkpoint.Standby]
 	startStandby := func(n *checkpoint.PipeNetwork) {
-		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode,
+		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode, AdoptTimeout: o.DeriveTimeout,
 			Disks: func(info libxl.DomainInfo) ([]diskbuf.Store, error) {
 				st := diskbuf.NewMemStore(sectors * diskbuf.SectorSize)
 				c.mu.Lock()
@@ -570,6 +578,7 @@ func (c *cluster) run(rng *rand.Rand) {
 			c.violate("setup: %v", err)
 			return
 		}
+		curStandby.Store(standby)
 		sctx, skill := context.WithCancel(ctx)
 		sstop = skill
 		wg.Add(1)
@@ -692,6 +701,11 @@ func (c *cluster) run(rng *rand.Rand) {
 	}
 	c.mu.Lock()
 	c.rep.Acked = sum.Acked
+	ps := primary.Status()
+	c.rep.PTimeout, c.rep.TimeoutWhy = time.Duration(ps.Timeout), ps.TimeoutWhy
+	if sb := curStandby.Load(); sb != nil {
+		c.rep.STimeout = time.Duration(sb.Status().Timeout)
+	}
 	c.mu.Unlock()
 	cancel()
 	wg.Wait()

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 )
 
 // oneP runs the test on one P: goroutines woken at one virtual instant then
@@ -131,5 +133,54 @@ func TestScenariosEach(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDerivedTimeoutNoFalseFailover: with no timeout configured the
+// primary derives one from what it measures (the link's latency and
+// bandwidth from the seed, the pauses, the standby's frames) and the
+// standby adopts it; on a link without faults that timeout never fails
+// over, nor leaves the primary unprotected, over runs of 3 s of virtual
+// time, and it was derived (not the 1 s default) and announced (the
+// standby uses the same). Seeds of the whole harness with derived
+// timeouts keep every invariant too.
+func TestDerivedTimeoutNoFalseFailover(t *testing.T) {
+	oneP(t)
+	n := 12
+	if testing.Short() {
+		n = 4
+	}
+	for i := 0; i < n; i++ {
+		seed := *first + uint64(i)
+		var rep *Report
+		synctest.Test(t, func(t *testing.T) {
+			rep = Run(Options{Seed: seed, Scenario: NoKill, ScenarioSet: true, FaultProb: -1, DeriveTimeout: true,
+				Timeout: time.Second, Length: 3 * time.Second})
+		})
+		if !rep.OK() {
+			t.Fatalf("%s", rep)
+		}
+		if rep.Activated {
+			t.Fatalf("seed %d: false failover with the derived timeout %v (%s)", seed, rep.PTimeout, rep.TimeoutWhy)
+		}
+		for _, l := range rep.Log {
+			if strings.Contains(l, "P state unprotected") || strings.Contains(l, "P state reconnecting") {
+				t.Fatalf("seed %d: %s with the derived timeout %v (%s)", seed, l, rep.PTimeout, rep.TimeoutWhy)
+			}
+		}
+		if rep.PTimeout == time.Second || rep.STimeout != rep.PTimeout || !strings.Contains(rep.TimeoutWhy, "derived: pause p99") {
+			t.Fatalf("seed %d: primary's timeout %v (%s), standby's %v: want one derived and announced", seed, rep.PTimeout, rep.TimeoutWhy, rep.STimeout)
+		}
+		t.Logf("seed %d latency %v: %s", seed, rep.Latency, rep.TimeoutWhy)
+	}
+	for i := 0; i < n; i++ {
+		seed := *first + 1000 + uint64(i)
+		var rep *Report
+		synctest.Test(t, func(t *testing.T) {
+			rep = Run(Options{Seed: seed, DeriveTimeout: true, Timeout: time.Second, Length: 3 * time.Second})
+		})
+		if !rep.OK() {
+			t.Errorf("%s\nreproduce: go test ./checkpoint/checkpointtest -run 'TestDerivedTimeoutNoFalseFailover$' (seed %d, DeriveTimeout)", rep, seed)
+		}
 	}
 }

@@ -53,6 +53,10 @@ func (s *Standby) Committed() uint64 { return s.committed }
 // built (protocol §7.4), or 0.
 func (s *Standby) Fallback() uint64 { return s.fallback }
 
+// LastHeard returns when a frame of the primary was last heard (an offset
+// on the driver's clock, as Event.Now), 0 if never.
+func (s *Standby) LastHeard() Duration { return s.lastHeard }
+
 // Deadline returns when the machine next needs an EvTick, or -1.
 func (s *Standby) Deadline() Duration {
 	switch s.state {

@@ -35,6 +35,7 @@ func goldenRecords() []struct {
 		{"heartbeat", &Heartbeat{Seq: 3, SentNanos: 1_700_000_000_000_000_000, Epoch: 6, Flushed: 5}},
 		{"goodbye", &Goodbye{Code: GoodbyeGuestGone, Message: "domain shut down"}},
 		{"nack", &Nack{Epoch: 8, Code: NackCount, Message: "epoch 8: 3 pages missing"}},
+		{"timeout", &Timeout{Nanos: 412_000_000}},
 	}
 }
 
@@ -206,6 +207,8 @@ func annotate(b []byte, header bool) string {
 		name := "skippable, unknown"
 		if int(t) < len(typeComments) {
 			name = typeComments[t]
+		} else if t == TypeTimeout {
+			name = "TIMEOUT, skippable"
 		}
 		fmt.Fprintf(&a.sb, "# record %s (§4.1)\n", name)
 		a.line(4, "type", fmt.Sprintf("%#x", uint32(t)))
@@ -266,6 +269,8 @@ func (a *annotator) body(t Type, n int) {
 			a.raw(3, "reserved")
 			a.str(p + "target")
 		}
+	case TypeTimeout:
+		a.u64("timeout_nanos")
 	case TypeEpochBegin:
 		a.u64("epoch")
 		a.u32("flags", "", "INITIAL", "RESYNC")

@@ -296,6 +296,11 @@ func appendBody(b []byte, rec Record, lim *Limits) (out, tail []byte, err error)
 		b = le.AppendUint64(b, r.Epoch)
 		b = le.AppendUint32(b, r.Code)
 		return append(b, r.Message...), nil, nil
+	case *Timeout:
+		if r.Nanos == 0 {
+			return b, nil, fmt.Errorf("%w: timeout of 0 ns", ErrMalformed)
+		}
+		return le.AppendUint64(b, r.Nanos), nil, nil
 	case *Opaque:
 		if r.T == 0 || r.T.known() {
 			return b, nil, fmt.Errorf("%w: opaque record of type %v", ErrMalformed, r.T)
@@ -623,6 +628,15 @@ func (r *Reader) decodeBody(t Type, b []byte) (Record, error) {
 		}
 		r.nack = Nack{Epoch: le.Uint64(b), Code: le.Uint32(b[8:]), Message: string(b[nackFixed:])}
 		return &r.nack, nil
+	case TypeTimeout:
+		if len(b) != 8 {
+			return nil, fmt.Errorf("%w: timeout body of %d octets", ErrMalformed, len(b))
+		}
+		r.timeout = Timeout{Nanos: le.Uint64(b)}
+		if r.timeout.Nanos == 0 {
+			return nil, fmt.Errorf("%w: timeout of 0 ns", ErrMalformed)
+		}
+		return &r.timeout, nil
 	}
 	return nil, fmt.Errorf("%w: %v", ErrUnknownType, t)
 }

@@ -60,6 +60,7 @@ type Reader struct {
 	heartbeat  Heartbeat
 	goodbye    Goodbye
 	nack       Nack
+	timeout    Timeout
 }
 
 // NewReader returns a Reader of r that enforces lim (zero fields take their

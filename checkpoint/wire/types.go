@@ -51,13 +51,18 @@ const (
 	// TypeSkippable is the bit that makes a type skippable by readers that
 	// do not know it.
 	TypeSkippable Type = 0x80000000
+
+	// TypeTimeout (P→S, skippable: a reader that predates it keeps its
+	// own timeout) announces the failure-detection timeout P uses and
+	// asks S to use (docs/protocol.md §5.13).
+	TypeTimeout Type = TypeSkippable | 0x01
 )
 
 // Skippable reports whether a reader that does not know t may skip it.
 func (t Type) Skippable() bool { return t&TypeSkippable != 0 }
 
 // known reports whether t is a record type of this version.
-func (t Type) known() bool { return t >= TypeHello && t <= TypeNack }
+func (t Type) known() bool { return t >= TypeHello && t <= TypeNack || t == TypeTimeout }
 
 // control reports whether records of type t stay outside epoch frames.
 func (t Type) control() bool {
@@ -68,6 +73,9 @@ var typeNames = [...]string{"", "Hello", "EpochBegin", "Pages", "State", "Disk",
 
 // String names the type as the Go record does.
 func (t Type) String() string {
+	if t == TypeTimeout {
+		return "Timeout"
+	}
 	if t.known() {
 		return typeNames[t]
 	}
@@ -76,7 +84,7 @@ func (t Type) String() string {
 
 // Record is one decoded record body. It is implemented by *Hello,
 // *EpochBegin, *Pages, *State, *Disk, *EpochEnd, *Ack, *Heartbeat, *Goodbye,
-// *Nack and *Opaque.
+// *Nack, *Timeout and *Opaque.
 type Record interface {
 	Type() Type
 }
@@ -277,6 +285,12 @@ type Nack struct {
 	Message string
 }
 
+// Timeout announces the failure-detection timeout the primary uses, for
+// the standby to use too (protocol §5.13).
+type Timeout struct {
+	Nanos uint64 // the timeout in nanoseconds; 0 is malformed
+}
+
 // Opaque is a record of a type this version does not define. A Writer sends
 // it (so that tests and later extensions can emit skippable records); a
 // Reader never returns one: it skips skippable types and rejects the others.
@@ -314,6 +328,9 @@ func (*Goodbye) Type() Type { return TypeGoodbye }
 
 // Type implements Record.
 func (*Nack) Type() Type { return TypeNack }
+
+// Type implements Record.
+func (*Timeout) Type() Type { return TypeTimeout }
 
 // Type implements Record.
 func (o *Opaque) Type() Type { return o.T }

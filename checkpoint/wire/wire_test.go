@@ -120,6 +120,9 @@ func clone(r Record) Record {
 	case *Nack:
 		c := *r
 		return &c
+	case *Timeout:
+		c := *r
+		return &c
 	}
 	panic("unknown record")
 }

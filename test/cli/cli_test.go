@@ -38,7 +38,10 @@ func TestStartStatusStop(t *testing.T) {
 
 	table := c.xl("kemari", "status")
 	lines := strings.Split(strings.TrimSpace(table.stdout), "\n")
-	if table.code != 0 || len(lines) != 3 {
+	// The header, a row per protection, then a line per protection with
+	// its timeout and where it comes from.
+	if table.code != 0 || len(lines) != 5 || !strings.HasPrefix(lines[3], "web1 (") || !strings.Contains(lines[3], ": timeout ") ||
+		!strings.HasPrefix(lines[4], "web1 (") || !strings.Contains(lines[4], ": timeout ") {
 		t.Fatalf("status table: exit %d\n%s", table.code, table.stdout)
 	}
 	for _, col := range []string{"DOMAIN", "ROLE", "PEER", "STATE", "EPOCH", "RATE", "PAUSE LAST/AVG", "DIRTY", "BANDWIDTH", "COMPR", "COMMIT", "UNPROTECTED"} {
