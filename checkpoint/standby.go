@@ -842,8 +842,10 @@ func (s *Standby) acquire(ctx context.Context) {
 // activate resumes the replica at the last committed checkpoint. (I3)
 func (s *Standby) activate() error {
 	t := time.Now()
+	s.log.Info("activating the replica", "epoch", s.m.Committed())
 	var digest uint64
 	verdict := "not verified"
+	var tVerify, tDisk time.Duration
 	if s.cfg.Verify {
 		d, err := ReplicaDigest(s.sink, s.replica, s.info.Pages)
 		switch {
@@ -856,17 +858,23 @@ func (s *Standby) activate() error {
 			s.log.Error("replica differs from the last committed epoch", "replica", d, "committed", s.digest.sum)
 		}
 		digest = d
+		tVerify = time.Since(t)
 	}
 	if s.disk != nil {
+		t0 := time.Now()
 		if err := s.disk.Activate(); err != nil {
 			return fmt.Errorf("checkpoint: activate disks: %w", err)
 		}
+		tDisk = time.Since(t0)
 	}
+	t0 := time.Now()
 	if err := s.sink.Activate(s.replica); err != nil {
 		return fmt.Errorf("checkpoint: activate replica: %w", err)
 	}
 	s.activated = s.replica
 	took := time.Since(t)
+	s.log.Info("activated the replica", "epoch", s.m.Committed(), "took", took, "verify", tVerify,
+		"disks", tDisk, "sink", time.Since(t0), "verdict", verdict)
 	e := s.m.Committed()
 	s.status.update(func(st *Status) { st.ActivatedEpoch = e; st.Activation = Dur(took) })
 	s.observe(Observation{Kind: ObsActivate, Epoch: e, Digest: digest, Msg: verdict})
