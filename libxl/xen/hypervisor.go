@@ -823,6 +823,16 @@ func (s *sink) Activate(dom libxl.DomID) error {
 	return nil
 }
 
+// PrepareActivate implements libxl.ActivationPreparer: end the stream and
+// wait for libxl to build the paused domain from the last whole
+// checkpoint; Activate then renames and unpauses it.
+func (s *sink) PrepareActivate(dom libxl.DomID) error {
+	if r := (*Hypervisor)(s).replica(dom); r != nil {
+		return r.prepare()
+	}
+	return s.noReplica("PrepareActivate", dom)
+}
+
 // Destroy implements libxl.Sink: a replica's restore is ended and what it
 // built destroyed, in the background (it may take seconds); a real domain
 // is destroyed with libxl_domain_destroy.

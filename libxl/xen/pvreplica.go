@@ -93,6 +93,11 @@ type pvReplica struct {
 	// not yet written into the pipe (what Activate must still feed).
 	backlogJobs, backlogPages atomic.Int64
 	log                       *slog.Logger // never nil
+
+	// Loop-owned: prepare ran (stages holds its part of the times).
+	prepared bool
+	stages   activationStages
+	tPrep    time.Time
 }
 
 // activationStages is where an Activate's time went, stage by stage, as
@@ -305,20 +310,44 @@ func (r *pvReplica) finish(st *activationStages) (libxl.DomID, error) {
 	return r.domid, r.rerr
 }
 
-// activate: finish the restore, name the domain as the primary's, unpause.
-// It logs where the time went (activationStages).
+// prepare: the slow part of activate, which runs nothing: end the stream
+// and wait for libxl to build the paused domain (ActivationPreparer).
+func (r *pvReplica) prepare() error {
+	if !r.started {
+		return fmt.Errorf("xen: PrepareActivate(%d): %w: no checkpoint restored", r.id, libxl.ErrBadState)
+	}
+	r.closed = true
+	if !r.prepared {
+		r.prepared, r.tPrep = true, time.Now()
+		r.finish(&r.stages)
+	}
+	if r.rerr != nil {
+		return fmt.Errorf("xen: PrepareActivate(%d): %w", r.id, r.rerr)
+	}
+	return nil
+}
+
+// activate: finish the restore (unless prepare did), name the domain as
+// the primary's, unpause. It logs where the time went (activationStages).
 func (r *pvReplica) activate() (libxl.DomID, error) {
 	if !r.started {
 		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w: no checkpoint restored", r.id, libxl.ErrBadState)
 	}
 	r.closed = true
-	var st activationStages
+	st := &r.stages
+	wait := time.Duration(0)
+	if r.prepared {
+		wait = time.Since(r.tPrep) - st.drain - st.restore
+	}
 	defer func() {
 		r.log.Info("replica activation", "replica", r.tmp, "backlog_checkpoints", st.backlogJobs,
 			"backlog_pages", st.backlogPages, "drain", st.drain, "restore_end", st.restore,
-			"rename", st.rename, "unpause", st.unpause)
+			"prepared", r.prepared, "waited_after_prepare", wait, "rename", st.rename, "unpause", st.unpause)
 	}()
-	id, err := r.finish(&st)
+	if !r.prepared {
+		r.finish(st)
+	}
+	id, err := r.domid, r.rerr
 	if err != nil {
 		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w", r.id, err)
 	}
