@@ -13,6 +13,7 @@ one JSON object on stdout and exits 0 when it did what it says, 1 otherwise
                                       the first completed checkpoint
   bench.py kemari-start --interval MS [--inflight N] [--mode epoch|event]
                         [--target HOST] [--timeout S] [--peer-timeout D]
+                        [--connect-timeout D (60s)]
                                       `xl-kemari start -F` over ssh (the default
                                       transport) with plug output buffering;
                                       waits for state "protected"
@@ -361,7 +362,10 @@ def cmd_kemari_start(a):
     cmd = [KEMARI, "start", "-F", "--interval=%dms" % a.interval, "--timeout=%s" % a.peer_timeout,
            "--inflight=%d" % a.inflight, "--mode=%s" % a.mode, "--netbuf=plug",
            "--set=disk=none", "--set=unsafe=1", "--remote-command=/mnt/lab/kemari-standby",
-           "--events=%s" % ev, "--metrics=%s" % PRIMARY_METRICS, "--log-level=%s" % a.log_level, "domu", a.target]
+           "--events=%s" % ev, "--metrics=%s" % PRIMARY_METRICS, "--log-level=%s" % a.log_level]
+    if a.connect_timeout:
+        cmd.append("--connect-timeout=%s" % a.connect_timeout)
+    cmd += ["domu", a.target]
     t0 = time.monotonic()
     with open(log, "w") as lf:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
@@ -825,6 +829,9 @@ def main():
     k.add_argument("--timeout", type=int, default=300)
     k.add_argument("--peer-timeout", default="4s")
     k.add_argument("--log-level", default="info")
+    # ssh plus the start of xl-kemari from the 9p share took 15-30 s in a
+    # dom0 of a loaded machine (load 10-15), past the default 10 s.
+    k.add_argument("--connect-timeout", default="60s")
     m = sub.add_parser("measure")
     m.add_argument("--window", type=float, default=15)
     f = sub.add_parser("failover")
