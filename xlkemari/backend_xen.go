@@ -18,6 +18,10 @@ const xenBuiltIn = true
 // (pv=stream), for `config`. Capabilities reads only the options.
 var xenProtects = (&xen.Hypervisor{}).Capabilities().Types
 
+// xenLogEnv names the environment variable that sets the level of the
+// Xen libraries' own log (libxl, libxc).
+const xenLogEnv = "XL_KEMARI_XEN_LOG"
+
 // The real Xen backend registers itself as "xen" when the command is built
 // with -tags xen (cgo, libxen-dev).
 func init() {

@@ -290,10 +290,6 @@ var replicaDomID func(hv libxl.Hypervisor, dom libxl.DomID) (libxl.DomID, bool)
 // a build without it.
 var backendLogger func(hv libxl.Hypervisor, log *slog.Logger)
 
-// xenLogEnv names the environment variable that sets the level of the
-// Xen libraries' own log (libxl, libxc), read by the Xen backend's glue.
-const xenLogEnv = "XL_KEMARI_XEN_LOG"
-
 // setBackendLogger hands log to the backend, when it takes one.
 func setBackendLogger(hv libxl.Hypervisor, log *slog.Logger) {
 	if backendLogger != nil {
