@@ -238,7 +238,50 @@ def run_all(a, trials, info):
                     xenlab.run(n, "mkdir -p /mnt/out/failover-%s && cp /run/xenlab/kemari/* /run/xenlab/*.log "
                                   "/run/xenlab/prober.jsonl /mnt/out/failover-%s/ 2>/dev/null; true" % (name, name),
                                timeout=60)
+            collect(t)
             write(info)
+
+
+# libxl's and libxc's lines that mark where an activation's time goes.
+XTL_MARKS = ("xc: ", "domcreate", "hotplug", "device_", "Running", "script", "stream", "libxl__spawn",
+             "domain_unpause", "rename", "activat", "checkpoint", "Restore", "restore")
+
+
+def collect(t):
+    """Copies the trial's logs from the hosts' shares into
+    results/failover-logs/NAME/ (small files only), and keeps, from the
+    standby's stamped log, the Xen libraries' lines between the decision
+    and the end of the activation, with their time since the decision."""
+    import shutil
+    dst = os.path.join(RESULTS, "failover-logs", t["name"])
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst, exist_ok=True)
+    for n in (t["primary"], t["standby"]):
+        src = os.path.join(xenlab.path(n, "out"), "failover-" + t["name"])
+        if not os.path.isdir(src):
+            continue
+        for f in os.listdir(src):
+            p = os.path.join(src, f)
+            if os.path.isfile(p) and os.path.getsize(p) <= 2 << 20:
+                shutil.copy(p, os.path.join(dst, "host%d-%s" % (n, f)))
+    al = ((t.get("watch") or {}).get("activation_log") or {})
+    dec, end = (al.get("decided") or {}).get("t"), (al.get("activated") or {}).get("t")
+    xtl = os.path.join(xenlab.path(t["standby"], "out"), "failover-" + t["name"], "standby.xtl.log")
+    if not dec or not end or not os.path.exists(xtl):
+        return
+    off = t.get("clock_standby_minus_machine_ns", 0)
+    lines = []
+    for line in open(xtl, errors="replace"):
+        ts, _, rest = line.partition(" ")
+        if not ts.isdigit():
+            continue
+        # Stamped on the standby's clock; the log's own stamps are too.
+        tt = int(ts)
+        if dec - 50_000_000 <= tt <= end + 500_000_000 and any(m in rest for m in XTL_MARKS) \
+                and "level=DEBUG" not in rest:
+            lines.append("%+.3f %s" % ((tt - dec) / 1e9, rest.strip()[:240]))
+    t["xtl_activation"] = lines[:400]
+
 
 
 def place(a, prim, stby):
@@ -362,8 +405,9 @@ def summarize(t):
         fin = (al.get("activated") or {}).get("fields") or {}
         s["stages"] = {k: go_seconds(st.get(k)) for k in ("drain", "restore_end", "rename", "unpause")
                        if st.get(k)}
-        if fin.get("verify"):
-            s["stages"]["verify"] = go_seconds(fin.get("verify"))
+        for k, name in (("verify", "verify"), ("prepared", "prepare"), ("sink", "sink")):
+            if fin.get(k):
+                s["stages"][name] = go_seconds(fin.get(k))
         for k in ("backlog_checkpoints", "backlog_pages"):
             if k in st:
                 s["stages"][k] = int(st[k])
@@ -500,10 +544,12 @@ def markdown(info):
         if s.get("stages"):
             st = s["stages"]
             out.append("* %s: activation stages (standby's log): backlog %s checkpoints / %s pages, drain %s, "
-                       "libxl's end of the restore %s, rename %s, unpause %s, digest check %s; %s" % (
+                       "libxl's end of the restore %s, rename %s, unpause %s; digest check %s (beside it: decision to built "
+                       "domain %s); %s" % (
                            TITLES[n], st.get("backlog_checkpoints", "–"), st.get("backlog_pages", "–"),
                            fmt(st.get("drain"), nd=3), fmt(st.get("restore_end"), nd=3), fmt(st.get("rename"), nd=3),
-                           fmt(st.get("unpause"), nd=3), fmt(st.get("verify"), nd=3), s.get("verdict")))
+                           fmt(st.get("unpause"), nd=3), fmt(st.get("verify"), nd=3), fmt(st.get("prepare"), nd=3),
+                           s.get("verdict")))
         if trials[n].get("error"):
             out.append("* %s: **error:** `%s`" % (TITLES[n], trials[n]["error"][:800].replace("`", "'")))
     if info.get("error"):
