@@ -59,6 +59,7 @@ Writes results/failover.json and results/failover.md and prints the table.
 Knobs: XENLAB_KEMARI_TIMEOUT (default 2s), XENLAB_FAILOVER_INTERVAL (ms,
 200), XENLAB_WINDOW (s, 10), XENLAB_FAILOVER_TRIALS (comma list, default
 all four in the order above), XENLAB_REMUS_WAIT (s, 30),
+XENLAB_FAILOVER_REUSE=1 (hosts already up from an interrupted run: kept),
 XENLAB_REMUS_NETBUF (1), XENLAB_DIRTY_MB, XENLAB_TIMEOUT, XENLAB_SHARE.
 """
 import argparse
@@ -197,9 +198,10 @@ def run_all(a, trials, info):
     nb = netbuf_dir() if a.remus_netbuf else None
     if a.remus_netbuf and not nb and any(t.startswith("remus") for t in trials):
         raise Failed("no netbuf libxenlight (make xenlab-netbuf), or XENLAB_REMUS_NETBUF=0 for `xl remus -n`")
-    xenlab.down([1, 2])
+    if os.environ.get("XENLAB_FAILOVER_REUSE") != "1":
+        xenlab.down([1, 2])
     t0 = time.time()
-    boot([1, 2], image, share, a.timeout * 2, nb)
+    boot([1, 2], image, share, a.timeout * 2, nb)  # "already up" with XENLAB_FAILOVER_REUSE=1
     info["boot_both_s"] = round(time.time() - t0, 1)
     for n in (1, 2):
         rc, out = xenlab.run(n, "ssh xenlab%d /mnt/host/xl-kemari version; /mnt/lab/domu.sh prepare" % (3 - n),
