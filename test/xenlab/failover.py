@@ -576,6 +576,8 @@ def markdown(info):
                            s.get("verdict")))
         if trials[n].get("error"):
             out.append("* %s: **error:** `%s`" % (TITLES[n], trials[n]["error"][:800].replace("`", "'")))
+    for note in info.get("notes") or []:  # added by hand to failover.json, kept by --report
+        out.append("* note: %s" % note)
     if info.get("error"):
         out += ["", "**Error:** `%s`" % info["error"][:1500].replace("`", "'")]
     out += ["", "Wall time: %s (reboots: %s)." % (fmt(info.get("wall_s")), info.get("reboots") or "none"), ""]
