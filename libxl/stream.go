@@ -53,3 +53,22 @@ type ReplicaRoom interface {
 	// saying what is short (for the log).
 	RoomFor(info DomainInfo) error
 }
+
+// ActivationPreparer is an optional interface of a Sink whose Activate
+// has a slow part that runs nothing: Xen's stream-fed PV replicas, which
+// libxl builds into a domain (the last checkpoint applied, devices and
+// their hotplug scripts) only once the stream ends. The standby calls
+// PrepareActivate when it has decided to activate, alongside its check
+// of the replica's digest (Sink.ReadPages, from another goroutine), and
+// then Activate, which is left with the rename and the unpause.
+type ActivationPreparer interface {
+	// PrepareActivate ends the replica's stream and has it built, still
+	// paused.
+	//
+	// Preconditions: as Activate's; no WritePages or RestoreState of dom
+	// after it. Concurrency: it may run while another goroutine calls
+	// ReadPages of dom. Success: Activate(dom) may follow (a replica that
+	// is never activated must still be Destroyed). Failure: as Activate's;
+	// Activate then fails with the same cause.
+	PrepareActivate(dom DomID) error
+}

@@ -128,6 +128,7 @@ func runListen(e *env, args []string) int {
 		return exitFailure
 	}
 	defer hv.Close()
+	setBackendLogger(hv, log)
 	ev, err := openEventLog(f.events)
 	if err != nil {
 		e.errorf("listen: %v", err)

@@ -100,3 +100,12 @@ func (s budgetSink) StreamCaptured(t libxl.DomainType) bool {
 	sc, ok := s.Sink.(libxl.StreamCapture)
 	return ok && sc.StreamCaptured(t)
 }
+
+// PrepareActivate forwards libxl.ActivationPreparer, which the standby asks
+// of its Sink by type assertion; a Sink without it has nothing to prepare.
+func (s budgetSink) PrepareActivate(dom libxl.DomID) error {
+	if p, ok := s.Sink.(libxl.ActivationPreparer); ok {
+		return p.PrepareActivate(dom)
+	}
+	return nil
+}

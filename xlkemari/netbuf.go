@@ -283,6 +283,18 @@ func (f *netbufFlags) onActivate(log *slog.Logger, hv libxl.Hypervisor) func(lib
 // are vif<id>.<devid>.
 var replicaDomID func(hv libxl.Hypervisor, dom libxl.DomID) (libxl.DomID, bool)
 
+// backendLogger, set by the Xen backend's glue, gives the backend the
+// command's logger (where a replica's activation spent its time); nil in
+// a build without it.
+var backendLogger func(hv libxl.Hypervisor, log *slog.Logger)
+
+// setBackendLogger hands log to the backend, when it takes one.
+func setBackendLogger(hv libxl.Hypervisor, log *slog.Logger) {
+	if backendLogger != nil {
+		backendLogger(hv, log)
+	}
+}
+
 // announceXen waits for the vifs of the activated Xen domain id (libxl's
 // hotplug script puts them on their bridges) and announces each NIC's
 // configured addresses (xl.cfg vif ip=) at its MAC on its bridge, so

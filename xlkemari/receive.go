@@ -233,6 +233,7 @@ func runReceive(e *env, args []string) int {
 		return exitFailure
 	}
 	defer hv.Close()
+	setBackendLogger(hv, log)
 	ev, err := openEventLog(f.events)
 	if err != nil {
 		ln.Close()

@@ -48,6 +48,7 @@ type startFlags struct {
 	logFile    string
 	runDir     string
 	metrics    string
+	connect    time.Duration
 }
 
 // engineToConf maps the engine flags that are also protection settings
@@ -73,6 +74,7 @@ func runStart(e *env, args []string) int {
 	fs.StringVar(&f.logFile, "log-file", "", "log to this `file` (background default "+defaultLogDir+"/xl-kemari-DOMAIN.log)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this `address` (default: [metrics] listen of kemari.toml; off when empty)")
 	fs.StringVar(&f.runDir, "run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
+	fs.DurationVar(&f.connect, "connect-timeout", 0, "how long one connection attempt may take, dial and hello (default: ssh max(--timeout, 10s), which starts receive on the peer each time; else --timeout/3)")
 	fs.Usage = func() {
 		fmt.Fprintf(e.Stderr, "Usage: xl kemari start [options] <Domain> [<host>]\n\nProtect a running domain: replicate it to the standby <host> epoch by epoch\nand release its output only after the standby acknowledges. Without <host>,\nthe standby named by the domain's kemari entry (-C) or kemari.toml is used.\nRuns in the background like xl's daemons unless -F.\n\nOptions:\n%s", fs.FlagUsages())
 	}
@@ -237,8 +239,11 @@ func runStart(e *env, args []string) int {
 			}
 		}
 	}
-	var connectTimeout time.Duration
-	if kind == transportSSH {
+	connectTimeout := f.connect
+	if connectTimeout < 0 {
+		return fail(exitUsage, "start: --connect-timeout %v: want a positive duration", f.connect)
+	}
+	if connectTimeout == 0 && kind == transportSSH {
 		// ssh starts `xl-kemari receive` on the peer for every attempt.
 		connectTimeout = max(prot.Timeout, 10*time.Second)
 	}

@@ -170,8 +170,24 @@ type Context struct {
 }
 
 // LogLevel is the xentoollog level below which messages from the Xen
-// libraries are dropped; NewContext uses it. XTL_ERROR (6) keeps errors.
+// libraries are dropped; NewContext uses it. 6 is XTL_NOTICE (notices,
+// warnings, errors); 1 is XTL_DEBUG, what `xl -vvv` logs (ParseLogLevel).
 var LogLevel = 6
+
+// xtlLevels are xentoollog's level names, in the order of its enum
+// (XTL_DEBUG = 1 ... XTL_CRITICAL = 9).
+var xtlLevels = []string{"debug", "verbose", "detail", "progress", "info", "notice", "warn", "error", "critical"}
+
+// ParseLogLevel returns the xentoollog level called name (debug, verbose,
+// detail, progress, info, notice, warn, error, critical), for LogLevel.
+func ParseLogLevel(name string) (int, error) {
+	for i, n := range xtlLevels {
+		if n == name {
+			return i + 1, nil
+		}
+	}
+	return 0, fmt.Errorf("xen: log level %q: want one of %v", name, xtlLevels)
+}
 
 // NewContext opens the Xen control interfaces: xtl_createlogger_stdiostream
 // (stderr), libxl_ctx_alloc(LIBXL_VERSION), libxl_childproc_setmode

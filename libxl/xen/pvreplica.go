@@ -2,10 +2,13 @@ package xen
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/xen/libxcstream"
@@ -85,6 +88,28 @@ type pvReplica struct {
 	restoreDone chan struct{}
 	domid       libxl.DomID // after restoreDone
 	rerr        error       // after restoreDone
+
+	// backlog counts the checkpoints and pages queued for the writer and
+	// not yet written into the pipe (what Activate must still feed).
+	backlogJobs, backlogPages atomic.Int64
+	log                       *slog.Logger // never nil
+
+	// Loop-owned: prepare ran (stages holds its part of the times).
+	prepared bool
+	stages   activationStages
+	tPrep    time.Time
+}
+
+// activationStages is where an Activate's time went, stage by stage, as
+// the standby's log reports it ("replica activation"): feeding the
+// writer's backlog into the pipe, libxl's end of the restore after the
+// pipe is closed (libxc applies the last checkpoint and completes the
+// stream, libxl builds the devices and runs their hotplug scripts), the
+// rename, the unpause.
+type activationStages struct {
+	backlogJobs, backlogPages int64
+	drain, restore, rename    time.Duration
+	unpause                   time.Duration
 }
 
 type replicaJob struct {
@@ -112,7 +137,7 @@ func newReplica(x restorer, id libxl.DomID, info libxl.DomainInfo) (*pvReplica, 
 	rep := &pvReplica{x: x, id: id, name: info.Name, tmp: fmt.Sprintf("%s--kemari-%d-%d", info.Name, os.Getpid(), id-replicaBase),
 		pages: info.Pages, info: info, store: make([][]byte, info.Pages), gen: make([]uint32, info.Pages),
 		pending: libxl.NewBitmap(info.Pages), jobs: make(chan replicaJob, 1024), w: w,
-		writeDone: make(chan struct{}), restoreDone: make(chan struct{})}
+		writeDone: make(chan struct{}), restoreDone: make(chan struct{}), log: slog.New(slog.DiscardHandler)}
 	rep.cfg, rep.rd = info.Config, r
 	go rep.write()
 	return rep, nil
@@ -155,6 +180,8 @@ func (r *pvReplica) write() {
 				r.wmu.Unlock()
 			}
 		}
+		r.backlogJobs.Add(-1)
+		r.backlogPages.Add(-int64(len(j.pfns)))
 	}
 }
 
@@ -248,34 +275,79 @@ func (r *pvReplica) restoreState(st []libxl.State) error {
 	}
 	r.cur++ // every page now stored may be read by a queued job
 	r.mu.Unlock()
+	r.backlogJobs.Add(1)
+	r.backlogPages.Add(int64(len(pfns)))
 	r.jobs <- replicaJob{pfns: pfns, states: slices.Clone(st), data: data}
 	return nil
 }
 
 // finish closes the stream after the queued checkpoints and waits for the
-// restore to build the domain from the last whole one.
-func (r *pvReplica) finish() (libxl.DomID, error) {
+// restore to build the domain from the last whole one. st, when not nil,
+// gets the time of each part.
+func (r *pvReplica) finish(st *activationStages) (libxl.DomID, error) {
 	r.endOnce.Do(func() {
+		t := time.Now()
+		if st != nil {
+			st.backlogJobs, st.backlogPages = r.backlogJobs.Load(), r.backlogPages.Load()
+		}
 		close(r.jobs)
 		<-r.writeDone
 		r.w.Close()
+		if st != nil {
+			st.drain = time.Since(t)
+		}
 		if !r.started {
 			r.rd.Close()
 			r.domid, r.rerr = libxl.DomIDInvalid, errNoRestore
 			close(r.restoreDone)
 		}
 	})
+	t := time.Now()
 	<-r.restoreDone
+	if st != nil {
+		st.restore = time.Since(t)
+	}
 	return r.domid, r.rerr
 }
 
-// activate: finish the restore, name the domain as the primary's, unpause.
+// prepare: the slow part of activate, which runs nothing: end the stream
+// and wait for libxl to build the paused domain (ActivationPreparer).
+func (r *pvReplica) prepare() error {
+	if !r.started {
+		return fmt.Errorf("xen: PrepareActivate(%d): %w: no checkpoint restored", r.id, libxl.ErrBadState)
+	}
+	r.closed = true
+	if !r.prepared {
+		r.prepared, r.tPrep = true, time.Now()
+		r.finish(&r.stages)
+	}
+	if r.rerr != nil {
+		return fmt.Errorf("xen: PrepareActivate(%d): %w", r.id, r.rerr)
+	}
+	return nil
+}
+
+// activate: finish the restore (unless prepare did), name the domain as
+// the primary's, unpause. It logs where the time went (activationStages).
 func (r *pvReplica) activate() (libxl.DomID, error) {
 	if !r.started {
 		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w: no checkpoint restored", r.id, libxl.ErrBadState)
 	}
 	r.closed = true
-	id, err := r.finish()
+	st := &r.stages
+	wait := time.Duration(0)
+	if r.prepared {
+		wait = time.Since(r.tPrep) - st.drain - st.restore
+	}
+	defer func() {
+		r.log.Info("replica activation", "replica", r.tmp, "backlog_checkpoints", st.backlogJobs,
+			"backlog_pages", st.backlogPages, "drain", st.drain, "restore_end", st.restore,
+			"prepared", r.prepared, "waited_after_prepare", wait, "rename", st.rename, "unpause", st.unpause)
+	}()
+	if !r.prepared {
+		r.finish(st)
+	}
+	id, err := r.domid, r.rerr
 	if err != nil {
 		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w", r.id, err)
 	}
@@ -284,18 +356,22 @@ func (r *pvReplica) activate() (libxl.DomID, error) {
 		r.x.Destroy(id)
 		return libxl.DomIDInvalid, fmt.Errorf("xen: Activate(%d): %w", r.id, r.werr)
 	}
+	t := time.Now()
 	if err := r.x.Rename(id, r.tmp, r.name); err != nil {
 		return id, fmt.Errorf("xen: Activate(%d): the replica stays paused as %q: %w", r.id, r.tmp, err)
 	}
+	st.rename = time.Since(t)
+	t = time.Now()
 	if err := r.x.Unpause(id); err != nil {
 		return id, err
 	}
+	st.unpause = time.Since(t)
 	return id, nil
 }
 
 // destroy ends the restore and destroys whatever it built.
 func (r *pvReplica) destroy() error {
-	id, err := r.finish()
+	id, err := r.finish(nil)
 	if err != nil {
 		// libxl cleaned up a failed restore, unless it got as far as
 		// naming the domain.

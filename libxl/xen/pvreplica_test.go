@@ -219,6 +219,18 @@ func TestPVRouteA(t *testing.T) {
 	if err := rp.writePages([]libxl.PFN{pages}, make([]byte, libxl.PageSize)); !errors.Is(err, libxl.ErrRange) {
 		t.Errorf("WritePages beyond the domain: %v, want ErrRange", err)
 	}
+	// At the decision the standby prepares (the restore ends, the domain
+	// is built, paused, under its temporary name) while it reads the
+	// replica's pages for the digest; Activate then renames and unpauses.
+	if err := rp.prepare(); err != nil {
+		t.Fatalf("PrepareActivate: %v", err)
+	}
+	if xl.name != rp.tmp || !xl.paused {
+		t.Errorf("after PrepareActivate: domain %q paused=%v; want %q paused", xl.name, xl.paused, rp.tmp)
+	}
+	if err := rp.readPages([]libxl.PFN{0}, make([]byte, libxl.PageSize)); err != nil {
+		t.Errorf("ReadPages after PrepareActivate: %v", err)
+	}
 	id, err := rp.activate()
 	if err != nil {
 		t.Fatalf("Activate: %v", err)

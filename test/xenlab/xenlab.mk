@@ -6,7 +6,7 @@ XENLAB := test/xenlab
 XENLAB_PY ?= python3
 
 .PHONY: xenlab-up xenlab-test xenlab-down xenlab-netbuf xenlab-baseline-2host xenlab-clean \
-	xenlab-kemari-bin xenlab-bench xenlab-failover
+	xenlab-kemari-bin xenlab-bench xenlab-failover xenlab-soak
 
 ## xenlab-up: build (cached) and boot one Xen host; shares bin/ at /mnt/host
 xenlab-up:
@@ -40,9 +40,13 @@ xenlab-kemari-bin:
 xenlab-bench: xenlab-kemari-bin xenlab-up
 	$(XENLAB_PY) $(XENLAB)/bench.py
 
-## xenlab-failover: two hosts, xl-kemari host1 -> host2, host1's QEMU killed (~8 min) -> results/failover.{md,json}
+## xenlab-failover: two hosts; xl-kemari and xl remus, sender killed and host killed (~15 min) -> results/failover.{md,json}
 xenlab-failover: xenlab-kemari-bin
 	$(XENLAB_PY) $(XENLAB)/failover.py
+
+## xenlab-soak: two hosts; xl-kemari at --timeout=2s under load for 10 min, counts false failovers (~13 min) -> results/soak.{md,json}
+xenlab-soak: xenlab-kemari-bin
+	$(XENLAB_PY) $(XENLAB)/soak.py
 
 ## xenlab-clean: stop the lab and delete its cache (/var/cache/xenlab)
 xenlab-clean: xenlab-down

@@ -13,6 +13,7 @@ one JSON object on stdout and exits 0 when it did what it says, 1 otherwise
                                       the first completed checkpoint
   bench.py kemari-start --interval MS [--inflight N] [--mode epoch|event]
                         [--target HOST] [--timeout S] [--peer-timeout D]
+                        [--connect-timeout D (60s)]
                                       `xl-kemari start -F` over ssh (the default
                                       transport) with plug output buffering;
                                       waits for state "protected"
@@ -30,11 +31,23 @@ one JSON object on stdout and exits 0 when it did what it says, 1 otherwise
   bench.py reaper start|stop          reap_orphans every 5 s in the background
   bench.py watch [--timeout S]        on the standby host: wait for the
                                       standby's activation and the prober's
-                                      first answer after it
-  bench.py reset                      ends whatever a failed step left: the
+                                      first answer after it; the decision and
+                                      the activation's stages from its log
+  bench.py watch-remus [--timeout S]  on `xl remus`'s backup host: when `domu`
+                                      runs there (renamed, unpaused: polled
+                                      every 0.1 s) and the prober's first
+                                      answer after that
+  bench.py kill-sender                on the primary host, a clean end of the
+                                      stream: SIGKILL the protector's process
+                                      group (xl-kemari start, or xl remus and
+                                      its ssh), then destroy the primary; the
+                                      kill is stamped on this host's clock
+  bench.py reset [--guest start|stop|keep]
+                                      ends whatever a failed step left: the
                                       protector's process group, a kemari
                                       standby, replica domains, idle ifbs;
-                                      restarts domu if it is gone
+                                      then restarts domu if it is gone
+                                      (start), destroys it (stop) or not
   bench.py clock [--n N]              writes this dom0's clock into N files in
                                       /mnt/out; their mtimes (the machine's
                                       clock) give the offset between the two
@@ -349,7 +362,10 @@ def cmd_kemari_start(a):
     cmd = [KEMARI, "start", "-F", "--interval=%dms" % a.interval, "--timeout=%s" % a.peer_timeout,
            "--inflight=%d" % a.inflight, "--mode=%s" % a.mode, "--netbuf=plug",
            "--set=disk=none", "--set=unsafe=1", "--remote-command=/mnt/lab/kemari-standby",
-           "--events=%s" % ev, "--metrics=%s" % PRIMARY_METRICS, "--log-level=%s" % a.log_level, "domu", a.target]
+           "--events=%s" % ev, "--metrics=%s" % PRIMARY_METRICS, "--log-level=%s" % a.log_level]
+    if a.connect_timeout:
+        cmd.append("--connect-timeout=%s" % a.connect_timeout)
+    cmd += ["domu", a.target]
     t0 = time.monotonic()
     with open(log, "w") as lf:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
@@ -518,6 +534,101 @@ def cmd_failover(a):
     return emit(r, r["state_survived"])
 
 
+def cmd_kill_sender(a):
+    """The clean end of the stream in make xenlab-failover: the sender's
+    process dies, its host stays up. The primary domain is destroyed right
+    after (it is left suspended or running unprotected; two copies would
+    answer the same address), as in cmd_failover."""
+    st = load_state()
+    if not R.alive(st["pid"]):
+        return emit({"error": "%s is not running" % st["kind"], "log_tail": log_tail(st["log"])}, False)
+    t_kill = time.time_ns()
+    try:
+        os.killpg(st["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    rc, out = R.sh("xl destroy %d" % st["primary"], timeout=120)
+    r = {"t_kill": t_kill, "t_destroyed": time.time_ns(), "kind": st["kind"], "destroy_rc": rc,
+         "destroy_out": out[-500:], "domains_after": R.domains()}
+    if st["kind"] == "remus" and st.get("netbuf"):
+        R.free_ifbs()
+    return emit(r)
+
+
+def cmd_watch_remus(a):
+    """On `xl remus`'s backup host after a fault: polls `xl list` every
+    0.1 s until a domain called exactly domu runs (the receiver renamed
+    domu--incoming and unpaused it), then waits for the prober's first
+    answer after that. Without a takeover within the timeout it reports
+    what the host shows (ok: upstream has no failure detector)."""
+    t0 = time.monotonic()
+    deadline = t0 + a.timeout
+    t_active = None
+    seen_incoming = None
+    while time.monotonic() < deadline:
+        rc, out = R.sh("xl list")
+        for line in out.splitlines()[1:]:
+            f = line.split()
+            if len(f) >= 5 and f[0] == "domu" and "p" not in f[4]:
+                t_active = time.time_ns()
+            if f and f[0] == "domu--incoming" and seen_incoming is None:
+                seen_incoming = time.time_ns()
+        if t_active:
+            break
+        time.sleep(0.1)
+    first = None
+    if t_active:
+        while time.monotonic() < deadline:
+            post = sorted((x for x in events(PROBER_OUT) if x.get("q") and x["t_end"] > t_active),
+                          key=lambda x: x["t_end"])
+            if post:
+                first = post[0]
+                break
+            time.sleep(0.2)
+    probes = events(PROBER_OUT)
+    r = {"t_active": t_active, "first_answer_after": first, "answers": [x for x in probes if x.get("q")],
+         "probes": len(probes), "domains": R.domains(), "waited_s": round(time.monotonic() - t0, 1)}
+    if not t_active:
+        rc, ps = R.sh("ps -eo pid,ppid,pcpu,stat,args | grep -E 'migrate-receive|sshd' | grep -v grep")
+        r["processes"] = ps.splitlines()
+        r["error"] = "no running domu within %d s" % a.timeout
+        return emit(r, True)
+    if first is None:
+        r["error"] = "no answer after domu ran"
+    return emit(r, first is not None)
+
+
+# Message prefixes (the standby's messages carry the epoch and duration).
+ACTIVATION_LINES = {"activating the replica": "decided", "replica activation": "stages",
+                    "activated at epoch": "activated"}
+
+
+def standby_log_activation(path):
+    """The standby's own account of its activation (its slog text log):
+    the decision, the backend's stages and the end, each with its time
+    (Unix ns, from the log's millisecond stamps) and its key=value
+    fields."""
+    import datetime
+    out = {}
+    try:
+        f = open(path, errors="replace")
+    except OSError:
+        return out
+    with f:
+        for line in f:
+            m = re.search(r'time=(\S+) .*msg="([^"]+)"(.*)', line)
+            key = next((v for k, v in ACTIVATION_LINES.items() if m and m.group(2).startswith(k)), None)
+            if key is None:
+                continue
+            try:
+                t = datetime.datetime.fromisoformat(m.group(1))
+            except ValueError:
+                continue
+            kv = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', m.group(3)))
+            out[key] = {"t": int(t.timestamp() * 1e9), "fields": kv, "line": line.strip()}
+    return out
+
+
 def cmd_prober(a):
     if a.action == "start":
         if os.path.exists(PROBER_OUT):
@@ -644,7 +755,8 @@ def cmd_watch(a):
          "standby_events": [e for e in sb if e.get("kind") in ("state", "activate", "error")],
          "last_commit": next((e for e in reversed(sb) if e.get("kind") == "commit"), None),
          "probes": len(probes), "answers": [x for x in probes if x.get("q")],
-         "standby_log_tail": log_tail(os.path.join(KDIR, "standby.log"), 15), "domains": R.domains()}
+         "standby_log_tail": log_tail(os.path.join(KDIR, "standby.log"), 15), "domains": R.domains(),
+         "activation_log": standby_log_activation(os.path.join(KDIR, "standby.log"))}
     ok = act is not None and first is not None
     if not ok:
         r["error"] = "no activation" if act is None else "no answer after the activation"
@@ -678,7 +790,10 @@ def cmd_reset(a):
         R.sh("xl destroy %s" % n, timeout=120)
     r["destroyed"] = left
     R.free_ifbs()
-    if R.domid("domu") is None:
+    if a.guest == "stop" and R.domid("domu") is not None:
+        rc, out = R.sh("xl destroy domu", timeout=120)
+        r["destroyed_domu"] = rc == 0
+    if a.guest == "start" and R.domid("domu") is None:
         rc, out = R.sh("/mnt/lab/domu.sh start %d 1" % a.dirty, timeout=400)
         r["restarted_domu"] = out.splitlines()[-1:] if rc == 0 else out
         if rc != 0:
@@ -716,6 +831,9 @@ def main():
     k.add_argument("--timeout", type=int, default=300)
     k.add_argument("--peer-timeout", default="4s")
     k.add_argument("--log-level", default="info")
+    # ssh plus the start of xl-kemari from the 9p share took 15-30 s in a
+    # dom0 of a loaded machine (load 10-15), past the default 10 s.
+    k.add_argument("--connect-timeout", default="60s")
     m = sub.add_parser("measure")
     m.add_argument("--window", type=float, default=15)
     f = sub.add_parser("failover")
@@ -732,12 +850,18 @@ def main():
     w.add_argument("--timeout", type=int, default=300)
     rs = sub.add_parser("reset")
     rs.add_argument("--dirty", type=int, default=8)
+    rs.add_argument("--guest", choices=["start", "stop", "keep"], default="start",
+                    help="afterwards: domu running (started if gone), destroyed, or left as it is")
+    sub.add_parser("kill-sender")
+    wr = sub.add_parser("watch-remus")
+    wr.add_argument("--timeout", type=int, default=120)
     c = sub.add_parser("clock")
     c.add_argument("--n", type=int, default=10)
     a = p.parse_args()
     return {"latency": cmd_latency, "remus-start": cmd_remus_start, "kemari-start": cmd_kemari_start,
             "measure": cmd_measure, "failover": cmd_failover, "prober": cmd_prober, "watch": cmd_watch,
-            "clock": cmd_clock, "reset": cmd_reset, "reaper": cmd_reaper}[a.cmd](a)
+            "clock": cmd_clock, "reset": cmd_reset, "reaper": cmd_reaper, "kill-sender": cmd_kill_sender,
+            "watch-remus": cmd_watch_remus}[a.cmd](a)
 
 
 if __name__ == "__main__":
