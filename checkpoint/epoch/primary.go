@@ -1,5 +1,7 @@
 package epoch
 
+import "fmt"
+
 // PrimaryState is where the primary machine is.
 type PrimaryState uint8
 
@@ -14,7 +16,7 @@ const (
 	PUnprotected                      // standby lost; output flows; reconnecting if Reprotect
 	PStopping                         // stop requested: saying goodbye to the standby; output held
 	PStopped                          // protection ended: the standby confirmed, or was lost (and the arbiter granted)
-	PFenced                           // the arbiter gave the guest to the standby; guest destroyed
+	PFenced                           // the arbiter gave the guest to the standby, or the standby took over; guest destroyed
 	PStalled                          // the standby was lost after this machine itself stalled: output held, reconnecting; never unprotected on its own authority
 )
 
@@ -194,6 +196,8 @@ func (p *Primary) Step(ev Event) []Action {
 			p.state = PFenced
 			out = append(out, Action{Kind: ActFence}, notify("arbiter gave the domain to the standby; fenced"))
 		}
+	case EvTakenOver:
+		out = p.takenOver(ev.Epoch, out)
 	case EvStop:
 		out = p.onStop(out)
 	case EvStopConfirmed:
@@ -366,6 +370,23 @@ func (p *Primary) onStop(out []Action) []Action {
 		}
 		return p.stopped(out)
 	}
+}
+
+// takenOver fences the guest: the standby said it activated its replica
+// at epoch e (protocol §7.7), on a reconnect's HELLO or on the live
+// stream. Whatever the state (reconnecting, stalled, arbitrating,
+// stopping, unprotected), this copy must not run on or release anything
+// held: the replica resumed at e and answers for the domain now. (I4)
+func (p *Primary) takenOver(e uint64, out []Action) []Action {
+	switch p.state {
+	case PIdle, PStopped, PFenced:
+		return out
+	}
+	p.state = PFenced
+	p.connected, p.connecting = false, false
+	p.inflight = p.inflight[:0]
+	return append(out, Action{Kind: ActFence}, Action{Kind: ActDisconnect, Reason: "taken over"},
+		notify(fmt.Sprintf("taken over by the standby at epoch %d; guest destroyed", e)))
 }
 
 // goodbye sends the goodbye on the live connection.

@@ -182,7 +182,7 @@ func parseConfig(t *testing.T, args []string) Config {
 
 func parseEvent(t *testing.T, path string, line int, f []string) Event {
 	kinds := map[string]EventKind{}
-	for k := EvStart; k <= EvCommitFailed; k++ {
+	for k := EvStart; k <= EvTakenOver; k++ {
 		kinds[k.String()] = k
 	}
 	ev := Event{}

@@ -331,6 +331,13 @@ func (s *Standby) reject(e uint64, why string, out []Action) []Action {
 
 func (s *Standby) failover(why string, out []Action) []Action {
 	out = append(out, s.discardStaging()...)
+	if s.connected && !s.cfg.Arbiter {
+		// Decided, with the primary still on the line (a stalled or
+		// partitioned one whose stream has not broken, a failover by
+		// hand): say so before hanging up, so that it fences its copy
+		// when it next reads. (protocol §7.7)
+		out = append(out, Action{Kind: ActTakenOver, Epoch: s.committed})
+	}
 	s.connected = false
 	out = append(out, Action{Kind: ActDisconnect, Reason: why})
 	if s.cfg.Arbiter {

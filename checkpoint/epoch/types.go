@@ -103,11 +103,12 @@ const (
 	EvGoodbye                            // standby: the primary ended protection
 	EvPromote                            // standby: failover by hand
 	EvCommitFailed                       // standby: applying staged Epoch to the replica failed; the replica is torn
+	EvTakenOver                          // primary: the standby said it activated its replica at Epoch (protocol §7.7)
 )
 
 var eventNames = [...]string{"", "start", "tick", "connected", "connect-failed", "sync-done",
 	"ack", "nack", "frame", "output-waiting", "disconnected", "granted", "denied", "stop",
-	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed"}
+	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed", "taken-over"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -143,7 +144,7 @@ const (
 	ActCheckpoint                       // suspend, barrier(Epoch), read+clear dirty, copy, capture state, resume, queue Epoch for sending
 	ActRelease                          // release output through barrier Epoch
 	ActUnprotect                        // release all held output and pass output through (standby lost)
-	ActFence                            // the arbiter refused: destroy the guest, discard held output
+	ActFence                            // the arbiter refused, or the standby took over: destroy the guest, discard held output
 	ActGoodbye                          // send goodbye; reply EvStopConfirmed when the standby answers (an unanswered goodbye is the machine's timeout)
 	ActTeardown                         // release held output and tear down: the standby discarded its replica, or the standby is lost and the arbiter (if any) granted
 	// Both.
@@ -161,11 +162,12 @@ const (
 	ActRetire         // keep the replica aside as the fallback (at Epoch); the next replica is built beside it
 	ActDropFallback   // drop the fallback replica: a newer checkpoint is committed, or it is stale
 	ActUseFallback    // drop the replica being built and make the fallback (at Epoch) the replica again
+	ActTakenOver      // tell the connected primary this standby activates its replica at Epoch (protocol §7.7), before the disconnect
 )
 
 var actionNames = [...]string{"", "connect", "sync", "checkpoint", "release", "unprotect", "fence",
 	"goodbye", "teardown", "heartbeat", "disconnect", "acquire", "notify", "commit", "ack", "discard",
-	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback"}
+	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback", "taken-over"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) {
@@ -191,7 +193,7 @@ func (a Action) String() string {
 			return fmt.Sprintf("sync full epoch=%d", a.Epoch)
 		}
 		return fmt.Sprintf("sync resync epoch=%d since=%d", a.Epoch, a.Since)
-	case ActCheckpoint, ActRelease, ActCommit, ActAck, ActDiscard, ActRetire, ActUseFallback:
+	case ActCheckpoint, ActRelease, ActCommit, ActAck, ActDiscard, ActRetire, ActUseFallback, ActTakenOver:
 		return fmt.Sprintf("%s %d", s, a.Epoch)
 	case ActNack:
 		return fmt.Sprintf("%s %d (%s)", s, a.Epoch, a.Reason)
