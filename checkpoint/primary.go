@@ -29,6 +29,20 @@ var (
 	ErrGuest = errors.New("checkpoint: guest could not be resumed")
 )
 
+// TakenOverError is what Run returns when the standby said it activated
+// its replica (protocol §7.7): the primary fenced, destroying its copy of
+// the guest and discarding held output. errors.Is(err, ErrFenced) holds.
+type TakenOverError struct {
+	Epoch uint64 // the checkpoint the standby resumed from (0: not said)
+}
+
+func (e *TakenOverError) Error() string {
+	return fmt.Sprintf("checkpoint: taken over by the standby at epoch %d; guest destroyed", e.Epoch)
+}
+
+// Is makes a takeover a fencing.
+func (e *TakenOverError) Is(target error) bool { return target == ErrFenced }
+
 // PrimaryConfig configures a Primary.
 type PrimaryConfig struct {
 	Epoch  epoch.Config
@@ -90,9 +104,10 @@ type Primary struct {
 	bw       byteRate // wire bytes per second, for Status.Bandwidth
 	pauses   struct{ n, sum, max time.Duration }
 	dirtySum uint64
-	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
-	wg       sync.WaitGroup // every goroutine started
-	stages   chan []byte    // staging buffers for reuse: no page faults in the pause
+	takenAt  *TakenOverError // the standby said it took over
+	syncing  chan struct{}   // closed when the running pre-copy goroutine ends
+	wg       sync.WaitGroup  // every goroutine started
+	stages   chan []byte     // staging buffers for reuse: no page faults in the pause
 }
 
 type histEntry struct {
@@ -259,6 +274,9 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 		case epoch.PStopped:
 			return nil
 		case epoch.PFenced:
+			if p.takenAt != nil {
+				return p.takenAt
+			}
 			return ErrFenced
 		}
 		if d := p.m.Deadline(); d >= 0 {
@@ -283,6 +301,16 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 					}
 					p.local = append(p.local, epoch.Event{Kind: epoch.EvSyncDone, Epoch: e.final})
 				}
+				continue
+			}
+			if e.ev.Kind == epoch.EvTakenOver {
+				// From any connection or attempt, current or not: the
+				// standby's word that the domain runs there now.
+				if p.takenAt == nil {
+					p.takenAt = &TakenOverError{Epoch: e.ev.Epoch}
+					p.log.Error("the standby took over the domain; fencing", "epoch", e.ev.Epoch, "why", e.why)
+				}
+				p.local = append(p.local, e.ev)
 				continue
 			}
 			if e.ev.Kind == epoch.EvConnected || e.ev.Kind == epoch.EvConnectFailed {
@@ -494,6 +522,14 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 		fail(fmt.Errorf("%w: expected the standby's hello, got %v", ErrPeer, rec.Type()))
 		return
 	}
+	if sh.Flags&wire.HelloTakenOver != 0 {
+		// The standby activated its replica of this domain (protocol
+		// §7.7): what follows says at which epoch and why.
+		e, why := readTakenOver(pc.r)
+		c.Close()
+		p.post(pevent{gen: gen, ev: epoch.Event{Kind: epoch.EvTakenOver, Epoch: e}, why: why})
+		return
+	}
 	// A stream capture cannot be resumed (libxl.StreamCapture): whatever
 	// the standby holds, the sync is a full one into a fresh replica.
 	has := sh.Session == session && sh.Committed > 0 && !p.stream
@@ -503,6 +539,27 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 		return
 	}
 	p.post(pevent{gen: gen, conn: pc, ev: epoch.Event{Kind: epoch.EvConnected, Epoch: sh.Committed, HasReplica: has}})
+}
+
+// readTakenOver reads what follows a HELLO with TAKEN_OVER: a HEARTBEAT
+// with the epoch the standby resumed at, and a GOODBYE saying why. A
+// stream that ends early still says the standby took over.
+func readTakenOver(r *wire.Reader) (uint64, string) {
+	var e uint64
+	why := "standby answered HELLO with TAKEN_OVER"
+	for range 4 {
+		rec, err := r.Next()
+		if err != nil {
+			break
+		}
+		switch x := rec.(type) {
+		case *wire.Heartbeat:
+			e = x.Epoch
+		case *wire.Goodbye:
+			return e, why + ": " + x.Message
+		}
+	}
+	return e, why
 }
 
 // checkpoint captures epoch e: suspend, barrier, dirty log, copy, state,

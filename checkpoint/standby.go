@@ -29,6 +29,13 @@ type StandbyConfig struct {
 	OnActivate func(dom libxl.DomID, info libxl.DomainInfo)
 	// Once: serve one protection session, then return (xl-kemari receive).
 	Once bool
+	// AnswerTakenOver: once the replica is activated, Run does not return
+	// but keeps the listener and answers every primary that connects for
+	// this domain with TAKEN_OVER (protocol §7.7), until ctx ends (then it
+	// returns nil). Without it Run returns at the activation and later
+	// primaries find nobody listening (a caller that routes connections
+	// itself answers them with AnswerTakenOver).
+	AnswerTakenOver bool
 	// Verify recomputes the replica's memory digest from its pages before
 	// activating it and reports whether it equals the last committed
 	// epoch's (costs one pass over guest memory on the failover path).
@@ -237,6 +244,8 @@ func (s *Standby) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		switch st := s.m.State(); {
+		case st == epoch.SActive && s.cfg.AnswerTakenOver:
+			return s.answerAfterActivation(ctx)
 		case st == epoch.SActive:
 			return nil
 		case st == epoch.SDenied:
@@ -764,6 +773,13 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			if s.conn != nil {
 				s.conn.send(&wire.Nack{Epoch: a.Epoch, Code: wire.NackDigest, Message: a.Reason})
 			}
+		case epoch.ActTakenOver:
+			// Written before the hang-up that follows: the primary reads
+			// it, whenever it next reads, and fences. (protocol §7.7)
+			if s.conn != nil {
+				s.conn.send(&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: a.Epoch})
+				s.conn.send(&wire.Goodbye{Code: wire.GoodbyeTakenOver, Message: takenOverMessage(a.Epoch)})
+			}
 		case epoch.ActDisconnect:
 			if s.conn != nil {
 				s.conn.hangUp()
@@ -874,6 +890,106 @@ func (s *Standby) activate() error {
 		s.cfg.OnActivate(s.replica, s.info)
 	}
 	return nil
+}
+
+func takenOverMessage(e uint64) string {
+	return fmt.Sprintf("taken over at epoch %d: the domain runs on the standby now; this copy must not run", e)
+}
+
+// answerAfterActivation serves the listener once the replica runs here
+// (StandbyConfig.AnswerTakenOver): every primary that connects is told
+// the domain was taken over, so that a stalled or partitioned primary
+// coming back fences its copy. Until ctx ends.
+func (s *Standby) answerAfterActivation(ctx context.Context) error {
+	e := s.m.Committed()
+	s.log.Info("replica active; answering primaries that come back with TAKEN_OVER", "epoch", e)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-s.events:
+			switch {
+			case ev.conn != nil && ev.rec == nil && ev.err == nil:
+				c := ev.conn.c
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					s.answerConn(ctx, c, e)
+				}()
+			case ev.ack != nil:
+				close(ev.ack) // a record of the connection hung up on
+			}
+		}
+	}
+}
+
+// answerConn reads a primary's HELLO on c and answers it with TAKEN_OVER
+// at epoch e, if it names this standby's domain or session; any other
+// HELLO is refused as incompatible.
+func (s *Standby) answerConn(ctx context.Context, c Conn, e uint64) {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	t := time.AfterFunc(5*closeGrace, func() { c.Close() })
+	defer t.Stop()
+	defer c.Close()
+	r := wire.NewReader(c, wire.DefaultLimits())
+	if _, _, err := r.ReadHeader(); err != nil {
+		return
+	}
+	rec, err := r.Next()
+	if err != nil {
+		return
+	}
+	h, ok := rec.(*wire.Hello)
+	if !ok || h.Role != wire.RolePrimary {
+		return
+	}
+	if h.Session != s.session && !sameDomain(fromDesc(h.Domain), s.info) {
+		s.log.Warn("refused a primary of another domain: this standby's replica runs", "domain", h.Domain.Name)
+		w := wire.NewWriter(c)
+		if w.WriteHeader(0) == nil {
+			w.Write(&wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: h.Session, Domain: h.Domain,
+				Codec: h.Codec, Inflight: max(h.Inflight, 1)})
+			w.Write(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: "this standby holds no replica: its domain runs here since a failover"})
+			w.Flush()
+		}
+		return
+	}
+	s.log.Warn("a primary of the domain came back after the takeover: told it to fence", "domain", h.Domain.Name, "epoch", e)
+	s.observe(Observation{Kind: ObsWarning, Epoch: e, Msg: "primary came back after the takeover; told to fence"})
+	WriteTakenOver(c, h, e)
+}
+
+// sameDomain reports whether a and b name one domain: the same UUID when
+// both have one, else the same name.
+func sameDomain(a, b libxl.DomainInfo) bool {
+	if a.UUID != ([16]byte{}) && b.UUID != ([16]byte{}) {
+		return a.UUID == b.UUID
+	}
+	return a.Name != "" && a.Name == b.Name
+}
+
+// WriteTakenOver answers a primary's HELLO h on c (whose stream header
+// and HELLO were read) with the standby's stream: a HELLO with
+// TAKEN_OVER (committed 0: no replica), a HEARTBEAT carrying epoch e, the
+// checkpoint the replica resumed from, and GOODBYE(taken over) (protocol
+// §7.7). The caller closes c.
+func WriteTakenOver(c Conn, h *wire.Hello, e uint64) error {
+	w := wire.NewWriter(c)
+	if err := w.WriteHeader(0); err != nil {
+		return err
+	}
+	for _, rec := range []wire.Record{
+		&wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: h.Session, Domain: h.Domain,
+			Codec: h.Codec, Inflight: max(h.Inflight, 1), Flags: wire.HelloTakenOver},
+		&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: e},
+		&wire.Goodbye{Code: wire.GoodbyeTakenOver, Message: takenOverMessage(e)},
+	} {
+		if err := w.Write(rec); err != nil {
+			return err
+		}
+	}
+	return w.Flush()
 }
 
 // ReplicaDigest recomputes the replica's memory digest from its pages (for

@@ -58,9 +58,14 @@ const (
 	Stop                          // the primary is stopped; its goodbye or the answer may be dropped, delayed, corrupted
 	StopPartition                 // the link goes down, then the primary is stopped (arbiter on)
 	nScenarios
+	// Promote: the standby is failed over by hand while the primary is
+	// live and connected (without an arbiter, `xl kemari failover
+	// --force`): the primary must fence its copy (protocol §7.7). Only
+	// when set in Options: seeds do not draw it.
+	Promote = nScenarios
 )
 
-var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition"}
+var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition", "promote"}
 
 func (s Scenario) String() string { return scenarioNames[s] }
 
@@ -516,8 +521,9 @@ func (c *cluster) run(rng *rand.Rand) {
 	}()
 
 	var sstop func()
+	var curStandby atomic.Pointer[checkpoint.Standby]
 	startStandby := func(n *checkpoint.PipeNetwork) {
-		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode,
+		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode, AnswerTakenOver: true,
 			Disks: func(info libxl.DomainInfo) ([]diskbuf.Store, error) {
 				st := diskbuf.NewMemStore(sectors * diskbuf.SectorSize)
 				c.mu.Lock()
@@ -570,6 +576,7 @@ func (c *cluster) run(rng *rand.Rand) {
 			c.violate("setup: %v", err)
 			return
 		}
+		curStandby.Store(standby)
 		sctx, skill := context.WithCancel(ctx)
 		sstop = skill
 		wg.Add(1)
@@ -657,6 +664,23 @@ func (c *cluster) run(rng *rand.Rand) {
 		partition()
 		time.Sleep(3 * o.Timeout)
 		sw.cur.Load().SetDown(false)
+	case Promote:
+		time.Sleep(at)
+		cut := rng.IntN(2) == 0
+		if cut {
+			// The stream breaks first and stays down: the primary
+			// learns of the takeover from the answer to its
+			// reconnect's HELLO.
+			partition()
+			time.Sleep(o.Timeout / 4)
+		}
+		c.logf("failing over by hand")
+		curStandby.Load().Promote()
+		if cut {
+			time.Sleep(o.Timeout / 4)
+			sw.cur.Load().SetDown(false)
+			c.logf("stream can be reconnected")
+		}
 	case Stop:
 		time.Sleep(at)
 		c.logf("stopping the primary")

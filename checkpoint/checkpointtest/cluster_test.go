@@ -133,3 +133,22 @@ func TestScenariosEach(t *testing.T) {
 		})
 	}
 }
+
+// TestPromoteFences: a failover by hand while the primary is live and
+// connected (protocol §7.7). The standby tells the primary before it
+// activates; the primary fences (its guest destroyed, held output
+// discarded) and returns a takeover, and never runs on beside the replica.
+func TestPromoteFences(t *testing.T) {
+	oneP(t)
+	for _, a := range []Arbiter{ArbiterOff, ArbiterOn} {
+		for s := uint64(1); s <= 12; s++ {
+			var rep *Report
+			synctest.Test(t, func(t *testing.T) {
+				rep = Run(Options{Seed: 700 + s, Scenario: Promote, ScenarioSet: true, Arbiter: a})
+			})
+			if !rep.OK() || !rep.Activated {
+				t.Errorf("activated=%v\n%s", rep.Activated, rep)
+			}
+		}
+	}
+}
