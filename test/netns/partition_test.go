@@ -586,6 +586,12 @@ func (tr trial) run(t *testing.T, seed uint64) {
 				break
 			}
 		}
+		// The replica runs: the primary's copy must be gone, fenced by
+		// the arbiter's refusal or the standby's word (protocol §7.7),
+		// not left alive, holding output, beside it.
+		if n := len(states); n > 0 && states[n-1].Msg != "fenced" {
+			violations = append(violations, fmt.Sprintf("the primary's guest still lives (state %s at the end) after the standby activated: never fenced", states[n-1].Msg))
+		}
 	}
 	// No acknowledged write lost.
 	recs := append(lp.rec.Records(), ls.rec.Records()...)
