@@ -57,6 +57,12 @@ type Primary struct {
 	// stallNext: p.next when the stall was seen. An ack of an epoch at or
 	// after it (taken after the stall) shows the standby stayed standby.
 	stallNext uint64
+	// leaseUntil: the validity of the arbiter lease (Config.Lease), from
+	// the last event; released: the highest epoch released while
+	// protected, so that acks held back for want of a valid lease go out
+	// once there is one.
+	leaseUntil Duration
+	released   uint64
 }
 
 // NewPrimary returns a machine in PIdle; feed it EvStart.
@@ -139,6 +145,9 @@ func (p *Primary) Step(ev Event) []Action {
 	if ev.Now > p.now {
 		p.now = ev.Now
 	}
+	if p.cfg.Lease {
+		p.leaseUntil = ev.LeaseUntil
+	}
 	var out []Action
 	switch ev.Kind {
 	case EvStart:
@@ -198,6 +207,13 @@ func (p *Primary) Step(ev Event) []Action {
 		}
 	case EvTakenOver:
 		out = p.takenOver(ev.Epoch, out)
+	case EvLeaseLost:
+		switch p.state {
+		case PSyncing, PProtected, PReconnecting, PStopping:
+			// Output is bound to the lease: without it, this is a
+			// standby loss, and the arbiter decides. (I4)
+			out = p.lost("arbiter lease lost", out)
+		}
 	case EvStop:
 		out = p.onStop(out)
 	case EvStopConfirmed:
@@ -207,7 +223,26 @@ func (p *Primary) Step(ev Event) []Action {
 			out = p.stopped(out)
 		}
 	}
-	return p.timers(out)
+	return p.timers(p.releaseHeld(out))
+}
+
+// leaseValid reports whether output may be released now as far as the
+// arbiter lease goes (Config.Lease): only while the lease is valid by
+// this host's clock, which ends before any peer can see it lapse.
+func (p *Primary) leaseValid() bool { return !p.cfg.Lease || p.now < p.leaseUntil }
+
+// releaseHeld releases acknowledged output held back for want of a valid
+// lease, once there is one.
+func (p *Primary) releaseHeld(out []Action) []Action {
+	if !p.cfg.Lease || p.released >= p.acked || p.stalled || !p.leaseValid() {
+		return out
+	}
+	switch p.state {
+	case PSyncing, PProtected, PReconnecting, PStopping:
+		p.released = p.acked
+		return append(out, Action{Kind: ActRelease, Epoch: p.acked})
+	}
+	return out
 }
 
 func (p *Primary) connect(out []Action) []Action {
@@ -304,6 +339,12 @@ func (p *Primary) onAck(k uint64, out []Action) []Action {
 		// standby and covers this epoch too.
 		return out
 	}
+	if !p.leaseValid() {
+		// Bound to the lease (I4): held until one is valid
+		// (releaseHeld), or the loss of the lease decides.
+		return out
+	}
+	p.released = k
 	// Output commit: epoch k's output leaves only now. (I1)
 	return append(out, Action{Kind: ActRelease, Epoch: k})
 }

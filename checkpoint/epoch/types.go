@@ -45,6 +45,12 @@ type Config struct {
 	Inflight    int      // checkpoints shipped but not acknowledged; 0: 1
 	Reprotect   bool     // primary: reconnect after losing the standby
 	Arbiter     bool     // an arbiter is configured (I4)
+	// Lease: the arbiter leases (arbiter.Leaser). The primary releases
+	// output only while the lease its events carry (Event.LeaseUntil) is
+	// valid, and a lost lease is a lost standby; the standby, when the
+	// stream ends, takes over as soon as the primary's lease has lapsed
+	// (ActWaitLapsed) instead of after its timeout. Requires Arbiter.
+	Lease bool
 }
 
 func (c Config) withDefaults() Config {
@@ -104,11 +110,13 @@ const (
 	EvPromote                            // standby: failover by hand
 	EvCommitFailed                       // standby: applying staged Epoch to the replica failed; the replica is torn
 	EvTakenOver                          // primary: the standby said it activated its replica at Epoch (protocol §7.7)
+	EvLeaseLost                          // primary: its arbiter lease ended without a Release (lapsed, revoked)
+	EvLapsed                             // standby: the primary's lease is gone (reply to ActWaitLapsed)
 )
 
 var eventNames = [...]string{"", "start", "tick", "connected", "connect-failed", "sync-done",
 	"ack", "nack", "frame", "output-waiting", "disconnected", "granted", "denied", "stop",
-	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed", "taken-over"}
+	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed", "taken-over", "lease-lost", "lapsed"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -131,6 +139,10 @@ type Event struct {
 	// replica covers every output released) and the standby can keep
 	// that replica as a fallback until the new one commits.
 	Retire bool
+	// LeaseUntil (primary, Config.Lease): the end of the validity of the
+	// arbiter lease held for the current session, on the Now clock; 0: no
+	// lease held. Every event carries it, as it carries Now.
+	LeaseUntil Duration
 }
 
 // ActionKind says what the driver must do.
@@ -163,11 +175,12 @@ const (
 	ActDropFallback   // drop the fallback replica: a newer checkpoint is committed, or it is stale
 	ActUseFallback    // drop the replica being built and make the fallback (at Epoch) the replica again
 	ActTakenOver      // tell the connected primary this standby activates its replica at Epoch (protocol §7.7), before the disconnect
+	ActWaitLapsed     // wait until the primary's arbiter lease is gone (async; reply EvLapsed)
 )
 
 var actionNames = [...]string{"", "connect", "sync", "checkpoint", "release", "unprotect", "fence",
 	"goodbye", "teardown", "heartbeat", "disconnect", "acquire", "notify", "commit", "ack", "discard",
-	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback", "taken-over"}
+	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback", "taken-over", "wait-lapsed"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) {
