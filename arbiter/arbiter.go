@@ -110,6 +110,19 @@ type Leaser interface {
 	WaitLapsed(ctx context.Context, session [16]byte, role Role) error
 }
 
+// Abandoner is an optional capability of a Lease: Abandon ends it at the
+// holder as the death of the holder's process would, without a word to
+// the arbiter (no Release): Valid is false and Done closed when it
+// returns. What the arbiter then sees is what it would see of a killed
+// holder: for file:, the holder's lock dropped, so that an observer finds
+// the lease gone at once (File); for the others, a lease no one renews,
+// which lapses after its ttl. The engine uses it to model a killed
+// primary in process (Primary.Run's ctx). Idempotent; safe from any
+// goroutine.
+type Abandoner interface {
+	Abandon()
+}
+
 // Lease is a holder's view of a lease from Leaser.Hold. Its methods are
 // safe for concurrent use.
 type Lease interface {

@@ -79,7 +79,10 @@ type Primary struct {
 	nets []netbuf.Buffer
 	disk *diskbuf.Primary // nil: no disks
 	arb  arbiter.Arbiter
-	log  *slog.Logger
+	// leaser is arb's lease capability (nil: none): output is released
+	// only while lease is valid (issue 14 point 4).
+	leaser arbiter.Leaser
+	log    *slog.Logger
 
 	m        *epoch.Primary
 	t0       time.Time
@@ -105,6 +108,8 @@ type Primary struct {
 	pauses   struct{ n, sum, max time.Duration }
 	dirtySum uint64
 	takenAt  *TakenOverError // the standby said it took over
+	lease    arbiter.Lease   // the lease on the current session, once held
+	leaseFor [16]byte        // the session of the Hold under way or of lease
 	syncing  chan struct{}   // closed when the running pre-copy goroutine ends
 	wg       sync.WaitGroup  // every goroutine started
 	stages   chan []byte     // staging buffers for reuse: no page faults in the pause
@@ -119,6 +124,8 @@ type histEntry struct {
 type pevent struct {
 	gen   uint64
 	ev    epoch.Event
+	lease arbiter.Lease // a Hold succeeded (for session)
+	sess  [16]byte
 	conn  *pconn // EvConnected
 	why   string
 	final uint64      // a full sync's pre-copy ended: take checkpoint final
@@ -135,6 +142,8 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 		arb = arbiter.None{}
 	}
 	cfg.Epoch.Arbiter = arb.Configured()
+	leaser, _ := arb.(arbiter.Leaser)
+	cfg.Epoch.Lease = leaser != nil && cfg.Epoch.Arbiter
 	if cfg.Epoch.Inflight <= 0 {
 		cfg.Epoch.Inflight = 1
 	}
@@ -153,7 +162,7 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, log: cfg.Logger,
+	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, leaser: leaser, log: cfg.Logger,
 		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}),
 		done: make(chan struct{}), barriers: map[uint64]time.Time{}, stages: make(chan []byte, cfg.Epoch.Inflight+2)}
 	p.status.update(func(s *Status) { s.Role = "primary"; s.Peer = dial.String(); s.State = "idle" })
@@ -257,6 +266,25 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 		p.log.Warn(FailStopWarning)
 		p.observe(Observation{Kind: ObsWarning, Msg: FailStopWarning})
 	}
+	if p.leaser != nil {
+		p.holdLease(ctx)
+		defer func() {
+			if p.lease == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				// Death of the holder: as a killed process's, the lease
+				// ends without a word to the arbiter (arbiter.Abandoner).
+				if a, ok := p.lease.(arbiter.Abandoner); ok {
+					a.Abandon()
+				}
+				return
+			}
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			p.lease.Release(rctx)
+		}()
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	stopC := p.stopC // nil once the stop is in the machine
@@ -266,6 +294,7 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			ev := p.local[0]
 			p.local = p.local[1:]
 			ev.Now = p.now()
+			ev.LeaseUntil = p.leaseUntil()
 			if err := p.apply(ctx, p.m.Step(ev)); err != nil {
 				return err
 			}
@@ -291,6 +320,18 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			stopC = nil
 			p.local = append(p.local, epoch.Event{Kind: epoch.EvStop})
 		case e := <-p.events:
+			if e.lease != nil {
+				p.gotLease(ctx, e.lease, e.sess)
+				continue
+			}
+			if e.ev.Kind == epoch.EvLeaseLost {
+				if e.sess != p.leaseFor {
+					continue // the lease of a session given up
+				}
+				p.log.Warn("arbiter lease lost; output held", "why", e.why)
+				p.local = append(p.local, e.ev)
+				continue
+			}
 			if e.final != 0 {
 				// The pre-copy converged: the sync's checkpoint, with
 				// output held from its barrier on. EvSyncDone goes in
@@ -363,6 +404,13 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 				return err
 			}
 		case epoch.ActRelease:
+			if p.leaser != nil && (p.lease == nil || !p.lease.Valid(time.Now())) {
+				// The machine saw the lease valid at the event's time; it
+				// ended since (this process did not run meanwhile). Held:
+				// a later release covers it, the lease's loss decides.
+				p.log.Warn("output not released: the arbiter lease is no longer valid", "epoch", a.Epoch)
+				continue
+			}
 			if err := p.release(a.Epoch); err != nil {
 				return err
 			}
@@ -373,6 +421,9 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 			// Re-protection is a new protection session: the arbiter's
 			// grant for the old one stays with whoever won it.
 			rand.Read(p.cfg.Session[:])
+			if p.leaser != nil {
+				p.holdLease(ctx)
+			}
 			p.status.update(func(s *Status) { s.UnprotectedSince = time.Now() })
 		case epoch.ActFence:
 			for _, n := range p.nets {
@@ -458,6 +509,72 @@ func (p *Primary) endStream() {
 	if err := p.src.SetLogDirty(p.cfg.Domain, false); err != nil {
 		p.log.Warn("ending the capture stream", "err", err)
 	}
+}
+
+// leaseUntil is the end of the lease's validity on the machine's clock,
+// 0 without a valid lease.
+func (p *Primary) leaseUntil() epoch.Duration {
+	if p.lease == nil || !p.lease.Valid(time.Now()) {
+		return 0
+	}
+	return epoch.Duration(p.lease.Until().Sub(p.t0))
+}
+
+// holdLease gives up the lease of an earlier session, if any, and starts
+// taking one on the current session, in the background (loop goroutine).
+func (p *Primary) holdLease(ctx context.Context) {
+	if old := p.lease; old != nil {
+		p.lease = nil
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			old.Release(rctx)
+		}()
+	}
+	sess := p.cfg.Session
+	p.leaseFor = sess
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		l, err := holdLease(ctx, p.done, p.leaser, sess, arbiter.Primary, leaseTTL(p.cfg.Epoch), p.log)
+		switch {
+		case err == nil:
+			p.post(pevent{lease: l, sess: sess})
+		case errors.Is(err, arbiter.ErrDenied):
+			// The standby owns the session: a loss, which the arbiter
+			// answers with a refusal (fenced).
+			p.post(pevent{ev: epoch.Event{Kind: epoch.EvLeaseLost}, why: err.Error(), sess: sess})
+		}
+	}()
+}
+
+// gotLease takes a lease Hold returned for sess (loop goroutine) and
+// watches it: its loss is the machine's EvLeaseLost.
+func (p *Primary) gotLease(ctx context.Context, l arbiter.Lease, sess [16]byte) {
+	if sess != p.leaseFor || p.lease != nil {
+		// For a session given up meanwhile.
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		l.Release(rctx)
+		return
+	}
+	p.lease = l
+	p.log.Info("arbiter lease held; output is released only while it is valid", "until", time.Until(l.Until()).Round(time.Millisecond))
+	p.local = append(p.local, epoch.Event{Kind: epoch.EvTick}) // releases what waited for it
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		select {
+		case <-l.Done():
+		case <-p.done:
+			return
+		}
+		if errors.Is(l.Err(), arbiter.ErrLeaseLost) {
+			p.post(pevent{ev: epoch.Event{Kind: epoch.EvLeaseLost}, why: l.Err().Error(), sess: sess})
+		}
+	}()
 }
 
 func (p *Primary) acquire(ctx context.Context) {

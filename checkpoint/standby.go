@@ -87,7 +87,8 @@ type Standby struct {
 	activated  libxl.DomID
 	lastPages  int
 	mode       diskbuf.Mode
-	wg         sync.WaitGroup // every goroutine started
+	waitLapsed context.CancelFunc // ends the ActWaitLapsed under way, if any
+	wg         sync.WaitGroup     // every goroutine started
 	decodeBuf  []byte
 	pfnBuf     []libxl.PFN
 }
@@ -156,6 +157,8 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 		arb = arbiter.None{}
 	}
 	cfg.Epoch.Arbiter = arb.Configured()
+	_, leases := arb.(arbiter.Leaser)
+	cfg.Epoch.Lease = leases && cfg.Epoch.Arbiter
 	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -301,6 +304,7 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 				return nil, err
 			}
 		}
+		s.stopWaitLapsed() // a primary is back: its lease is not the question now
 		s.gen++
 		e.conn.gen = s.gen
 		s.conn = e.conn
@@ -790,8 +794,16 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 				s.conn.send(&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: s.m.Committed()})
 			}
 		case epoch.ActAcquire:
+			s.stopWaitLapsed()
 			s.wg.Add(1)
 			go func() { defer s.wg.Done(); s.acquire(ctx) }()
+		case epoch.ActWaitLapsed:
+			s.stopWaitLapsed()
+			wctx, cancel := context.WithCancel(ctx)
+			s.waitLapsed = cancel
+			sess := s.session
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); s.awaitLapse(wctx, sess) }()
 		case epoch.ActActivate:
 			if err := s.activate(); err != nil {
 				return err
@@ -847,6 +859,38 @@ func (s *Standby) commit(e uint64) error {
 	})
 	s.lostAt = time.Time{}
 	return nil
+}
+
+func (s *Standby) stopWaitLapsed() {
+	if s.waitLapsed != nil {
+		s.waitLapsed()
+		s.waitLapsed = nil
+	}
+}
+
+// awaitLapse waits until no lease of the primary is live on session and
+// posts EvLapsed (protocol §7.8); retried while the arbiter is
+// unreachable, until ctx ends (a reconnect, the timeout's own failover).
+func (s *Standby) awaitLapse(ctx context.Context, session [16]byte) {
+	l := s.arb.(arbiter.Leaser)
+	for {
+		err := l.WaitLapsed(ctx, session, arbiter.Primary)
+		if err == nil {
+			s.post(sevent{ev: epoch.Event{Kind: epoch.EvLapsed}})
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("arbiter unreachable while waiting for the primary's lease to lapse", "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		}
+	}
 }
 
 func (s *Standby) acquire(ctx context.Context) {
