@@ -234,14 +234,24 @@ func (b *recBuffer) isUnprotected() bool {
 // delay (a lease on shared storage takes a while), so that events can land
 // while a side waits for it.
 type recArbiter struct {
-	arbiter.Arbiter
+	*arbiter.Mem
 	v     *verifier
 	delay time.Duration
 }
 
+// Hold implements arbiter.Leaser, after the arbiter's delay.
+func (a recArbiter) Hold(ctx context.Context, s [16]byte, r arbiter.Role, ttl time.Duration) (arbiter.Lease, error) {
+	time.Sleep(a.delay)
+	l, err := a.Mem.Hold(ctx, s, r, ttl)
+	if err == nil {
+		a.v.logf("arbiter: %s holds a lease", r)
+	}
+	return l, err
+}
+
 func (a recArbiter) Acquire(ctx context.Context, s [16]byte, r arbiter.Role) (bool, error) {
 	time.Sleep(a.delay)
-	ok, err := a.Arbiter.Acquire(ctx, s, r)
+	ok, err := a.Mem.Acquire(ctx, s, r)
 	if err == nil {
 		a.v.grant(string(r), ok)
 	}
@@ -474,7 +484,7 @@ func (c *cluster) run(rng *rand.Rand) {
 
 	var arbi arbiter.Arbiter = arbiter.None{}
 	if arb {
-		arbi = recArbiter{Arbiter: &arbiter.Mem{}, v: c.v, delay: o.arbDelay}
+		arbi = recArbiter{Mem: &arbiter.Mem{}, v: c.v, delay: o.arbDelay}
 	}
 
 	var wg sync.WaitGroup
