@@ -118,6 +118,18 @@ func (h *held) end(err error) bool {
 	return true
 }
 
+// setGone sets the func run once the lease ends at the holder (also at
+// once if it has ended already).
+func (h *held) setGone(f func()) {
+	h.mu.Lock()
+	h.gone = f
+	ended := h.err != nil
+	h.mu.Unlock()
+	if ended {
+		h.goneOnce.Do(f)
+	}
+}
+
 // Abandon implements Abandoner.
 func (h *held) Abandon() {
 	h.mu.Lock()
