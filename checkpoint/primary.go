@@ -110,9 +110,16 @@ type Primary struct {
 	takenAt  *TakenOverError // the standby said it took over
 	lease    arbiter.Lease   // the lease on the current session, once held
 	leaseFor [16]byte        // the session of the Hold under way or of lease
-	syncing  chan struct{}   // closed when the running pre-copy goroutine ends
-	wg       sync.WaitGroup  // every goroutine started
-	stages   chan []byte     // staging buffers for reuse: no page faults in the pause
+	// Leases granted to a Hold goroutine, handed to the loop (a lease an
+	// event carried could be left in the queue when Run ends, renewed for
+	// ever); closed once Run no longer takes them: the goroutine then
+	// releases its lease itself.
+	leaseMu      sync.Mutex
+	leaseGot     []pendingLease // protected by leaseMu
+	leaseStopped bool           // protected by leaseMu
+	syncing      chan struct{}  // closed when the running pre-copy goroutine ends
+	wg           sync.WaitGroup // every goroutine started
+	stages       chan []byte    // staging buffers for reuse: no page faults in the pause
 }
 
 type histEntry struct {
@@ -121,12 +128,17 @@ type histEntry struct {
 	writes []diskbuf.Write
 }
 
+type pendingLease struct {
+	l    arbiter.Lease
+	sess [16]byte
+}
+
 type pevent struct {
 	gen   uint64
 	ev    epoch.Event
-	lease arbiter.Lease // a Hold succeeded (for session)
-	sess  [16]byte
-	conn  *pconn // EvConnected
+	lease bool     // a Hold succeeded: take p.leaseGot
+	sess  [16]byte // EvLeaseLost: the session of the lease
+	conn  *pconn   // EvConnected
 	why   string
 	final uint64      // a full sync's pre-copy ended: take checkpoint final
 	extra []libxl.PFN // ... with these pages too
@@ -269,6 +281,14 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 	if p.leaser != nil {
 		p.holdLease(ctx)
 		defer func() {
+			p.leaseMu.Lock()
+			p.leaseStopped = true
+			got := p.leaseGot
+			p.leaseGot = nil
+			p.leaseMu.Unlock()
+			for _, g := range got {
+				releaseSoon(g.l)
+			}
 			if p.lease == nil {
 				return
 			}
@@ -280,9 +300,7 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 				}
 				return
 			}
-			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			p.lease.Release(rctx)
+			releaseSoon(p.lease)
 		}()
 	}
 	timer := time.NewTimer(time.Hour)
@@ -320,8 +338,14 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			stopC = nil
 			p.local = append(p.local, epoch.Event{Kind: epoch.EvStop})
 		case e := <-p.events:
-			if e.lease != nil {
-				p.gotLease(ctx, e.lease, e.sess)
+			if e.lease {
+				p.leaseMu.Lock()
+				got := p.leaseGot
+				p.leaseGot = nil
+				p.leaseMu.Unlock()
+				for _, g := range got {
+					p.gotLease(g.l, g.sess)
+				}
 				continue
 			}
 			if e.ev.Kind == epoch.EvLeaseLost {
@@ -511,6 +535,14 @@ func (p *Primary) endStream() {
 	}
 }
 
+// releaseSoon releases l, giving the arbiter a second to hear it (else
+// the lease lapses there after its ttl).
+func releaseSoon(l arbiter.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	l.Release(ctx)
+}
+
 // leaseUntil is the end of the lease's validity on the machine's clock,
 // 0 without a valid lease.
 func (p *Primary) leaseUntil() epoch.Duration {
@@ -528,9 +560,7 @@ func (p *Primary) holdLease(ctx context.Context) {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			rctx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			old.Release(rctx)
+			releaseSoon(old)
 		}()
 	}
 	sess := p.cfg.Session
@@ -541,7 +571,17 @@ func (p *Primary) holdLease(ctx context.Context) {
 		l, err := holdLease(ctx, p.done, p.leaser, sess, arbiter.Primary, leaseTTL(p.cfg.Epoch), p.log)
 		switch {
 		case err == nil:
-			p.post(pevent{lease: l, sess: sess})
+			p.leaseMu.Lock()
+			stopped := p.leaseStopped
+			if !stopped {
+				p.leaseGot = append(p.leaseGot, pendingLease{l, sess})
+			}
+			p.leaseMu.Unlock()
+			if stopped {
+				releaseSoon(l)
+				return
+			}
+			p.post(pevent{lease: true})
 		case errors.Is(err, arbiter.ErrDenied):
 			// The standby owns the session: a loss, which the arbiter
 			// answers with a refusal (fenced).
@@ -552,12 +592,11 @@ func (p *Primary) holdLease(ctx context.Context) {
 
 // gotLease takes a lease Hold returned for sess (loop goroutine) and
 // watches it: its loss is the machine's EvLeaseLost.
-func (p *Primary) gotLease(ctx context.Context, l arbiter.Lease, sess [16]byte) {
+func (p *Primary) gotLease(l arbiter.Lease, sess [16]byte) {
 	if sess != p.leaseFor || p.lease != nil {
 		// For a session given up meanwhile.
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		l.Release(rctx)
+		p.wg.Add(1)
+		go func() { defer p.wg.Done(); releaseSoon(l) }()
 		return
 	}
 	p.lease = l

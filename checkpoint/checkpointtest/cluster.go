@@ -58,6 +58,11 @@ const (
 	Stop                          // the primary is stopped; its goodbye or the answer may be dropped, delayed, corrupted
 	StopPartition                 // the link goes down, then the primary is stopped (arbiter on)
 	nScenarios
+	// LeaseStall: the primary's lease renewals hang for a while (a slow
+	// arbiter): its lease lapses, it must hold output from the end of its
+	// validity and go through the arbiter (arbiter on). Only when set in
+	// Options.
+	LeaseStall = nScenarios + 1
 	// Promote: the standby is failed over by hand while the primary is
 	// live and connected (without an arbiter, `xl kemari failover
 	// --force`): the primary must fence its copy (protocol §7.7). Only
@@ -65,7 +70,7 @@ const (
 	Promote = nScenarios
 )
 
-var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition", "promote"}
+var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition", "promote", "lease-stall"}
 
 func (s Scenario) String() string { return scenarioNames[s] }
 
@@ -239,12 +244,16 @@ type recArbiter struct {
 	delay time.Duration
 }
 
-// Hold implements arbiter.Leaser, after the arbiter's delay.
+// Hold implements arbiter.Leaser, after the arbiter's delay. The
+// primary's lease is the verifier's to check releases against.
 func (a recArbiter) Hold(ctx context.Context, s [16]byte, r arbiter.Role, ttl time.Duration) (arbiter.Lease, error) {
 	time.Sleep(a.delay)
 	l, err := a.Mem.Hold(ctx, s, r, ttl)
 	if err == nil {
 		a.v.logf("arbiter: %s holds a lease", r)
+		if r == arbiter.Primary {
+			a.v.primaryLease(l)
+		}
 	}
 	return l, err
 }
@@ -326,7 +335,7 @@ func Run(opts Options) *Report {
 	case ArbiterOff:
 		arb = false
 	}
-	if opts.Scenario.partitions() {
+	if opts.Scenario.partitions() || opts.Scenario == LeaseStall {
 		arb = true
 	}
 	if opts.Latency == 0 {
@@ -483,8 +492,21 @@ func (c *cluster) run(rng *rand.Rand) {
 	sw.cur.Store(newNet())
 
 	var arbi arbiter.Arbiter = arbiter.None{}
+	// While set, the primary's renewals hang until it is closed.
+	var renewStall atomic.Pointer[chan struct{}]
+	defer func() {
+		if ch := renewStall.Swap(nil); ch != nil {
+			close(*ch)
+		}
+	}()
 	if arb {
-		arbi = recArbiter{Mem: &arbiter.Mem{}, v: c.v, delay: o.arbDelay}
+		m := &arbiter.Mem{Fault: func(op string) error {
+			if ch := renewStall.Load(); op == "renew" && ch != nil {
+				<-*ch
+			}
+			return nil
+		}}
+		arbi = recArbiter{Mem: m, v: c.v, delay: o.arbDelay}
 	}
 
 	var wg sync.WaitGroup
@@ -674,6 +696,14 @@ func (c *cluster) run(rng *rand.Rand) {
 		partition()
 		time.Sleep(3 * o.Timeout)
 		sw.cur.Load().SetDown(false)
+	case LeaseStall:
+		time.Sleep(at)
+		c.logf("the primary's lease renewals hang")
+		ch := make(chan struct{})
+		renewStall.Store(&ch)
+		time.Sleep(3 * o.Timeout)
+		close(*renewStall.Swap(nil))
+		c.logf("renewals answer again")
 	case Promote:
 		time.Sleep(at)
 		cut := rng.IntN(2) == 0

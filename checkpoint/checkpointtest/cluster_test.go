@@ -156,3 +156,20 @@ func TestPromoteFences(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseStall: the primary's lease renewals hang past its validity
+// (protocol §7.8): no held output leaves without a valid lease (the
+// verifier checks every release against it), and the primary goes through
+// the arbiter as on a standby loss.
+func TestLeaseStall(t *testing.T) {
+	oneP(t)
+	for s := uint64(1); s <= 16; s++ {
+		var rep *Report
+		synctest.Test(t, func(t *testing.T) {
+			rep = Run(Options{Seed: 800 + s, Scenario: LeaseStall, ScenarioSet: true})
+		})
+		if !rep.OK() {
+			t.Errorf("%s", rep)
+		}
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/xl-kemari/xl-kemari/arbiter"
 )
 
 // verifier is the one invariant checker of the harness. Every part of the
@@ -51,7 +53,15 @@ type verifier struct {
 	sActive     bool
 	sEpoch      uint64
 	warned      bool
-	closed      bool // the run is over: log no more
+	closed      bool          // the run is over: log no more
+	lease       arbiter.Lease // the primary's latest lease (leasing arbiter)
+}
+
+// primaryLease records the lease the primary holds from now on.
+func (v *verifier) primaryLease(l arbiter.Lease) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.lease = l
 }
 
 func (v *verifier) close() {
@@ -142,6 +152,11 @@ func (v *verifier) out(label uint64, unprot bool) {
 	}
 	if !unprot && label > v.committed {
 		v.violate("I1: output of epoch %d released while the standby has committed only %d", label, v.committed)
+	}
+	if v.arbiter && !unprot && (v.lease == nil || !v.lease.Valid(time.Now())) {
+		// Bound to the lease (protocol §7.8): a primary whose lease may
+		// have lapsed for the standby could be answering beside it.
+		v.violate("I4: held output of epoch %d released without a valid arbiter lease", label)
 	}
 	if cover > v.frontier {
 		v.frontier = cover
