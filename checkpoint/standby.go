@@ -88,6 +88,8 @@ type Standby struct {
 	lastPages  int
 	mode       diskbuf.Mode
 	waitLapsed context.CancelFunc // ends the ActWaitLapsed under way, if any
+	watchStop  context.CancelFunc // ends the lease watch (watchLease), if any
+	watchFor   [16]byte           // the session watched
 	wg         sync.WaitGroup     // every goroutine started
 	decodeBuf  []byte
 	pfnBuf     []libxl.PFN
@@ -229,6 +231,10 @@ func (s *Standby) Run(ctx context.Context) error {
 		}
 	}()
 	defer func() {
+		if s.watchStop != nil {
+			s.watchStop()
+		}
+		s.stopWaitLapsed()
 		s.ln.Close()
 		if s.conn != nil {
 			// Write what is queued first (the answer to a GOODBYE, a
@@ -286,7 +292,53 @@ func (s *Standby) Run(ctx context.Context) error {
 		if err := s.apply(ctx, acts); err != nil {
 			return err
 		}
+		s.watchLease(ctx)
 	}
+}
+
+// watchLease keeps, while the standby holds a checkpoint it could resume,
+// one WaitLapsed on the primary's lease running (looked at again a
+// quarter of the timeout after each return): file: judges a lease lapsed
+// by how long its observer has seen it unchanged, so an observer that
+// looks only once the primary is gone would wait a whole ttl more before
+// taking over from a dead host. It decides nothing itself.
+func (s *Standby) watchLease(ctx context.Context) {
+	l, ok := s.arb.(arbiter.Leaser)
+	if !ok || !s.cfg.Epoch.Lease {
+		return
+	}
+	switch st := s.m.State(); {
+	case st == epoch.SReady || st == epoch.SArbitrating || st == epoch.SSyncing && s.m.Fallback() != 0:
+		if s.watchStop != nil && s.watchFor == s.session {
+			return
+		}
+	default:
+		if s.watchStop != nil {
+			s.watchStop()
+			s.watchStop = nil
+		}
+		return
+	}
+	if s.watchStop != nil {
+		s.watchStop()
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	s.watchStop, s.watchFor = cancel, s.session
+	sess, pause := s.session, time.Duration(s.cfg.Epoch.Timeout)/4
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			l.WaitLapsed(wctx, sess, arbiter.Primary)
+			select {
+			case <-time.After(pause):
+			case <-wctx.Done():
+				return
+			case <-s.done:
+				return
+			}
+		}
+	}()
 }
 
 // handle turns one input into machine events, doing the staging work
