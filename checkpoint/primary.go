@@ -114,12 +114,13 @@ type Primary struct {
 	// event carried could be left in the queue when Run ends, renewed for
 	// ever); closed once Run no longer takes them: the goroutine then
 	// releases its lease itself.
-	leaseMu      sync.Mutex
-	leaseGot     []pendingLease // protected by leaseMu
-	leaseStopped bool           // protected by leaseMu
-	syncing      chan struct{}  // closed when the running pre-copy goroutine ends
-	wg           sync.WaitGroup // every goroutine started
-	stages       chan []byte    // staging buffers for reuse: no page faults in the pause
+	afterLeaseLost bool // an EvLeaseLost is being stepped
+	leaseMu        sync.Mutex
+	leaseGot       []pendingLease // protected by leaseMu
+	leaseStopped   bool           // protected by leaseMu
+	syncing        chan struct{}  // closed when the running pre-copy goroutine ends
+	wg             sync.WaitGroup // every goroutine started
+	stages         chan []byte    // staging buffers for reuse: no page faults in the pause
 }
 
 type histEntry struct {
@@ -316,6 +317,16 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			if err := p.apply(ctx, p.m.Step(ev)); err != nil {
 				return err
 			}
+			if ev.Kind == epoch.EvLeaseLost && p.afterLeaseLost {
+				p.afterLeaseLost = false
+				switch p.m.State() {
+				case epoch.PSyncing, epoch.PReconnecting, epoch.PConnecting:
+					// Lost where it decides nothing (before the first
+					// checkpoint): hold anew.
+					p.lease = nil
+					p.holdLease(ctx)
+				}
+			}
 		}
 		switch p.m.State() {
 		case epoch.PStopped:
@@ -354,6 +365,7 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 				}
 				p.log.Warn("arbiter lease lost; output held", "why", e.why)
 				p.local = append(p.local, e.ev)
+				p.afterLeaseLost = true
 				continue
 			}
 			if e.final != 0 {

@@ -208,8 +208,12 @@ func (p *Primary) Step(ev Event) []Action {
 	case EvTakenOver:
 		out = p.takenOver(ev.Epoch, out)
 	case EvLeaseLost:
-		switch p.state {
-		case PSyncing, PProtected, PReconnecting, PStopping:
+		switch {
+		case !p.everSynced && (p.state == PSyncing || p.state == PReconnecting):
+			// No checkpoint acknowledged yet: the standby has nothing it
+			// could take over with, and the output is not held. The
+			// driver takes a new lease.
+		case p.state == PSyncing, p.state == PProtected, p.state == PReconnecting, p.state == PStopping:
 			// Output is bound to the lease: without it, this is a
 			// standby loss, and the arbiter decides. (I4)
 			out = p.lost("arbiter lease lost", out)
