@@ -88,10 +88,14 @@ func (d deadDialer) Dial(ctx context.Context) (checkpoint.Conn, error) {
 	return deadConn{c, d.dead, d.hung}, nil
 }
 
-// benchHostDeath: the primary's host dies (no end of stream: the
-// standby's timeout detects it; the lease's renewals stop, its holder
-// lock stays) with arbiter=file:; kill → replica active, with the lease
-// binding (the standby must also see the lease lapse) and without.
+// benchHostDeath: the primary's host goes silent (no end of stream: the
+// standby's timeout detects it; its lease's renewals hang) with
+// arbiter=file:; silence → replica active, with the lease binding (the
+// standby must also see the lease lapse) and without. In process the
+// holder's own clock still runs and ends its lease (dropping the holder
+// lock) a tenth of the ttl before the ttl, as a live primary cut off from
+// its storage does; a dead host's lock on NFS stays until the server's
+// lock lease ends, and then the ttl rule and watchLease bound it.
 func benchHostDeath() {
 	timeout := 200 * time.Millisecond
 	reps := 10
@@ -114,9 +118,9 @@ func benchHostDeath() {
 			}
 		}
 		name := map[bool]string{false: "no lease", true: "lease"}[leases]
-		add("host death → active, file: "+name+" p50", percentile(xs, 0.5), "ms", "timeout", ms(timeout))
+		add("silent primary → active, file: "+name+" p50", percentile(xs, 0.5), "ms", "timeout", ms(timeout))
 		if leases {
-			add("host death → active, file: lease p99", percentile(xs, 0.99), "ms", "timeout", ms(timeout))
+			add("silent primary → active, file: lease p99", percentile(xs, 0.99), "ms", "timeout", ms(timeout))
 		}
 	}
 }
