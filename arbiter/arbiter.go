@@ -88,7 +88,8 @@ type Leaser interface {
 	//
 	// Preconditions: ttl > 0 (backends may round it up: etcd to whole
 	// seconds and its server's minimum; the holder's validity is computed
-	// from ttl as given, which is the safe side).
+	// from ttl as given, or, for etcd, from the whole seconds asked for,
+	// which the server's ttl is never below).
 	// Success: a Lease that is Valid now and renewed every ttl/3 until
 	// Release or loss.
 	// Failure: no lease is held. ErrDenied: the other role owns the
