@@ -88,7 +88,8 @@ type Leaser interface {
 	//
 	// Preconditions: ttl > 0 (backends may round it up: etcd to whole
 	// seconds and its server's minimum; the holder's validity is computed
-	// from ttl as given, which is the safe side).
+	// from ttl as given, or, for etcd, from the whole seconds asked for,
+	// which the server's ttl is never below).
 	// Success: a Lease that is Valid now and renewed every ttl/3 until
 	// Release or loss.
 	// Failure: no lease is held. ErrDenied: the other role owns the
@@ -108,6 +109,19 @@ type Leaser interface {
 	// that wants the session next calls Acquire or Hold, which decide.
 	// Concurrency: safe from any goroutine and host.
 	WaitLapsed(ctx context.Context, session [16]byte, role Role) error
+}
+
+// Abandoner is an optional capability of a Lease: Abandon ends it at the
+// holder as the death of the holder's process would, without a word to
+// the arbiter (no Release): Valid is false and Done closed when it
+// returns. What the arbiter then sees is what it would see of a killed
+// holder: for file:, the holder's lock dropped, so that an observer finds
+// the lease gone at once (File); for the others, a lease no one renews,
+// which lapses after its ttl. The engine uses it to model a killed
+// primary in process (Primary.Run's ctx). Idempotent; safe from any
+// goroutine.
+type Abandoner interface {
+	Abandon()
 }
 
 // Lease is a holder's view of a lease from Leaser.Hold. Its methods are

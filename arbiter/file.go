@@ -30,6 +30,21 @@ import (
 // removes the file (reaps it), so that the holder's next renewal finds
 // it gone and the holder loses the lease. Release removes the file.
 //
+// Holder lock: the holder of a lease also keeps <Dir>/<session>.lease.<nonce>
+// open with an exclusive flock for the lease's life. An observer that
+// can take that flock knows the holder's process is gone (the kernel, or
+// the NFS lock manager, drops a dead process's locks) or that its lease
+// ended there, and reaps the lease at once instead of after its ttl: a
+// killed primary's lease is gone within milliseconds. A holder that lives
+// but does not run (SIGSTOP, a hung host) keeps its lock, so then only
+// the ttl rule above applies, as it does when the lock file is absent
+// (an older holder) or cannot be tried. This needs locks that all hosts
+// see, as the directory lock already does: a mount with nolock or
+// local_lock= gets no holder lock (the holder checks /proc/self/mountinfo)
+// and falls back on the ttl alone. On NFS, flock is a POSIX lock, which a
+// process's own second open would not conflict with: a File never probes
+// a holder lock it holds itself.
+//
 // Hung storage: every filesystem operation (of a call) runs in a
 // goroutine bounded by the call's ctx; a call on a hung mount (an NFS
 // server gone, a blocked flock) returns ctx.Err() by ctx's deadline and
@@ -54,7 +69,9 @@ type File struct {
 
 	mu sync.Mutex
 	// Protected by mu.
-	seen map[string]sighting // lease path → when these contents were first seen
+	seen  map[string]sighting // lease path → when these contents were first seen
+	mine  map[string]bool     // holder lock paths this File holds
+	noLck *bool               // Dir's mount shares no locks between hosts (nil: not checked)
 }
 
 type sighting struct {
@@ -185,14 +202,132 @@ func (f *File) live(s [16]byte) (leaseFile, bool, error) {
 		f.seen[p] = sg
 	}
 	f.mu.Unlock()
-	if now.Sub(sg.first) < l.ttl {
+	if now.Sub(sg.first) < l.ttl && !f.holderGone(p, l) {
 		return l, true, nil
 	}
+	f.removeHolder(p, l)
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return leaseFile{}, false, fmt.Errorf("arbiter: reap %s: %w", p, err)
 	}
 	f.forget(p)
 	return leaseFile{}, false, nil
+}
+
+func holderPath(lease string, l leaseFile) string { return lease + "." + l.nonce }
+
+// holderGone reports whether the holder lock of lease l at path p exists
+// and is free: its holder is dead, or its lease ended there. Any doubt
+// (no lock file, an error, a lock this File holds) is "not gone". Called
+// under the lock.
+func (f *File) holderGone(p string, l leaseFile) bool {
+	hp := holderPath(p, l)
+	f.mu.Lock()
+	own := f.mine[hp]
+	f.mu.Unlock()
+	if own {
+		return false
+	}
+	fd, err := os.OpenFile(hp, os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer fd.Close()
+	if err := syscall.Flock(int(fd.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return false // held (EWOULDBLOCK), or cannot tell
+	}
+	syscall.Flock(int(fd.Fd()), syscall.LOCK_UN)
+	return true
+}
+
+// removeHolder removes the holder lock file of lease l at p, if any.
+// Called under the lock.
+func (f *File) removeHolder(p string, l leaseFile) {
+	if err := os.Remove(holderPath(p, l)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return
+	}
+}
+
+// takeHolder creates and locks the holder lock of lease l at p, which this
+// File then holds until the returned func; nil when the mount shares no
+// locks between hosts or the lock cannot be taken (the ttl rule alone
+// then applies). Called under the lock.
+func (f *File) takeHolder(p string, l leaseFile) func() {
+	if f.locksLocal() {
+		return nil
+	}
+	hp := holderPath(p, l)
+	fd, err := os.OpenFile(hp, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil
+	}
+	if err := syscall.Flock(int(fd.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		fd.Close()
+		os.Remove(hp)
+		return nil
+	}
+	f.mu.Lock()
+	if f.mine == nil {
+		f.mine = map[string]bool{}
+	}
+	f.mine[hp] = true
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			// Closing drops the lock: observers find the lease gone.
+			fd.Close()
+			f.mu.Lock()
+			delete(f.mine, hp)
+			f.mu.Unlock()
+		})
+	}
+}
+
+// locksLocal reports whether Dir is on a mount whose locks other hosts do
+// not see (NFS with nolock or local_lock=), from /proc/self/mountinfo;
+// unknown is false (the directory lock needs shared locks anyway).
+func (f *File) locksLocal() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.noLck != nil {
+		return *f.noLck
+	}
+	v := mountLocksLocal(f.Dir)
+	f.noLck = &v
+	return v
+}
+
+func mountLocksLocal(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	if d, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = d
+	}
+	best, opts := -1, ""
+	for _, line := range strings.Split(string(b), "\n") {
+		// id parent major:minor root mountpoint options ... - fstype source superoptions
+		fs := strings.Fields(line)
+		if len(fs) < 10 {
+			continue
+		}
+		mp := fs[4]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > best {
+			best, opts = len(mp), fs[5]
+			for i, x := range fs {
+				if x == "-" && i+3 < len(fs) {
+					opts += "," + fs[i+3]
+				}
+			}
+		}
+	}
+	for _, o := range strings.Split(opts, ",") {
+		if o == "nolock" || strings.HasPrefix(o, "local_lock=") && o != "local_lock=none" {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *File) forget(p string) {
@@ -255,6 +390,7 @@ func (f *File) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 	_, _ = rand.Read(nb[:])
 	mine := leaseFile{role: r, nonce: hex.EncodeToString(nb[:]), seq: 1, ttl: ttl}
 	start := time.Now()
+	var unlock func()
 	err := f.run(ctx, "hold", func() error {
 		if o, ok, err := f.owner(s); err != nil {
 			return err
@@ -266,9 +402,16 @@ func (f *File) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 		} else if ok {
 			return fmt.Errorf("%w (the %s's)", ErrHeld, l.role)
 		}
-		return f.writeLease(s, mine)
+		if err := f.writeLease(s, mine); err != nil {
+			return err
+		}
+		unlock = f.takeHolder(f.leasePath(s), mine)
+		return nil
 	})
 	if err != nil {
+		if unlock != nil {
+			unlock() // an abandoned call: the lease lapses, as an unrenewed one
+		}
 		return nil, err
 	}
 	var mu sync.Mutex // seq: renewals are sequential, but a Release may race one
@@ -294,13 +437,18 @@ func (f *File) Hold(ctx context.Context, s [16]byte, r Role, ttl time.Duration) 
 			if err != nil || !ok || l.nonce != mine.nonce {
 				return err
 			}
+			f.removeHolder(f.leasePath(s), mine)
 			if err := os.Remove(f.leasePath(s)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("arbiter: %w", err)
 			}
 			return nil
 		})
 	}
-	return newHeld(realClock{}, start, ttl, renew, drop), nil
+	h := newHeld(realClock{}, start, ttl, renew, drop)
+	if unlock != nil {
+		h.setGone(unlock)
+	}
+	return h, nil
 }
 
 // WaitLapsed implements Leaser. Storage sends no notifications: it looks

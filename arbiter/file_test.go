@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 const fileTTL = 2 * time.Second
 
 func filePair(p arbiter.Leaser, faults *arbitertest.Faults) *arbitertest.Pair {
-	return &arbitertest.Pair{P: p, TTL: fileTTL,
+	return &arbitertest.Pair{P: p, TTL: fileTTL, FastLapse: true,
 		Stall: func() func() { return faults.Block("renew") },
 		Hang:  func() func() { return faults.Block("*") },
 	}
@@ -58,12 +58,19 @@ func TestFileContractTwoProcesses(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "leases")
 		faults := &arbitertest.Faults{}
 		p := filePair(&arbiter.File{Dir: dir, Fault: faults.Hook}, faults)
-		p.S = startHelper(t, dir)
+		var cmd *exec.Cmd
+		p.S, cmd = startHelper(t, dir)
+		// By PID: only the helper this test started.
+		p.Kill = func() { cmd.Process.Kill() }
+		p.Freeze = func() func() {
+			cmd.Process.Signal(syscall.SIGSTOP)
+			return func() { cmd.Process.Signal(syscall.SIGCONT) }
+		}
 		return p
 	})
 }
 
-func startHelper(t *testing.T, dir string) *arbitertest.Remote {
+func startHelper(t *testing.T, dir string) (*arbitertest.Remote, *exec.Cmd) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), serveEnv+"="+dir)
 	cmd.Stderr = os.Stderr
@@ -90,7 +97,7 @@ func startHelper(t *testing.T, dir string) *arbitertest.Remote {
 	})
 	rm := arbitertest.NewRemote(in, out)
 	go func() { exited <- cmd.Wait() }()
-	return rm
+	return rm, cmd
 }
 
 // TestFileHungMountOneGoroutine: calls on a hung mount return by their

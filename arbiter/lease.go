@@ -44,6 +44,10 @@ type held struct {
 	renew func(ctx context.Context) error
 	// drop removes the lease on the arbiter (Release).
 	drop func(ctx context.Context) error
+	// gone, if not nil, runs once when the lease ends at the holder, for
+	// whatever reason (file: drops the holder's lock).
+	gone     func()
+	goneOnce sync.Once
 
 	ctx    context.Context // cancelled when the lease ends: stops a renewal in flight
 	cancel context.CancelFunc
@@ -108,7 +112,30 @@ func (h *held) end(err error) bool {
 	h.err = err
 	close(h.done)
 	h.cancel()
+	if h.gone != nil {
+		h.goneOnce.Do(h.gone)
+	}
 	return true
+}
+
+// setGone sets the func run once the lease ends at the holder (also at
+// once if it has ended already).
+func (h *held) setGone(f func()) {
+	h.mu.Lock()
+	h.gone = f
+	ended := h.err != nil
+	h.mu.Unlock()
+	if ended {
+		h.goneOnce.Do(f)
+	}
+}
+
+// Abandon implements Abandoner.
+func (h *held) Abandon() {
+	h.mu.Lock()
+	h.released = true // no drop: the arbiter hears nothing
+	h.mu.Unlock()
+	h.end(fmt.Errorf("%w: abandoned by its holder", ErrLeaseLost))
 }
 
 func (h *held) Release(ctx context.Context) error {

@@ -49,7 +49,7 @@ type Record struct {
 
 var (
 	quick   = flag.Bool("quick", false, "fewer repetitions")
-	only    = flag.String("only", "", "run only this benchmark group (pause, rate, throughput, compression, latency, failover)")
+	only    = flag.String("only", "", "run only this benchmark group (pause, rate, throughput, compression, latency, failover, eof, death)")
 	cpuprof = flag.String("cpuprofile", "", "write a CPU profile")
 	out     = flag.String("out", "bin/bench/results.json", "where to write the JSON (its directory is created)")
 	results []Record
@@ -486,7 +486,7 @@ func main() {
 		name string
 		f    func()
 	}{{"pause", benchPause}, {"rate", benchRate}, {"throughput", benchThroughput},
-		{"compression", benchCompression}, {"latency", benchLatency}, {"failover", benchFailover}} {
+		{"compression", benchCompression}, {"latency", benchLatency}, {"failover", benchFailover}, {"eof", benchCleanEOF}, {"death", benchHostDeath}} {
 		if *only == "" || *only == g.name {
 			g.f()
 		}

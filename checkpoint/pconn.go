@@ -288,6 +288,7 @@ func (pc *pconn) writeDisk(ws []diskbuf.Write) error {
 
 func (pc *pconn) reader(p *Primary) {
 	p.tune.restart()
+	var committed uint64 // the standby's last committed epoch, from its heartbeats
 	for {
 		rec, err := pc.r.Next()
 		if err != nil {
@@ -300,11 +301,18 @@ func (pc *pconn) reader(p *Primary) {
 		case *wire.Ack:
 			ev = epoch.Event{Kind: epoch.EvAck, Epoch: r.Epoch}
 		case *wire.Heartbeat:
+			committed = max(committed, r.Epoch)
 			ev = epoch.Event{Kind: epoch.EvFrame}
 		case *wire.Nack:
 			p.log.Warn("standby discarded an epoch", "epoch", r.Epoch, "code", r.Code, "why", r.Message)
 			ev = epoch.Event{Kind: epoch.EvNack, Epoch: r.Epoch}
 		case *wire.Goodbye:
+			if r.Code == wire.GoodbyeTakenOver {
+				// The standby decided a failover with this stream still
+				// up (protocol §7.7): fence, whatever else is queued.
+				p.post(pevent{gen: pc.gen, ev: epoch.Event{Kind: epoch.EvTakenOver, Epoch: committed}, why: r.Message})
+				return
+			}
 			if r.Code != wire.GoodbyeStop {
 				// Not an answer to ours: the stream ends here.
 				pc.fail(p, fmt.Errorf("%w: standby said goodbye (code %d: %s)", ErrPeer, r.Code, r.Message))

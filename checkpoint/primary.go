@@ -29,6 +29,20 @@ var (
 	ErrGuest = errors.New("checkpoint: guest could not be resumed")
 )
 
+// TakenOverError is what Run returns when the standby said it activated
+// its replica (protocol §7.7): the primary fenced, destroying its copy of
+// the guest and discarding held output. errors.Is(err, ErrFenced) holds.
+type TakenOverError struct {
+	Epoch uint64 // the checkpoint the standby resumed from (0: not said)
+}
+
+func (e *TakenOverError) Error() string {
+	return fmt.Sprintf("checkpoint: taken over by the standby at epoch %d; guest destroyed", e.Epoch)
+}
+
+// Is makes a takeover a fencing.
+func (e *TakenOverError) Is(target error) bool { return target == ErrFenced }
+
 // PrimaryConfig configures a Primary.
 type PrimaryConfig struct {
 	Epoch  epoch.Config
@@ -69,7 +83,10 @@ type Primary struct {
 	nets []netbuf.Buffer
 	disk *diskbuf.Primary // nil: no disks
 	arb  arbiter.Arbiter
-	log  *slog.Logger
+	// leaser is arb's lease capability (nil: none): output is released
+	// only while lease is valid (issue 14 point 4).
+	leaser arbiter.Leaser
+	log    *slog.Logger
 
 	m        *epoch.Primary
 	t0       time.Time
@@ -95,9 +112,20 @@ type Primary struct {
 	pauses   struct{ n, sum, max time.Duration }
 	tune     *timeoutTuner // the derived timeout's measures
 	dirtySum uint64
-	syncing  chan struct{}  // closed when the running pre-copy goroutine ends
-	wg       sync.WaitGroup // every goroutine started
-	stages   chan []byte    // staging buffers for reuse: no page faults in the pause
+	takenAt  *TakenOverError // the standby said it took over
+	lease    arbiter.Lease   // the lease on the current session, once held
+	leaseFor [16]byte        // the session of the Hold under way or of lease
+	// Leases granted to a Hold goroutine, handed to the loop (a lease an
+	// event carried could be left in the queue when Run ends, renewed for
+	// ever); closed once Run no longer takes them: the goroutine then
+	// releases its lease itself.
+	afterLeaseLost bool // an EvLeaseLost is being stepped
+	leaseMu        sync.Mutex
+	leaseGot       []pendingLease // protected by leaseMu
+	leaseStopped   bool           // protected by leaseMu
+	syncing        chan struct{}  // closed when the running pre-copy goroutine ends
+	wg             sync.WaitGroup // every goroutine started
+	stages         chan []byte    // staging buffers for reuse: no page faults in the pause
 }
 
 type histEntry struct {
@@ -106,10 +134,17 @@ type histEntry struct {
 	writes []diskbuf.Write
 }
 
+type pendingLease struct {
+	l    arbiter.Lease
+	sess [16]byte
+}
+
 type pevent struct {
 	gen   uint64
 	ev    epoch.Event
-	conn  *pconn // EvConnected
+	lease bool     // a Hold succeeded: take p.leaseGot
+	sess  [16]byte // EvLeaseLost: the session of the lease
+	conn  *pconn   // EvConnected
 	why   string
 	final uint64      // a full sync's pre-copy ended: take checkpoint final
 	extra []libxl.PFN // ... with these pages too
@@ -125,6 +160,8 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 		arb = arbiter.None{}
 	}
 	cfg.Epoch.Arbiter = arb.Configured()
+	leaser, _ := arb.(arbiter.Leaser)
+	cfg.Epoch.Lease = leaser != nil && cfg.Epoch.Arbiter
 	if cfg.Epoch.Inflight <= 0 {
 		cfg.Epoch.Inflight = 1
 	}
@@ -143,7 +180,7 @@ func NewPrimary(cfg PrimaryConfig, src libxl.Source, dial Dialer, nets []netbuf.
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, log: cfg.Logger,
+	p := &Primary{cfg: cfg, src: src, dial: dial, nets: nets, disk: disk, arb: arb, leaser: leaser, log: cfg.Logger,
 		m: epoch.NewPrimary(cfg.Epoch), events: make(chan pevent, 1024), stopC: make(chan struct{}),
 		done: make(chan struct{}), barriers: map[uint64]time.Time{}, stages: make(chan []byte, cfg.Epoch.Inflight+2)}
 	p.status.update(func(s *Status) { s.Role = "primary"; s.Peer = dial.String(); s.State = "idle" })
@@ -249,6 +286,31 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 		p.log.Warn(FailStopWarning)
 		p.observe(Observation{Kind: ObsWarning, Msg: FailStopWarning})
 	}
+	if p.leaser != nil {
+		p.holdLease(ctx)
+		defer func() {
+			p.leaseMu.Lock()
+			p.leaseStopped = true
+			got := p.leaseGot
+			p.leaseGot = nil
+			p.leaseMu.Unlock()
+			for _, g := range got {
+				releaseSoon(g.l)
+			}
+			if p.lease == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				// Death of the holder: as a killed process's, the lease
+				// ends without a word to the arbiter (arbiter.Abandoner).
+				if a, ok := p.lease.(arbiter.Abandoner); ok {
+					a.Abandon()
+				}
+				return
+			}
+			releaseSoon(p.lease)
+		}()
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	stopC := p.stopC // nil once the stop is in the machine
@@ -258,14 +320,28 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			ev := p.local[0]
 			p.local = p.local[1:]
 			ev.Now = p.now()
+			ev.LeaseUntil = p.leaseUntil()
 			if err := p.apply(ctx, p.m.Step(ev)); err != nil {
 				return err
+			}
+			if ev.Kind == epoch.EvLeaseLost && p.afterLeaseLost {
+				p.afterLeaseLost = false
+				switch p.m.State() {
+				case epoch.PSyncing, epoch.PReconnecting, epoch.PConnecting:
+					// Lost where it decides nothing (before the first
+					// checkpoint): hold anew.
+					p.lease = nil
+					p.holdLease(ctx)
+				}
 			}
 		}
 		switch p.m.State() {
 		case epoch.PStopped:
 			return nil
 		case epoch.PFenced:
+			if p.takenAt != nil {
+				return p.takenAt
+			}
 			return ErrFenced
 		}
 		if d := p.m.Deadline(); d >= 0 {
@@ -280,6 +356,25 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 			stopC = nil
 			p.local = append(p.local, epoch.Event{Kind: epoch.EvStop})
 		case e := <-p.events:
+			if e.lease {
+				p.leaseMu.Lock()
+				got := p.leaseGot
+				p.leaseGot = nil
+				p.leaseMu.Unlock()
+				for _, g := range got {
+					p.gotLease(g.l, g.sess)
+				}
+				continue
+			}
+			if e.ev.Kind == epoch.EvLeaseLost {
+				if e.sess != p.leaseFor {
+					continue // the lease of a session given up
+				}
+				p.log.Warn("arbiter lease lost; output held", "why", e.why)
+				p.local = append(p.local, e.ev)
+				p.afterLeaseLost = true
+				continue
+			}
 			if e.final != 0 {
 				// The pre-copy converged: the sync's checkpoint, with
 				// output held from its barrier on. EvSyncDone goes in
@@ -290,6 +385,16 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 					}
 					p.local = append(p.local, epoch.Event{Kind: epoch.EvSyncDone, Epoch: e.final})
 				}
+				continue
+			}
+			if e.ev.Kind == epoch.EvTakenOver {
+				// From any connection or attempt, current or not: the
+				// standby's word that the domain runs there now.
+				if p.takenAt == nil {
+					p.takenAt = &TakenOverError{Epoch: e.ev.Epoch}
+					p.log.Error("the standby took over the domain; fencing", "epoch", e.ev.Epoch, "why", e.why)
+				}
+				p.local = append(p.local, e.ev)
 				continue
 			}
 			if e.ev.Kind == epoch.EvConnected || e.ev.Kind == epoch.EvConnectFailed {
@@ -342,6 +447,13 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 				return err
 			}
 		case epoch.ActRelease:
+			if p.leaser != nil && (p.lease == nil || !p.lease.Valid(time.Now())) {
+				// The machine saw the lease valid at the event's time; it
+				// ended since (this process did not run meanwhile). Held:
+				// a later release covers it, the lease's loss decides.
+				p.log.Warn("output not released: the arbiter lease is no longer valid", "epoch", a.Epoch)
+				continue
+			}
 			if err := p.release(a.Epoch); err != nil {
 				return err
 			}
@@ -352,6 +464,9 @@ func (p *Primary) apply(ctx context.Context, acts []epoch.Action) error {
 			// Re-protection is a new protection session: the arbiter's
 			// grant for the old one stays with whoever won it.
 			rand.Read(p.cfg.Session[:])
+			if p.leaser != nil {
+				p.holdLease(ctx)
+			}
 			p.status.update(func(s *Status) { s.UnprotectedSince = time.Now() })
 		case epoch.ActFence:
 			for _, n := range p.nets {
@@ -441,6 +556,87 @@ func (p *Primary) endStream() {
 	}
 }
 
+// releaseSoon releases l, giving the arbiter a second to hear it (else
+// the lease lapses there after its ttl).
+func releaseSoon(l arbiter.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	l.Release(ctx)
+}
+
+// leaseUntil is the end of the lease's validity on the machine's clock,
+// 0 without a valid lease.
+func (p *Primary) leaseUntil() epoch.Duration {
+	if p.lease == nil || !p.lease.Valid(time.Now()) {
+		return 0
+	}
+	return epoch.Duration(p.lease.Until().Sub(p.t0))
+}
+
+// holdLease gives up the lease of an earlier session, if any, and starts
+// taking one on the current session, in the background (loop goroutine).
+func (p *Primary) holdLease(ctx context.Context) {
+	if old := p.lease; old != nil {
+		p.lease = nil
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			releaseSoon(old)
+		}()
+	}
+	sess := p.cfg.Session
+	p.leaseFor = sess
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		l, err := holdLease(ctx, p.done, p.leaser, sess, arbiter.Primary, leaseTTL(p.cfg.Epoch), p.log)
+		switch {
+		case err == nil:
+			p.leaseMu.Lock()
+			stopped := p.leaseStopped
+			if !stopped {
+				p.leaseGot = append(p.leaseGot, pendingLease{l, sess})
+			}
+			p.leaseMu.Unlock()
+			if stopped {
+				releaseSoon(l)
+				return
+			}
+			p.post(pevent{lease: true})
+		case errors.Is(err, arbiter.ErrDenied):
+			// The standby owns the session: a loss, which the arbiter
+			// answers with a refusal (fenced).
+			p.post(pevent{ev: epoch.Event{Kind: epoch.EvLeaseLost}, why: err.Error(), sess: sess})
+		}
+	}()
+}
+
+// gotLease takes a lease Hold returned for sess (loop goroutine) and
+// watches it: its loss is the machine's EvLeaseLost.
+func (p *Primary) gotLease(l arbiter.Lease, sess [16]byte) {
+	if sess != p.leaseFor || p.lease != nil {
+		// For a session given up meanwhile.
+		p.wg.Add(1)
+		go func() { defer p.wg.Done(); releaseSoon(l) }()
+		return
+	}
+	p.lease = l
+	p.log.Info("arbiter lease held; output is released only while it is valid", "until", time.Until(l.Until()).Round(time.Millisecond))
+	p.local = append(p.local, epoch.Event{Kind: epoch.EvTick}) // releases what waited for it
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		select {
+		case <-l.Done():
+		case <-p.done:
+			return
+		}
+		if errors.Is(l.Err(), arbiter.ErrLeaseLost) {
+			p.post(pevent{ev: epoch.Event{Kind: epoch.EvLeaseLost}, why: l.Err().Error(), sess: sess})
+		}
+	}()
+}
+
 func (p *Primary) acquire(ctx context.Context) {
 	if k, ok := askArbiter(ctx, p.done, p.arb, p.cfg.Session, arbiter.Primary, p.log, "output stays held"); ok {
 		p.post(pevent{ev: epoch.Event{Kind: k}})
@@ -503,6 +699,14 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 		fail(fmt.Errorf("%w: expected the standby's hello, got %v", ErrPeer, rec.Type()))
 		return
 	}
+	if sh.Flags&wire.HelloTakenOver != 0 {
+		// The standby activated its replica of this domain (protocol
+		// §7.7): what follows says at which epoch and why.
+		e, why := readTakenOver(pc.r)
+		c.Close()
+		p.post(pevent{gen: gen, ev: epoch.Event{Kind: epoch.EvTakenOver, Epoch: e}, why: why})
+		return
+	}
 	// A stream capture cannot be resumed (libxl.StreamCapture): whatever
 	// the standby holds, the sync is a full one into a fresh replica.
 	has := sh.Session == session && sh.Committed > 0 && !p.stream
@@ -512,6 +716,27 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 		return
 	}
 	p.post(pevent{gen: gen, conn: pc, ev: epoch.Event{Kind: epoch.EvConnected, Epoch: sh.Committed, HasReplica: has}})
+}
+
+// readTakenOver reads what follows a HELLO with TAKEN_OVER: a HEARTBEAT
+// with the epoch the standby resumed at, and a GOODBYE saying why. A
+// stream that ends early still says the standby took over.
+func readTakenOver(r *wire.Reader) (uint64, string) {
+	var e uint64
+	why := "standby answered HELLO with TAKEN_OVER"
+	for range 4 {
+		rec, err := r.Next()
+		if err != nil {
+			break
+		}
+		switch x := rec.(type) {
+		case *wire.Heartbeat:
+			e = x.Epoch
+		case *wire.Goodbye:
+			return e, why + ": " + x.Message
+		}
+	}
+	return e, why
 }
 
 // checkpoint captures epoch e: suspend, barrier, dirty log, copy, state,

@@ -29,6 +29,13 @@ type StandbyConfig struct {
 	OnActivate func(dom libxl.DomID, info libxl.DomainInfo)
 	// Once: serve one protection session, then return (xl-kemari receive).
 	Once bool
+	// AnswerTakenOver: once the replica is activated, Run does not return
+	// but keeps the listener and answers every primary that connects for
+	// this domain with TAKEN_OVER (protocol §7.7), until ctx ends (then it
+	// returns nil). Without it Run returns at the activation and later
+	// primaries find nobody listening (a caller that routes connections
+	// itself answers them with AnswerTakenOver).
+	AnswerTakenOver bool
 	// Verify recomputes the replica's memory digest from its pages before
 	// activating it and reports whether it equals the last committed
 	// epoch's (costs one pass over guest memory on the failover path).
@@ -84,7 +91,10 @@ type Standby struct {
 	activated  libxl.DomID
 	lastPages  int
 	mode       diskbuf.Mode
-	wg         sync.WaitGroup // every goroutine started
+	waitLapsed context.CancelFunc // ends the ActWaitLapsed under way, if any
+	watchStop  context.CancelFunc // ends the lease watch (watchLease), if any
+	watchFor   [16]byte           // the session watched
+	wg         sync.WaitGroup     // every goroutine started
 	decodeBuf  []byte
 	pfnBuf     []libxl.PFN
 }
@@ -153,6 +163,8 @@ func NewStandby(cfg StandbyConfig, sink libxl.Sink, ln Listener, arb arbiter.Arb
 		arb = arbiter.None{}
 	}
 	cfg.Epoch.Arbiter = arb.Configured()
+	_, leases := arb.(arbiter.Leaser)
+	cfg.Epoch.Lease = leases && cfg.Epoch.Arbiter
 	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -224,6 +236,10 @@ func (s *Standby) Run(ctx context.Context) error {
 		}
 	}()
 	defer func() {
+		if s.watchStop != nil {
+			s.watchStop()
+		}
+		s.stopWaitLapsed()
 		s.ln.Close()
 		if s.conn != nil {
 			// Write what is queued first (the answer to a GOODBYE, a
@@ -242,6 +258,8 @@ func (s *Standby) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		switch st := s.m.State(); {
+		case st == epoch.SActive && s.cfg.AnswerTakenOver:
+			return s.answerAfterActivation(ctx)
 		case st == epoch.SActive:
 			return nil
 		case st == epoch.SDenied:
@@ -279,7 +297,53 @@ func (s *Standby) Run(ctx context.Context) error {
 		if err := s.apply(ctx, acts); err != nil {
 			return err
 		}
+		s.watchLease(ctx)
 	}
+}
+
+// watchLease keeps, while the standby holds a checkpoint it could resume,
+// one WaitLapsed on the primary's lease running (looked at again a
+// quarter of the timeout after each return): file: judges a lease lapsed
+// by how long its observer has seen it unchanged, so an observer that
+// looks only once the primary is gone would wait a whole ttl more before
+// taking over from a dead host. It decides nothing itself.
+func (s *Standby) watchLease(ctx context.Context) {
+	l, ok := s.arb.(arbiter.Leaser)
+	if !ok || !s.cfg.Epoch.Lease {
+		return
+	}
+	switch st := s.m.State(); {
+	case st == epoch.SReady || st == epoch.SArbitrating || st == epoch.SSyncing && s.m.Fallback() != 0:
+		if s.watchStop != nil && s.watchFor == s.session {
+			return
+		}
+	default:
+		if s.watchStop != nil {
+			s.watchStop()
+			s.watchStop = nil
+		}
+		return
+	}
+	if s.watchStop != nil {
+		s.watchStop()
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	s.watchStop, s.watchFor = cancel, s.session
+	sess, pause := s.session, time.Duration(s.cfg.Epoch.Timeout)/4
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			l.WaitLapsed(wctx, sess, arbiter.Primary)
+			select {
+			case <-time.After(pause):
+			case <-wctx.Done():
+				return
+			case <-s.done:
+				return
+			}
+		}
+	}()
 }
 
 // handle turns one input into machine events, doing the staging work
@@ -297,6 +361,7 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 				return nil, err
 			}
 		}
+		s.stopWaitLapsed() // a primary is back: its lease is not the question now
 		s.gen++
 		e.conn.gen = s.gen
 		s.conn = e.conn
@@ -771,6 +836,13 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 			if s.conn != nil {
 				s.conn.send(&wire.Nack{Epoch: a.Epoch, Code: wire.NackDigest, Message: a.Reason})
 			}
+		case epoch.ActTakenOver:
+			// Written before the hang-up that follows: the primary reads
+			// it, whenever it next reads, and fences. (protocol §7.7)
+			if s.conn != nil {
+				s.conn.send(&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: a.Epoch})
+				s.conn.send(&wire.Goodbye{Code: wire.GoodbyeTakenOver, Message: takenOverMessage(a.Epoch)})
+			}
 		case epoch.ActDisconnect:
 			if s.conn != nil {
 				s.conn.hangUp()
@@ -781,8 +853,16 @@ func (s *Standby) apply(ctx context.Context, acts []epoch.Action) error {
 				s.conn.send(&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: s.m.Committed()})
 			}
 		case epoch.ActAcquire:
+			s.stopWaitLapsed()
 			s.wg.Add(1)
 			go func() { defer s.wg.Done(); s.acquire(ctx) }()
+		case epoch.ActWaitLapsed:
+			s.stopWaitLapsed()
+			wctx, cancel := context.WithCancel(ctx)
+			s.waitLapsed = cancel
+			sess := s.session
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); s.awaitLapse(wctx, sess) }()
 		case epoch.ActActivate:
 			if err := s.activate(activationReason(acts)); err != nil {
 				return err
@@ -838,6 +918,38 @@ func (s *Standby) commit(e uint64) error {
 	})
 	s.lostAt = time.Time{}
 	return nil
+}
+
+func (s *Standby) stopWaitLapsed() {
+	if s.waitLapsed != nil {
+		s.waitLapsed()
+		s.waitLapsed = nil
+	}
+}
+
+// awaitLapse waits until no lease of the primary is live on session and
+// posts EvLapsed (protocol §7.8); retried while the arbiter is
+// unreachable, until ctx ends (a reconnect, the timeout's own failover).
+func (s *Standby) awaitLapse(ctx context.Context, session [16]byte) {
+	l := s.arb.(arbiter.Leaser)
+	for {
+		err := l.WaitLapsed(ctx, session, arbiter.Primary)
+		if err == nil {
+			s.post(sevent{ev: epoch.Event{Kind: epoch.EvLapsed}})
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("arbiter unreachable while waiting for the primary's lease to lapse", "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		}
+	}
 }
 
 func (s *Standby) acquire(ctx context.Context) {
@@ -906,6 +1018,106 @@ func (s *Standby) activate(reason string) error {
 		s.cfg.OnActivate(s.replica, s.info)
 	}
 	return nil
+}
+
+func takenOverMessage(e uint64) string {
+	return fmt.Sprintf("taken over at epoch %d: the domain runs on the standby now; this copy must not run", e)
+}
+
+// answerAfterActivation serves the listener once the replica runs here
+// (StandbyConfig.AnswerTakenOver): every primary that connects is told
+// the domain was taken over, so that a stalled or partitioned primary
+// coming back fences its copy. Until ctx ends.
+func (s *Standby) answerAfterActivation(ctx context.Context) error {
+	e := s.m.Committed()
+	s.log.Info("replica active; answering primaries that come back with TAKEN_OVER", "epoch", e)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-s.events:
+			switch {
+			case ev.conn != nil && ev.rec == nil && ev.err == nil:
+				c := ev.conn.c
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					s.answerConn(ctx, c, e)
+				}()
+			case ev.ack != nil:
+				close(ev.ack) // a record of the connection hung up on
+			}
+		}
+	}
+}
+
+// answerConn reads a primary's HELLO on c and answers it with TAKEN_OVER
+// at epoch e, if it names this standby's domain or session; any other
+// HELLO is refused as incompatible.
+func (s *Standby) answerConn(ctx context.Context, c Conn, e uint64) {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	t := time.AfterFunc(5*closeGrace, func() { c.Close() })
+	defer t.Stop()
+	defer c.Close()
+	r := wire.NewReader(c, wire.DefaultLimits())
+	if _, _, err := r.ReadHeader(); err != nil {
+		return
+	}
+	rec, err := r.Next()
+	if err != nil {
+		return
+	}
+	h, ok := rec.(*wire.Hello)
+	if !ok || h.Role != wire.RolePrimary {
+		return
+	}
+	if h.Session != s.session && !sameDomain(fromDesc(h.Domain), s.info) {
+		s.log.Warn("refused a primary of another domain: this standby's replica runs", "domain", h.Domain.Name)
+		w := wire.NewWriter(c)
+		if w.WriteHeader(0) == nil {
+			w.Write(&wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: h.Session, Domain: h.Domain,
+				Codec: h.Codec, Inflight: max(h.Inflight, 1)})
+			w.Write(&wire.Goodbye{Code: wire.GoodbyeIncompatible, Message: "this standby holds no replica: its domain runs here since a failover"})
+			w.Flush()
+		}
+		return
+	}
+	s.log.Warn("a primary of the domain came back after the takeover: told it to fence", "domain", h.Domain.Name, "epoch", e)
+	s.observe(Observation{Kind: ObsWarning, Epoch: e, Msg: "primary came back after the takeover; told to fence"})
+	WriteTakenOver(c, h, e)
+}
+
+// sameDomain reports whether a and b name one domain: the same UUID when
+// both have one, else the same name.
+func sameDomain(a, b libxl.DomainInfo) bool {
+	if a.UUID != ([16]byte{}) && b.UUID != ([16]byte{}) {
+		return a.UUID == b.UUID
+	}
+	return a.Name != "" && a.Name == b.Name
+}
+
+// WriteTakenOver answers a primary's HELLO h on c (whose stream header
+// and HELLO were read) with the standby's stream: a HELLO with
+// TAKEN_OVER (committed 0: no replica), a HEARTBEAT carrying epoch e, the
+// checkpoint the replica resumed from, and GOODBYE(taken over) (protocol
+// §7.7). The caller closes c.
+func WriteTakenOver(c Conn, h *wire.Hello, e uint64) error {
+	w := wire.NewWriter(c)
+	if err := w.WriteHeader(0); err != nil {
+		return err
+	}
+	for _, rec := range []wire.Record{
+		&wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: h.Session, Domain: h.Domain,
+			Codec: h.Codec, Inflight: max(h.Inflight, 1), Flags: wire.HelloTakenOver},
+		&wire.Heartbeat{SentNanos: time.Now().UnixNano(), Epoch: e},
+		&wire.Goodbye{Code: wire.GoodbyeTakenOver, Message: takenOverMessage(e)},
+	} {
+		if err := w.Write(rec); err != nil {
+			return err
+		}
+	}
+	return w.Flush()
 }
 
 // ReplicaDigest recomputes the replica's memory digest from its pages (for

@@ -263,12 +263,19 @@ func (l *listenService) route(c checkpoint.Conn) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ds := l.sessions[name]; ds != nil && !ds.ended() {
+	if ds := l.sessions[name]; ds != nil {
 		if st := ds.sess.s.Status(); st.State == "active" {
-			l.log.Warn("refused a primary for a domain that runs here since its failover", "domain", name)
+			// Its Standby has returned; the domain runs here. A primary
+			// of it that comes back (stalled, partitioned, reprotecting)
+			// must fence its copy: say so (protocol §7.7).
+			l.log.Warn("a primary of a domain that runs here since its failover came back: told it to fence",
+				"domain", name, "peer", id, "epoch", st.ActivatedEpoch, "same-session", h.Session == ds.session)
+			checkpoint.WriteTakenOver(replay, h, st.ActivatedEpoch)
 			c.Close()
 			return
 		}
+	}
+	if ds := l.sessions[name]; ds != nil && !ds.ended() {
 		if h.Session != ds.session {
 			if !l.admitted[name] {
 				l.log.Warn("refused a second primary for a domain replicated here from another session (xl kemari admit DOMAIN lets the next one in)",
@@ -323,7 +330,10 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 	ln := newChanListener("tls:" + name)
 	ss := &standbySession{arbiter: l.arb.Configured(), timeout: l.timeout, done: make(chan struct{})}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: l.ecfg, Verify: l.verify, Once: true, AdoptTimeout: l.adopt,
-		Logger: l.log.With("domain", name),
+		// A primary routed to it while it activates is told to fence
+		// (after: route answers those itself).
+		AnswerTakenOver: true,
+		Logger:          l.log.With("domain", name),
 		// On Xen: bring the replica's vifs up and announce its addresses.
 		OnActivate: (&netbufFlags{}).onActivate(l.log.With("domain", name), l.hv),
 		Observer: func(o checkpoint.Observation) {

@@ -248,9 +248,11 @@ func runReceive(e *env, args []string) int {
 		// One primary, --stdio or --listen: after its clean goodbye (stop)
 		// there is nothing left to hold, so Run returns and we exit 0,
 		// unless --stay. (`listen` is the service that outlives them.)
-		Once:       *stdio || !*stay,
-		OnActivate: nb.onActivate(log, hv),
-		Observer:   func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, budgetSink{hv.Sink()}, ln, a)
+		Once: *stdio || !*stay,
+		// Once active, a primary that comes back is told to fence.
+		AnswerTakenOver: true,
+		OnActivate:      nb.onActivate(log, hv),
+		Observer:        func(o checkpoint.Observation) { ev.observe(o); ss.observe(o) }}, budgetSink{hv.Sink()}, ln, a)
 	if err != nil {
 		ln.Close()
 		e.errorf("receive: %v", err)

@@ -30,6 +30,14 @@ type Pair struct {
 	// Hang makes every operation of P hang (a hung mount, a stopped
 	// server) until resume is called.
 	Hang func() (resume func())
+	// FastLapse: a lease whose holder ends without Release (abandoned,
+	// its process killed) is seen lapsed by the peer at once, not after
+	// its ttl (file:, through the holder's lock).
+	FastLapse bool
+	// Kill kills S's process, and Freeze stops it (SIGSTOP) until resume;
+	// nil when S is not a process of its own.
+	Kill   func()
+	Freeze func() (resume func())
 }
 
 // long bounds every wait of the suite: far more than any case needs, so
@@ -50,6 +58,9 @@ func Run(t *testing.T, newPair func(t *testing.T) *Pair) {
 		{"LeaseRenewed", leaseRenewed},
 		{"LeaseExpiresWhenRenewalsStall", leaseExpires},
 		{"HungBackendHonoursContext", hungBackend},
+		{"AbandonedLeaseLapses", abandonedLapses},
+		{"KilledHolderLeaseLapses", killedHolder},
+		{"StoppedHolderKeepsLease", stoppedHolder},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t, newPair(t)) })
@@ -352,4 +363,90 @@ func hungBackend(t *testing.T, p *Pair) {
 		_, err := p.P.Acquire(ctx, session(t), arbiter.Primary)
 		return err == nil
 	})
+}
+
+// lapsedSoon waits for role's lease on s to be seen lapsed by a: within
+// half the ttl when the pair has FastLapse (the holder is gone, not just
+// silent), else, the clock advanced past the ttl, eventually.
+func lapsedSoon(t *testing.T, p *Pair, a arbiter.Leaser, s [16]byte, r arbiter.Role) {
+	t.Helper()
+	if p.FastLapse {
+		ctx, cancel := context.WithTimeout(context.Background(), p.TTL/2)
+		defer cancel()
+		if err := a.WaitLapsed(ctx, s, r); err != nil {
+			t.Fatalf("WaitLapsed on a lease whose holder is gone, within half its ttl: %v", err)
+		}
+		return
+	}
+	if p.Clock != nil {
+		p.Clock.Advance(p.TTL)
+	}
+	if err := a.WaitLapsed(ctxLong(t), s, r); err != nil {
+		t.Fatalf("WaitLapsed on a lease whose holder is gone: %v", err)
+	}
+}
+
+// abandonedLapses: a lease its holder abandons (arbiter.Abandoner, as a
+// killed holder's) is invalid at once at the holder, and the peer sees it
+// lapse (at once with FastLapse) and takes the session.
+func abandonedLapses(t *testing.T, p *Pair) {
+	s := session(t)
+	l := hold(t, p.P, s, arbiter.Primary, p.TTL)
+	a, ok := l.(arbiter.Abandoner)
+	if !ok {
+		t.Skip("the backend's leases cannot be abandoned")
+	}
+	a.Abandon()
+	select {
+	case <-l.Done():
+	default:
+		t.Fatal("Done not closed after Abandon")
+	}
+	if l.Valid(p.now()) {
+		t.Fatal("Valid after Abandon")
+	}
+	wantErr(t, "Err after Abandon", l.Err(), arbiter.ErrLeaseLost)
+	lapsedSoon(t, p, p.S, s, arbiter.Primary)
+	if !acquire(t, p.S, s, arbiter.Standby) {
+		t.Fatal("standby refused after the primary abandoned its lease")
+	}
+}
+
+// killedHolder: S's process holds a lease and is killed; P sees the
+// lease lapse (at once with FastLapse) and takes the session.
+func killedHolder(t *testing.T, p *Pair) {
+	if p.Kill == nil {
+		t.Skip("S is not a process of its own")
+	}
+	s := session(t)
+	if _, err := p.S.Hold(ctxLong(t), s, arbiter.Standby, p.TTL); err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	p.Kill()
+	lapsedSoon(t, p, p.P, s, arbiter.Standby)
+	if !acquire(t, p.P, s, arbiter.Primary) {
+		t.Fatal("primary refused after the standby's holder was killed")
+	}
+}
+
+// stoppedHolder: S's process holds a lease and is stopped (SIGSTOP, a
+// hung host): its lease stays live until its ttl, however fast a killed
+// holder's lapses; the peer's Acquire is refused with ErrHeld meanwhile.
+func stoppedHolder(t *testing.T, p *Pair) {
+	if p.Freeze == nil {
+		t.Skip("S is not a process of its own")
+	}
+	s := session(t)
+	if _, err := p.S.Hold(ctxLong(t), s, arbiter.Standby, p.TTL); err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	resume := p.Freeze()
+	t.Cleanup(resume)
+	ctx, cancel := context.WithTimeout(context.Background(), p.TTL/4)
+	defer cancel()
+	err := p.P.WaitLapsed(ctx, s, arbiter.Standby)
+	wantErr(t, "WaitLapsed on a stopped holder's lease", err, context.DeadlineExceeded)
+	_, err = p.P.Acquire(ctxLong(t), s, arbiter.Primary)
+	wantErr(t, "Acquire against a stopped holder's lease", err, arbiter.ErrHeld)
+	resume()
 }

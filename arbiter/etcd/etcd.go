@@ -34,7 +34,8 @@ func init() {
 // (CreateRevision 0) and the lease key has not changed since it was read
 // (so that a live lease of the other role refuses it with arbiter.ErrHeld); else
 // it reads the owner. Hold grants an etcd lease of ttl rounded up to
-// whole seconds and puts the lease key on it if absent and the session is
+// whole seconds (the holder's validity and renewals follow the rounded
+// ttl) and puts the lease key on it if absent and the session is
 // not the other role's. etcd expires it when no keep-alive arrives for its
 // ttl (measured by the etcd leader; a leader change only extends it);
 // Release revokes it. WaitLapsed watches the lease key for its deletion.
@@ -242,7 +243,11 @@ func (e *Arbiter) Hold(ctx context.Context, s [16]byte, r arbiter.Role, ttl time
 			return err
 		})
 	}
-	return arbiter.NewLease(nil, start, ttl, renew, drop), nil
+	// The holder's validity follows the ttl etcd keeps the lease for
+	// (whole seconds, at least the server's minimum, never less than
+	// secs): a ttl below a second would only make the holder give up a
+	// lease the server still keeps, the standby gaining nothing.
+	return arbiter.NewLease(nil, start, time.Duration(secs)*time.Second, renew, drop), nil
 }
 
 // WaitLapsed implements arbiter.Leaser.

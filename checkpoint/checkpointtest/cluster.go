@@ -58,9 +58,19 @@ const (
 	Stop                          // the primary is stopped; its goodbye or the answer may be dropped, delayed, corrupted
 	StopPartition                 // the link goes down, then the primary is stopped (arbiter on)
 	nScenarios
+	// LeaseStall: the primary's lease renewals hang for a while (a slow
+	// arbiter): its lease lapses, it must hold output from the end of its
+	// validity and go through the arbiter (arbiter on). Only when set in
+	// Options.
+	LeaseStall = nScenarios + 1
+	// Promote: the standby is failed over by hand while the primary is
+	// live and connected (without an arbiter, `xl kemari failover
+	// --force`): the primary must fence its copy (protocol §7.7). Only
+	// when set in Options: seeds do not draw it.
+	Promote = nScenarios
 )
 
-var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition"}
+var scenarioNames = [...]string{"no-kill", "kill-primary", "kill-standby", "partition", "stop", "stop-partition", "promote", "lease-stall"}
 
 func (s Scenario) String() string { return scenarioNames[s] }
 
@@ -236,14 +246,28 @@ func (b *recBuffer) isUnprotected() bool {
 // delay (a lease on shared storage takes a while), so that events can land
 // while a side waits for it.
 type recArbiter struct {
-	arbiter.Arbiter
+	*arbiter.Mem
 	v     *verifier
 	delay time.Duration
 }
 
+// Hold implements arbiter.Leaser, after the arbiter's delay. The
+// primary's lease is the verifier's to check releases against.
+func (a recArbiter) Hold(ctx context.Context, s [16]byte, r arbiter.Role, ttl time.Duration) (arbiter.Lease, error) {
+	time.Sleep(a.delay)
+	l, err := a.Mem.Hold(ctx, s, r, ttl)
+	if err == nil {
+		a.v.logf("arbiter: %s holds a lease", r)
+		if r == arbiter.Primary {
+			a.v.primaryLease(l)
+		}
+	}
+	return l, err
+}
+
 func (a recArbiter) Acquire(ctx context.Context, s [16]byte, r arbiter.Role) (bool, error) {
 	time.Sleep(a.delay)
-	ok, err := a.Arbiter.Acquire(ctx, s, r)
+	ok, err := a.Mem.Acquire(ctx, s, r)
 	if err == nil {
 		a.v.grant(string(r), ok)
 	}
@@ -318,7 +342,7 @@ func Run(opts Options) *Report {
 	case ArbiterOff:
 		arb = false
 	}
-	if opts.Scenario.partitions() {
+	if opts.Scenario.partitions() || opts.Scenario == LeaseStall {
 		arb = true
 	}
 	if opts.Latency == 0 {
@@ -475,8 +499,21 @@ func (c *cluster) run(rng *rand.Rand) {
 	sw.cur.Store(newNet())
 
 	var arbi arbiter.Arbiter = arbiter.None{}
+	// While set, the primary's renewals hang until it is closed.
+	var renewStall atomic.Pointer[chan struct{}]
+	defer func() {
+		if ch := renewStall.Swap(nil); ch != nil {
+			close(*ch)
+		}
+	}()
 	if arb {
-		arbi = recArbiter{Arbiter: &arbiter.Mem{}, v: c.v, delay: o.arbDelay}
+		m := &arbiter.Mem{Fault: func(op string) error {
+			if ch := renewStall.Load(); op == "renew" && ch != nil {
+				<-*ch
+			}
+			return nil
+		}}
+		arbi = recArbiter{Mem: m, v: c.v, delay: o.arbDelay}
 	}
 
 	var wg sync.WaitGroup
@@ -525,7 +562,7 @@ func (c *cluster) run(rng *rand.Rand) {
 	var sstop func()
 	var curStandby atomic.Pointer[checkpoint.Standby]
 	startStandby := func(n *checkpoint.PipeNetwork) {
-		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode, AdoptTimeout: o.DeriveTimeout,
+		scfg := checkpoint.StandbyConfig{Epoch: ecfg, DiskMode: o.DiskMode, AdoptTimeout: o.DeriveTimeout, AnswerTakenOver: true,
 			Disks: func(info libxl.DomainInfo) ([]diskbuf.Store, error) {
 				st := diskbuf.NewMemStore(sectors * diskbuf.SectorSize)
 				c.mu.Lock()
@@ -666,6 +703,31 @@ func (c *cluster) run(rng *rand.Rand) {
 		partition()
 		time.Sleep(3 * o.Timeout)
 		sw.cur.Load().SetDown(false)
+	case LeaseStall:
+		time.Sleep(at)
+		c.logf("the primary's lease renewals hang")
+		ch := make(chan struct{})
+		renewStall.Store(&ch)
+		time.Sleep(3 * o.Timeout)
+		close(*renewStall.Swap(nil))
+		c.logf("renewals answer again")
+	case Promote:
+		time.Sleep(at)
+		cut := rng.IntN(2) == 0
+		if cut {
+			// The stream breaks first and stays down: the primary
+			// learns of the takeover from the answer to its
+			// reconnect's HELLO.
+			partition()
+			time.Sleep(o.Timeout / 4)
+		}
+		c.logf("failing over by hand")
+		curStandby.Load().Promote()
+		if cut {
+			time.Sleep(o.Timeout / 4)
+			sw.cur.Load().SetDown(false)
+			c.logf("stream can be reconnected")
+		}
 	case Stop:
 		time.Sleep(at)
 		c.logf("stopping the primary")

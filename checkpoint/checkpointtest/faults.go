@@ -99,14 +99,16 @@ type faultConn struct {
 	forged  bool
 
 	q        chan chunk
-	done     chan struct{}
+	closing  chan struct{} // closed by Close: deliver what is queued, then close
+	done     chan struct{} // closed by kill: the link is cut, nothing more arrives
 	dead     atomic.Bool
 	closeOne sync.Once
+	killOne  sync.Once
 }
 
 func newFaultConn(c checkpoint.Conn, name, side string, rng *rand.Rand, prob float64, menu []Fault, l link, v *verifier) *faultConn {
 	fc := &faultConn{Conn: c, name: name, side: side, rng: rng, prob: prob, menu: menu, link: l, v: v,
-		frame: xxh3.New(), q: make(chan chunk, 256), done: make(chan struct{}), byes: new(atomic.Int64)}
+		frame: xxh3.New(), q: make(chan chunk, 256), closing: make(chan struct{}), done: make(chan struct{}), byes: new(atomic.Int64)}
 	go fc.deliver()
 	return fc
 }
@@ -117,6 +119,15 @@ func (c *faultConn) deliver() {
 		var ch chunk
 		select {
 		case ch = <-c.q:
+		case <-c.closing:
+			// A close, as TCP's: what was written still arrives, then
+			// the end of the stream.
+			select {
+			case ch = <-c.q:
+			default:
+				c.kill()
+				return
+			}
 		case <-c.done:
 			return
 		}
@@ -147,18 +158,34 @@ func (c *faultConn) deliver() {
 	}
 }
 
-// Close implements io.Closer: the end's owner closes it.
+// Close implements io.Closer: the end's owner closes it. Like a TCP
+// close, the records already written are still delivered (on the link's
+// schedule), then the peer reads the end of the stream; nothing written
+// after it goes out.
 func (c *faultConn) Close() error {
 	c.closeOne.Do(func() {
 		c.dead.Store(true)
-		close(c.done)
-		c.Conn.Close()
+		close(c.closing)
+		// A peer that does not read (it is gone, or stopped reading) does
+		// not hold the connection open for ever: as a kernel gives up on
+		// unacknowledged data, the link is cut after closeLinger.
+		time.AfterFunc(closeLinger, c.kill)
 	})
 	return nil
 }
 
-// kill cuts the link; safe from any goroutine.
-func (c *faultConn) kill() { c.Close() }
+// closeLinger bounds how long a closed end keeps delivering what was
+// written before its close.
+const closeLinger = 500 * time.Millisecond
+
+// kill cuts the link: what is queued is lost. Safe from any goroutine.
+func (c *faultConn) kill() {
+	c.killOne.Do(func() {
+		c.dead.Store(true)
+		close(c.done)
+		c.Conn.Close()
+	})
+}
 
 func (c *faultConn) Write(b []byte) (int, error) {
 	c.mu.Lock()

@@ -5,6 +5,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/xl-kemari/xl-kemari/arbiter"
 )
 
 // verifier is the one invariant checker of the harness. Every part of the
@@ -23,8 +25,9 @@ import (
 //   - I4: with an arbiter, the primary releases held output only with the
 //     grant or once the standby has discarded its replica, and the standby
 //     activates only with the grant; with or without, no output leaves the
-//     primary's live guest once the replica runs, and the replica does not
-//     start while the primary's output flows.
+//     primary's live guest once the replica runs (but held output of an
+//     epoch the replica resumed at or after, acked before the takeover),
+//     and the replica does not start while the primary's output flows.
 //
 // Without an arbiter the harness injects no partition, so the fail-stop
 // assumption holds and the same checks apply; the warning must be given.
@@ -50,7 +53,15 @@ type verifier struct {
 	sActive     bool
 	sEpoch      uint64
 	warned      bool
-	closed      bool // the run is over: log no more
+	closed      bool          // the run is over: log no more
+	lease       arbiter.Lease // the primary's latest lease (leasing arbiter)
+}
+
+// primaryLease records the lease the primary holds from now on.
+func (v *verifier) primaryLease(l arbiter.Lease) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.lease = l
 }
 
 func (v *verifier) close() {
@@ -142,10 +153,19 @@ func (v *verifier) out(label uint64, unprot bool) {
 	if !unprot && label > v.committed {
 		v.violate("I1: output of epoch %d released while the standby has committed only %d", label, v.committed)
 	}
+	if v.arbiter && !unprot && (v.lease == nil || !v.lease.Valid(time.Now())) {
+		// Bound to the lease (protocol §7.8): a primary whose lease may
+		// have lapsed for the standby could be answering beside it.
+		v.violate("I4: held output of epoch %d released without a valid arbiter lease", label)
+	}
 	if cover > v.frontier {
 		v.frontier = cover
 	}
-	if v.sActive && v.pAlive {
+	// Held output of an epoch the running replica resumed at or after
+	// (an ACK in flight when the standby took over) is the replica's own
+	// past: releasing it late answers nothing the replica will answer
+	// again. Anything else is a second copy answering.
+	if v.sActive && v.pAlive && (unprot || label == 0 || label > v.sEpoch) {
 		v.violate("I4: output left the primary (epoch %d) after the replica was activated", label)
 	}
 }

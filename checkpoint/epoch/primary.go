@@ -1,5 +1,7 @@
 package epoch
 
+import "fmt"
+
 // PrimaryState is where the primary machine is.
 type PrimaryState uint8
 
@@ -14,7 +16,7 @@ const (
 	PUnprotected                      // standby lost; output flows; reconnecting if Reprotect
 	PStopping                         // stop requested: saying goodbye to the standby; output held
 	PStopped                          // protection ended: the standby confirmed, or was lost (and the arbiter granted)
-	PFenced                           // the arbiter gave the guest to the standby; guest destroyed
+	PFenced                           // the arbiter gave the guest to the standby, or the standby took over; guest destroyed
 	PStalled                          // the standby was lost after this machine itself stalled: output held, reconnecting; never unprotected on its own authority
 )
 
@@ -55,6 +57,12 @@ type Primary struct {
 	// stallNext: p.next when the stall was seen. An ack of an epoch at or
 	// after it (taken after the stall) shows the standby stayed standby.
 	stallNext uint64
+	// leaseUntil: the validity of the arbiter lease (Config.Lease), from
+	// the last event; released: the highest epoch released while
+	// protected, so that acks held back for want of a valid lease go out
+	// once there is one.
+	leaseUntil Duration
+	released   uint64
 }
 
 // NewPrimary returns a machine in PIdle; feed it EvStart.
@@ -137,6 +145,9 @@ func (p *Primary) Step(ev Event) []Action {
 	if ev.Now > p.now {
 		p.now = ev.Now
 	}
+	if p.cfg.Lease {
+		p.leaseUntil = ev.LeaseUntil
+	}
 	var out []Action
 	switch ev.Kind {
 	case EvStart:
@@ -194,6 +205,19 @@ func (p *Primary) Step(ev Event) []Action {
 			p.state = PFenced
 			out = append(out, Action{Kind: ActFence}, notify("arbiter gave the domain to the standby; fenced"))
 		}
+	case EvTakenOver:
+		out = p.takenOver(ev.Epoch, out)
+	case EvLeaseLost:
+		switch {
+		case !p.everSynced && (p.state == PSyncing || p.state == PReconnecting):
+			// No checkpoint acknowledged yet: the standby has nothing it
+			// could take over with, and the output is not held. The
+			// driver takes a new lease.
+		case p.state == PSyncing, p.state == PProtected, p.state == PReconnecting, p.state == PStopping:
+			// Output is bound to the lease: without it, this is a
+			// standby loss, and the arbiter decides. (I4)
+			out = p.lost("arbiter lease lost", out)
+		}
 	case EvStop:
 		out = p.onStop(out)
 	case EvStopConfirmed:
@@ -203,7 +227,26 @@ func (p *Primary) Step(ev Event) []Action {
 			out = p.stopped(out)
 		}
 	}
-	return p.timers(out)
+	return p.timers(p.releaseHeld(out))
+}
+
+// leaseValid reports whether output may be released now as far as the
+// arbiter lease goes (Config.Lease): only while the lease is valid by
+// this host's clock, which ends before any peer can see it lapse.
+func (p *Primary) leaseValid() bool { return !p.cfg.Lease || p.now < p.leaseUntil }
+
+// releaseHeld releases acknowledged output held back for want of a valid
+// lease, once there is one.
+func (p *Primary) releaseHeld(out []Action) []Action {
+	if !p.cfg.Lease || p.released >= p.acked || p.stalled || !p.leaseValid() {
+		return out
+	}
+	switch p.state {
+	case PSyncing, PProtected, PReconnecting, PStopping:
+		p.released = p.acked
+		return append(out, Action{Kind: ActRelease, Epoch: p.acked})
+	}
+	return out
 }
 
 func (p *Primary) connect(out []Action) []Action {
@@ -300,6 +343,12 @@ func (p *Primary) onAck(k uint64, out []Action) []Action {
 		// standby and covers this epoch too.
 		return out
 	}
+	if !p.leaseValid() {
+		// Bound to the lease (I4): held until one is valid
+		// (releaseHeld), or the loss of the lease decides.
+		return out
+	}
+	p.released = k
 	// Output commit: epoch k's output leaves only now. (I1)
 	return append(out, Action{Kind: ActRelease, Epoch: k})
 }
@@ -366,6 +415,23 @@ func (p *Primary) onStop(out []Action) []Action {
 		}
 		return p.stopped(out)
 	}
+}
+
+// takenOver fences the guest: the standby said it activated its replica
+// at epoch e (protocol §7.7), on a reconnect's HELLO or on the live
+// stream. Whatever the state (reconnecting, stalled, arbitrating,
+// stopping, unprotected), this copy must not run on or release anything
+// held: the replica resumed at e and answers for the domain now. (I4)
+func (p *Primary) takenOver(e uint64, out []Action) []Action {
+	switch p.state {
+	case PIdle, PStopped, PFenced:
+		return out
+	}
+	p.state = PFenced
+	p.connected, p.connecting = false, false
+	p.inflight = p.inflight[:0]
+	return append(out, Action{Kind: ActFence}, Action{Kind: ActDisconnect, Reason: "taken over"},
+		notify(fmt.Sprintf("taken over by the standby at epoch %d; guest destroyed", e)))
 }
 
 // goodbye sends the goodbye on the live connection.

@@ -17,8 +17,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of scenar
 // commands, each followed by the actions it produced ("> ..."), which the
 // test compares (or, with -rewrite, rewrites). Commands:
 //
-//	config mode=epoch interval=100 min=10 timeout=500 inflight=1 arbiter=0 reprotect=1
-//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1] [retire=1] [resync=1]
+//	config mode=epoch interval=100 min=10 timeout=500 inflight=1 arbiter=0 reprotect=1 lease=0
+//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1] [retire=1] [resync=1] [lease=UNTIL]
 //	p|s state            prints the machine's state
 //	p|s deadline         prints the next deadline
 //
@@ -171,6 +171,8 @@ func parseConfig(t *testing.T, args []string) Config {
 			cfg.Inflight = n
 		case "arbiter":
 			cfg.Arbiter = n != 0
+		case "lease":
+			cfg.Lease = n != 0
 		case "reprotect":
 			cfg.Reprotect = n != 0
 		default:
@@ -182,7 +184,7 @@ func parseConfig(t *testing.T, args []string) Config {
 
 func parseEvent(t *testing.T, path string, line int, f []string) Event {
 	kinds := map[string]EventKind{}
-	for k := EvStart; k <= EvCommitFailed; k++ {
+	for k := EvStart; k <= EvLapsed; k++ {
 		kinds[k.String()] = k
 	}
 	ev := Event{}
@@ -214,6 +216,8 @@ func parseEvent(t *testing.T, path string, line int, f []string) Event {
 			ev.Retire = n != 0
 		case "resync":
 			ev.Resync = n != 0
+		case "lease":
+			ev.LeaseUntil = Duration(n) * Millisecond
 		default:
 			t.Fatalf("%s:%d: unknown argument %q", path, line, a)
 		}

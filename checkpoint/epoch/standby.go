@@ -194,7 +194,24 @@ func (s *Standby) Step(ev Event) []Action {
 				out = append(out, Action{Kind: ActDiscard, Epoch: s.staging})
 				s.staging = 0
 			}
+			if s.cfg.Lease && s.cfg.Arbiter && s.canTakeOver() {
+				// The stream ended (EOF, reset): a primary that lives
+				// holds its lease and reconnects; a dead one's lease
+				// lapses, as soon as the arbiter can tell. (protocol §7.8)
+				out = append(out, Action{Kind: ActWaitLapsed},
+					notify("primary disconnected; waiting for it within the timeout, or for its lease to lapse"))
+				break
+			}
 			out = append(out, notify("primary disconnected; waiting for it within the timeout"))
+		}
+	case EvLapsed:
+		if s.cfg.Lease && !s.connected && s.canTakeOver() {
+			// No live lease of the primary: it cannot release output any
+			// more. The arbiter's grant still decides. (I4)
+			if s.state == SSyncing {
+				out = s.useFallback(out)
+			}
+			out = s.failover("primary's stream ended and its lease is gone", out)
 		}
 	case EvGoodbye:
 		if s.state == SSyncing || s.state == SReady {
@@ -295,6 +312,12 @@ func (s *Standby) commitFailed(e uint64, out []Action) []Action {
 	return append(out, notify("commit failed; replica discarded"))
 }
 
+// canTakeOver reports whether the standby holds a checkpoint to resume:
+// a ready replica, or the fallback of one being rebuilt.
+func (s *Standby) canTakeOver() bool {
+	return s.state == SReady || s.state == SSyncing && s.fallback != 0
+}
+
 func (s *Standby) dropFallback(out []Action) []Action {
 	if s.fallback == 0 {
 		return out
@@ -335,6 +358,13 @@ func (s *Standby) reject(e uint64, why string, out []Action) []Action {
 
 func (s *Standby) failover(why string, out []Action) []Action {
 	out = append(out, s.discardStaging()...)
+	if s.connected && !s.cfg.Arbiter {
+		// Decided, with the primary still on the line (a stalled or
+		// partitioned one whose stream has not broken, a failover by
+		// hand): say so before hanging up, so that it fences its copy
+		// when it next reads. (protocol §7.7)
+		out = append(out, Action{Kind: ActTakenOver, Epoch: s.committed})
+	}
 	s.connected = false
 	out = append(out, Action{Kind: ActDisconnect, Reason: why})
 	if s.cfg.Arbiter {

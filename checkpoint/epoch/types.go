@@ -45,6 +45,12 @@ type Config struct {
 	Inflight    int      // checkpoints shipped but not acknowledged; 0: 1
 	Reprotect   bool     // primary: reconnect after losing the standby
 	Arbiter     bool     // an arbiter is configured (I4)
+	// Lease: the arbiter leases (arbiter.Leaser). The primary releases
+	// output only while the lease its events carry (Event.LeaseUntil) is
+	// valid, and a lost lease is a lost standby; the standby, when the
+	// stream ends, takes over as soon as the primary's lease has lapsed
+	// (ActWaitLapsed) instead of after its timeout. Requires Arbiter.
+	Lease bool
 }
 
 func (c Config) withDefaults() Config {
@@ -103,11 +109,14 @@ const (
 	EvGoodbye                            // standby: the primary ended protection
 	EvPromote                            // standby: failover by hand
 	EvCommitFailed                       // standby: applying staged Epoch to the replica failed; the replica is torn
+	EvTakenOver                          // primary: the standby said it activated its replica at Epoch (protocol §7.7)
+	EvLeaseLost                          // primary: its arbiter lease ended without a Release (lapsed, revoked)
+	EvLapsed                             // standby: the primary's lease is gone (reply to ActWaitLapsed)
 )
 
 var eventNames = [...]string{"", "start", "tick", "connected", "connect-failed", "sync-done",
 	"ack", "nack", "frame", "output-waiting", "disconnected", "granted", "denied", "stop",
-	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed"}
+	"stop-confirmed", "hello", "epoch-begin", "epoch-end", "stream-error", "goodbye", "promote", "commit-failed", "taken-over", "lease-lost", "lapsed"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -130,6 +139,10 @@ type Event struct {
 	// replica covers every output released) and the standby can keep
 	// that replica as a fallback until the new one commits.
 	Retire bool
+	// LeaseUntil (primary, Config.Lease): the end of the validity of the
+	// arbiter lease held for the current session, on the Now clock; 0: no
+	// lease held. Every event carries it, as it carries Now.
+	LeaseUntil Duration
 }
 
 // ActionKind says what the driver must do.
@@ -143,7 +156,7 @@ const (
 	ActCheckpoint                       // suspend, barrier(Epoch), read+clear dirty, copy, capture state, resume, queue Epoch for sending
 	ActRelease                          // release output through barrier Epoch
 	ActUnprotect                        // release all held output and pass output through (standby lost)
-	ActFence                            // the arbiter refused: destroy the guest, discard held output
+	ActFence                            // the arbiter refused, or the standby took over: destroy the guest, discard held output
 	ActGoodbye                          // send goodbye; reply EvStopConfirmed when the standby answers (an unanswered goodbye is the machine's timeout)
 	ActTeardown                         // release held output and tear down: the standby discarded its replica, or the standby is lost and the arbiter (if any) granted
 	// Both.
@@ -161,11 +174,13 @@ const (
 	ActRetire         // keep the replica aside as the fallback (at Epoch); the next replica is built beside it
 	ActDropFallback   // drop the fallback replica: a newer checkpoint is committed, or it is stale
 	ActUseFallback    // drop the replica being built and make the fallback (at Epoch) the replica again
+	ActTakenOver      // tell the connected primary this standby activates its replica at Epoch (protocol §7.7), before the disconnect
+	ActWaitLapsed     // wait until the primary's arbiter lease is gone (async; reply EvLapsed)
 )
 
 var actionNames = [...]string{"", "connect", "sync", "checkpoint", "release", "unprotect", "fence",
 	"goodbye", "teardown", "heartbeat", "disconnect", "acquire", "notify", "commit", "ack", "discard",
-	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback"}
+	"nack", "activate", "destroy-replica", "retire", "drop-fallback", "use-fallback", "taken-over", "wait-lapsed"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) {
@@ -191,7 +206,7 @@ func (a Action) String() string {
 			return fmt.Sprintf("sync full epoch=%d", a.Epoch)
 		}
 		return fmt.Sprintf("sync resync epoch=%d since=%d", a.Epoch, a.Since)
-	case ActCheckpoint, ActRelease, ActCommit, ActAck, ActDiscard, ActRetire, ActUseFallback:
+	case ActCheckpoint, ActRelease, ActCommit, ActAck, ActDiscard, ActRetire, ActUseFallback, ActTakenOver:
 		return fmt.Sprintf("%s %d", s, a.Epoch)
 	case ActNack:
 		return fmt.Sprintf("%s %d (%s)", s, a.Epoch, a.Reason)

@@ -139,6 +139,11 @@ const (
 const (
 	// HelloSharedDisk says the domain's disks are shared storage.
 	HelloSharedDisk uint32 = 1 << 0
+	// HelloTakenOver (standby only) says the standby activated its
+	// replica of the domain: it holds none, the domain runs there, and the
+	// primary must fence its copy (docs/protocol.md §7.7). A HEARTBEAT
+	// with the epoch it resumed at and a GOODBYE(GoodbyeTakenOver) follow.
+	HelloTakenOver uint32 = 1 << 1
 )
 
 // EPOCH_BEGIN flags.
@@ -158,6 +163,9 @@ const (
 	GoodbyeProtocol     uint32 = 3
 	GoodbyeIncompatible uint32 = 4
 	GoodbyeReplaced     uint32 = 5
+	// GoodbyeTakenOver: the standby activated the replica (protocol
+	// §7.7); the primary that reads it fences its copy at once.
+	GoodbyeTakenOver uint32 = 6
 )
 
 // NACK codes.
@@ -180,7 +188,7 @@ type Hello struct {
 	Inflight  uint32 // most unacknowledged (primary) or staged (standby) epochs
 	Committed uint64 // standby: last committed epoch of Session, 0 none
 	MemDigest uint64 // standby: digest of its replica memory, 0 none
-	Flags     uint32 // HelloSharedDisk
+	Flags     uint32 // HelloSharedDisk, HelloTakenOver
 }
 
 // DomainDesc describes the protected domain.

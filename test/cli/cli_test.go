@@ -385,3 +385,41 @@ func TestAutostart(t *testing.T) {
 		t.Errorf("autostart on sim: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// A failover by hand (--force, no arbiter) while the primary still
+// streams, through the listen service (protocol §7.7): the standby tells
+// the primary before it activates, and the primary fences and exits
+// non-zero; a primary of the domain that connects later is told the same
+// and fences at once, and the service holds no second replica for it.
+func TestForcedFailoverFences(t *testing.T) {
+	c := newCluster(t)
+	addr := freePort(t)
+	cert, key, ca := certs(t, filepath.Join(c.dir, "pki"), "standby")
+	tlsArgs := []string{"--tls-cert=" + cert, "--tls-key=" + key, "--tls-ca=" + ca}
+	c.spawn("listen", append(append([]string{"listen", "--listen=" + addr, "--toml=/dev/null", "--peer=*=localhost"}, tlsArgs...), sim...)...)
+	primary := c.spawn("primary", append(append(append([]string{"start", "-F", "--transport=tls"}, tlsArgs...), sim...), simDomain("tk1", addr)...)...)
+	c.waitState("tk1", "standby", "ready", 15*time.Second)
+	if r := c.xl("kemari", "failover", "--force", "tk1"); r.code != 0 {
+		t.Fatalf("failover --force: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	select {
+	case <-primary.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the primary still runs 10 s after the standby took over")
+	}
+	if primary.err == nil || !strings.Contains(primary.logText(), "taken over by the standby") {
+		t.Fatalf("primary: %v, want a takeover; log:\n%s", primary.err, primary.logText())
+	}
+	// Another primary of the domain (a copy restarted by hand, a host
+	// back from a partition) is fenced on its first connection.
+	again := c.spawn("again", append(append(append([]string{"start", "-F", "--transport=tls"}, tlsArgs...), sim...), simDomain("tk1", addr)...)...)
+	select {
+	case <-again.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a primary of a taken-over domain still runs 10 s after connecting")
+	}
+	if again.err == nil || !strings.Contains(again.logText(), "taken over by the standby") {
+		t.Fatalf("second primary: %v, want a takeover; log:\n%s", again.err, again.logText())
+	}
+	c.waitState("tk1", "standby", "active", time.Second)
+}

@@ -300,7 +300,7 @@ func standby(args []string) error {
 		}
 		close(activated)
 	}
-	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: c.epoch(), Verify: true, Once: true, Logger: log,
+	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: c.epoch(), Verify: true, Once: true, AnswerTakenOver: true, Logger: log,
 		Observer: observe, OnActivate: onActivate}, hv.Sink(), tcpListener{ln}, arb)
 	if err != nil {
 		return err
