@@ -715,7 +715,8 @@ func (p *Primary) connect(ctx context.Context, gen uint64, session [16]byte) {
 		fail(dctx.Err())
 		return
 	}
-	p.post(pevent{gen: gen, conn: pc, ev: epoch.Event{Kind: epoch.EvConnected, Epoch: sh.Committed, HasReplica: has}})
+	p.post(pevent{gen: gen, conn: pc, ev: epoch.Event{Kind: epoch.EvConnected, Epoch: sh.Committed, HasReplica: has,
+		Fences: sh.Flags&wire.HelloFences != 0}})
 }
 
 // readTakenOver reads what follows a HELLO with TAKEN_OVER: a HEARTBEAT

@@ -561,7 +561,8 @@ func (s *Standby) hello(h *wire.Hello, now epoch.Duration) ([]epoch.Action, erro
 	}
 	s.conn.hello = true
 	reply := &wire.Hello{Version: wire.Version, Role: wire.RoleStandby, Session: s.session,
-		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum}
+		Domain: toDesc(s.info), Codec: h.Codec, Inflight: h.Inflight, Committed: s.m.Committed(), MemDigest: s.digest.sum,
+		Flags: wire.HelloFences}
 	s.conn.send(reply)
 	return acts, nil
 }

@@ -264,14 +264,19 @@ func (p *Primary) onConnected(ev Event, out []Action) []Action {
 		return p.goodbye(out)
 	}
 	if p.state == PStalled {
-		if !ev.HasReplica || !p.everSynced {
-			// The standby no longer holds this session's replica: it
-			// may have activated it. Stay held.
+		resumable := ev.HasReplica && p.everSynced
+		if !resumable && !ev.Fences {
+			// The standby no longer holds this session's replica and
+			// does not say whether it activated one. Stay held.
 			return append(out, Action{Kind: ActDisconnect, Reason: "stalled: standby holds no replica of this session"},
 				notify("stalled; the standby holds no replica; output held, not running unprotected"))
 		}
 		// It answers as the standby of this session: it has not taken
-		// over, and resyncing keeps it from doing so.
+		// over (one that did answers TAKEN_OVER, which fences), and
+		// resyncing keeps it from doing so. Without this session's
+		// replica (it discarded it, or the first sync never committed)
+		// the sync below is a full one; the output held since the stall
+		// stays held until that sync's checkpoint is acknowledged.
 		p.stalled = false
 		if p.stopping {
 			p.state = PStopping

@@ -18,7 +18,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of scenar
 // test compares (or, with -rewrite, rewrites). Commands:
 //
 //	config mode=epoch interval=100 min=10 timeout=500 inflight=1 arbiter=0 reprotect=1 lease=0
-//	p|s EVENT @TIME [epoch=N] [replica=1] [verified=1] [initial=1] [retire=1] [resync=1] [lease=UNTIL]
+//	p|s EVENT @TIME [epoch=N] [replica=1] [fences=1] [verified=1] [initial=1] [retire=1] [resync=1] [lease=UNTIL]
 //	p|s state            prints the machine's state
 //	p|s deadline         prints the next deadline
 //
@@ -208,6 +208,8 @@ func parseEvent(t *testing.T, path string, line int, f []string) Event {
 			ev.Epoch = n
 		case "replica":
 			ev.HasReplica = n != 0
+		case "fences":
+			ev.Fences = n != 0
 		case "verified":
 			ev.Verified = n != 0
 		case "initial":

@@ -131,6 +131,10 @@ type Event struct {
 	Now        Duration
 	Epoch      uint64
 	HasReplica bool // EvConnected: the standby still holds a replica of this session
+	// Fences (EvConnected): the standby would have answered TAKEN_OVER
+	// had it activated a replica of the domain (HELLO flag FENCES), so
+	// none runs there from it.
+	Fences bool
 	Verified   bool // EvEpochEnd: counts, digests and memory digest matched
 	Initial    bool // EvEpochBegin/EvEpochEnd: a pre-copy round (epoch 0), not a checkpoint
 	Resync     bool // EvEpochBegin: the epoch carries every change since the last committed one (RESYNC), so it may follow a gap

@@ -144,6 +144,13 @@ const (
 	// primary must fence its copy (docs/protocol.md §7.7). A HEARTBEAT
 	// with the epoch it resumed at and a GOODBYE(GoodbyeTakenOver) follow.
 	HelloTakenOver uint32 = 1 << 1
+	// HelloFences (standby only, in the HELLO that accepts a session)
+	// says the standby answers TAKEN_OVER to every HELLO of the domain
+	// once it has activated a replica of it, so a HELLO without
+	// TAKEN_OVER shows that no copy of the domain runs there from it: a
+	// stalled primary may then rebuild the replica rather than hold its
+	// output for good (docs/protocol.md §7.6).
+	HelloFences uint32 = 1 << 2
 )
 
 // EPOCH_BEGIN flags.
@@ -188,7 +195,7 @@ type Hello struct {
 	Inflight  uint32 // most unacknowledged (primary) or staged (standby) epochs
 	Committed uint64 // standby: last committed epoch of Session, 0 none
 	MemDigest uint64 // standby: digest of its replica memory, 0 none
-	Flags     uint32 // HelloSharedDisk, HelloTakenOver
+	Flags     uint32 // HelloSharedDisk, HelloTakenOver, HelloFences
 }
 
 // DomainDesc describes the protected domain.
