@@ -28,10 +28,10 @@ type Hypervisor struct {
 
 	mu sync.Mutex
 	// Protected by mu.
-	doms        map[libxl.DomID]*domState  // the backend's own per-domain state
-	replicas    map[libxl.DomID]*pvReplica // under restore
+	doms        map[libxl.DomID]*domState   // the backend's own per-domain state
+	replicas    map[libxl.DomID]*pvReplica  // under restore
 	hreplicas   map[libxl.DomID]*pvhReplica // PVH replicas not activated yet
-	active      map[libxl.DomID]Domid      // activated replicas' real ids
+	active      map[libxl.DomID]Domid       // activated replicas' real ids
 	nextReplica libxl.DomID
 	bg          sync.WaitGroup // replicas being destroyed
 }

@@ -211,14 +211,18 @@ func (x ctxHVM) CopyFrames(id libxl.DomID, gfns []uint64, buf []byte, write bool
 func (x ctxHVM) Populate(id libxl.DomID, gfns []uint64) error {
 	return x.c.PopulatePhysmap(Domid(id), gfns)
 }
-func (x ctxHVM) SetTSCInfo(id libxl.DomID, t TSCInfo) error { return x.c.DomainSetTSCInfo(Domid(id), t) }
+func (x ctxHVM) SetTSCInfo(id libxl.DomID, t TSCInfo) error {
+	return x.c.DomainSetTSCInfo(Domid(id), t)
+}
 func (x ctxHVM) ParamGet(id libxl.DomID, idx uint32) (uint64, error) {
 	return x.c.HVMParamGet(Domid(id), idx)
 }
 func (x ctxHVM) ParamSet(id libxl.DomID, idx uint32, v uint64) error {
 	return x.c.HVMParamSet(Domid(id), idx, v)
 }
-func (x ctxHVM) ClearPage(id libxl.DomID, gfn uint64) error { return x.c.ClearDomainPage(Domid(id), gfn) }
+func (x ctxHVM) ClearPage(id libxl.DomID, gfn uint64) error {
+	return x.c.ClearDomainPage(Domid(id), gfn)
+}
 func (x ctxHVM) SetContext(id libxl.DomID, ctx []byte) error {
 	return x.c.HVMSetContext(Domid(id), ctx)
 }
