@@ -25,6 +25,9 @@ type Hypervisor struct {
 	// log-dirty) instead of the libxenguest stream; they cannot be
 	// protected then. For tests of the primitives.
 	pvDirect bool
+	// pvh, if pvhSet, says whether PVH guests are listed in
+	// Capabilities().Types (route (b)); otherwise pvhDefault does.
+	pvh, pvhSet bool
 
 	mu sync.Mutex
 	// Protected by mu.
@@ -50,19 +53,25 @@ type domState struct {
 	stream *pvStream
 }
 
-// Open opens the Xen backend. One option: pv=stream (the default: PV
+// Open opens the Xen backend. Options: pv=stream (the default: PV
 // guests are captured and replicated by libxenguest's save/restore
 // stream, route (a)) or pv=direct (route (b)'s primitives on PV guests,
-// which cannot protect them; for tests). Unknown options are an error so
-// a typo is not silently ignored.
+// which cannot protect them; for tests); pvh=on or pvh=off, whether PVH
+// guests are protected (route (b); the default is pvhDefault). Unknown
+// options are an error so a typo is not silently ignored.
 func Open(opts libxl.Options) (*Hypervisor, error) {
 	var direct bool
+	var pvh, pvhSet bool
 	for k, v := range opts {
 		switch {
 		case k == "pv" && (v == "stream" || v == "direct"):
 			direct = v == "direct"
 		case k == "pv":
 			return nil, fmt.Errorf("xen: backend option pv=%q: want stream or direct", v)
+		case k == "pvh" && (v == "on" || v == "off"):
+			pvh, pvhSet = v == "on", true
+		case k == "pvh":
+			return nil, fmt.Errorf("xen: backend option pvh=%q: want on or off", v)
 		default:
 			return nil, fmt.Errorf("xen: unknown backend option %q", k)
 		}
@@ -71,7 +80,7 @@ func Open(opts libxl.Options) (*Hypervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Hypervisor{ctx: ctx, pvDirect: direct, doms: map[libxl.DomID]*domState{}, replicas: map[libxl.DomID]*pvReplica{},
+	return &Hypervisor{ctx: ctx, pvDirect: direct, pvh: pvh, pvhSet: pvhSet, doms: map[libxl.DomID]*domState{}, replicas: map[libxl.DomID]*pvReplica{},
 		hreplicas: map[libxl.DomID]*pvhReplica{}}, nil
 }
 
@@ -81,6 +90,9 @@ func (h *Hypervisor) Context() *Context { return h.ctx }
 
 // Name implements libxl.Hypervisor.
 func (h *Hypervisor) Name() string { return "xen" }
+
+// pvhDefault: whether PVH guests are protected without the pvh=on option.
+const pvhDefault = false
 
 // Capabilities implements libxl.Hypervisor. Types lists PV (route (a),
 // libxl.StreamCapture) unless the backend was opened with pv=direct, and
@@ -93,7 +105,9 @@ func (h *Hypervisor) Capabilities() libxl.Capabilities {
 	if !h.pvDirect {
 		c.Types = []libxl.DomainType{libxl.TypePV}
 	}
-	c.Types = append(c.Types, libxl.TypePVH)
+	if h.pvhSet && h.pvh || !h.pvhSet && pvhDefault {
+		c.Types = append(c.Types, libxl.TypePVH)
+	}
 	return c
 }
 
