@@ -121,11 +121,37 @@
 // into a fresh replica, never a resync, since a new stream opens with
 // headers a restore in progress cannot take.
 //
+// # The route for PVH
+//
+// PVH guests take route (b) (Capabilities().Types lists PVH; the
+// backend option pvh=off drops it):
+//
+//   - Source: Suspend and Resume as for PV (libxl_domain_suspend_only,
+//     which takes the xenstore control/shutdown path for PVH, and
+//     libxl_domain_resume with suspend-cancel); SetLogDirty is Xen's
+//     log-dirty (shadow in the lab, HAP on hardware); the first
+//     ReadAndClearDirty after it marks the frames that hold a page
+//     (Context.ProbeFrames), since a PVH guest's frame numbers run up to
+//     its special pages below 4 GiB and are mostly holes; ReadPages maps
+//     the GFNs (holes read as zeros); CaptureState is what libxc's HVM
+//     save writes at a checkpoint's end: the HVM context split per vCPU
+//     (hvmctx.go) and a blob of the TSC info and the non-zero HVM params
+//     of libxc's list (pvhstate.go).
+//   - Sink (pvhreplica.go): CreateReplica has libxl_domain_create_new
+//     build a paused domain from the primary's JSON under a temporary name;
+//     WritePages writes its frames by foreign mapping as epochs commit
+//     (populating a frame the primary's guest added); RestoreState checks
+//     and keeps the checkpoint's state; Activate does what libxc's restore
+//     does at its stream's end (TSC info, params with the xenstore and
+//     console rings zeroed, HVM context, grant-table seed), renames and
+//     unpauses. The guest was captured inside its suspend hypercall with
+//     0 as the result, so it resumes as a migrated guest and reconnects its
+//     xenstore ring and PV frontends to this host's backends.
+//
 // For HVM, what remains is the device model: QEMU's dirty log (QMP
-// xen-set-global-dirty-log) and its device state (xen-save-devices-state),
-// the HVM params that travel with the context, and the Sink (create a
-// paused domain from the libxl JSON, write pages, xc_domain_hvm_setcontext,
-// unpause). PVH has no device model, so only the params and the Sink remain.
+// xen-set-global-dirty-log), its device state (xen-save-devices-state)
+// and the emulated NIC's output (vifX.Y-emu); Capabilities does not list
+// HVM, and CreateReplica refuses it.
 //
 // # What is tested where
 //

@@ -51,6 +51,11 @@ type domState struct {
 	p2m []uint64
 	// stream is a PV guest's route (a) capture, while log-dirty is on.
 	stream *pvStream
+	// hvmType is a translated guest's type (PVH or HVM, which the
+	// hypervisor does not tell apart) as libxl configured the domain whose
+	// xen_domain_handle is handle.
+	hvmType libxl.DomainType
+	handle  [16]byte
 }
 
 // Open opens the Xen backend. Options: pv=stream (the default: PV
@@ -267,14 +272,33 @@ func (h *Hypervisor) lookupDomain(dom libxl.DomID) (domain, error) {
 	}
 	d := domain{xc: xi, typ: libxl.TypePV}
 	if xi.Flags&DominfHVMGuest != 0 {
-		// HVM and PVH look alike to the hypervisor; libxl knows.
-		d.typ = libxl.TypeHVM
-		if li, err := h.ctx.DomainInfo(Domid(dom)); err == nil && li.DomainType == DomainTypePVH {
-			d.typ = libxl.TypePVH
-		}
+		d.typ = h.translatedType(dom, xi)
 	}
 	d.suspended = xi.Flags&DominfShutdown != 0 && xi.ShutdownReason() == ShutdownReasonSuspend
 	return d, nil
+}
+
+// translatedType tells PVH from HVM. The hypervisor does not, nor does
+// libxl_domain_info (its domain_type says HVM for both); the domain's
+// libxl configuration does. It is read once per domain (by its handle,
+// so a reused domid is read again); a domain libxl cannot describe is
+// taken for HVM.
+func (h *Hypervisor) translatedType(dom libxl.DomID, xi *XcDominfo) libxl.DomainType {
+	h.mu.Lock()
+	if st := h.doms[dom]; st != nil && st.hvmType != "" && st.handle == xi.Handle {
+		h.mu.Unlock()
+		return st.hvmType
+	}
+	h.mu.Unlock()
+	t := libxl.TypeHVM
+	if js, err := h.ctx.RetrieveDomainConfiguration(Domid(dom)); err == nil && configType(js) == "pvh" {
+		t = libxl.TypePVH
+	}
+	h.mu.Lock()
+	st := h.state(dom)
+	st.hvmType, st.handle = t, xi.Handle
+	h.mu.Unlock()
+	return t
 }
 
 // forget drops the state of a domain that no longer exists, so a reused
@@ -840,6 +864,13 @@ func (s *sink) RoomFor(info libxl.DomainInfo) error {
 		return err
 	}
 	need := info.Pages * libxl.PageSize / 1024
+	if info.Type != libxl.TypePV {
+		// A translated guest's frames run up to its special pages below
+		// 4 GiB; its memory is what its configuration gives it.
+		if m := configMaxMemKB(info.Config); m > 0 {
+			need = m
+		}
+	}
 	need += max(need/64, 8<<10)
 	if free < need {
 		return fmt.Errorf("xen: %d MiB free for a replica of %q that needs %d MiB", free>>10, info.Name, need>>10)
