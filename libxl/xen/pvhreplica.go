@@ -57,8 +57,17 @@ type pvhReplica struct {
 	// are holes of the primary (the replica's own build may have put a
 	// page there that the primary's guest gave up).
 	written *libxl.Bitmap
-	state   *pvhState // the last committed checkpoint's
-	closed  bool      // activated or destroyed
+	// rings are the replica's own xenstore and console ring frames (its
+	// HVM params, which the same configuration makes the primary's too),
+	// and held their pages as the engine wrote them: they never reach the
+	// replica, whose xenstored and xenconsoled serve those rings while it
+	// waits, and would act on a request torn by a live copy (a garbled
+	// ring is a bad client to xenstored, lost for good). Activate zeroes
+	// the frames, as a restore does.
+	rings  map[uint64]bool
+	held   map[uint64][]byte
+	state  *pvhState // the last committed checkpoint's
+	closed bool      // activated or destroyed
 }
 
 // newPVHReplica creates the paused domain a PVH replica of info is built in.
@@ -80,6 +89,17 @@ func newPVHReplica(x hvmXen, id libxl.DomID, info libxl.DomainInfo) (*pvhReplica
 		return nil, fmt.Errorf("xen: CreateReplica(%q): %w", info.Name, err)
 	}
 	r.dom = dom
+	r.rings, r.held = map[uint64]bool{}, map[uint64][]byte{}
+	for _, i := range []uint32{hvmParamStorePFN, hvmParamConsolePFN} {
+		v, err := x.ParamGet(dom, i)
+		if err != nil {
+			x.Destroy(dom)
+			return nil, fmt.Errorf("xen: CreateReplica(%q): %w", info.Name, err)
+		}
+		if v != 0 {
+			r.rings[v] = true
+		}
+	}
 	return r, nil
 }
 
@@ -107,6 +127,28 @@ func (r *pvhReplica) writePages(pfns []libxl.PFN, data []byte) error {
 	gfns, err := r.check("WritePages", pfns, len(data))
 	if err != nil || len(gfns) == 0 {
 		return err
+	}
+	for i, g := range gfns {
+		if r.rings[g] {
+			r.held[g] = append(r.held[g][:0], data[i*libxl.PageSize:(i+1)*libxl.PageSize]...)
+		}
+	}
+	if len(r.held) > 0 {
+		var keep []int
+		for i, g := range gfns {
+			if !r.rings[g] {
+				keep = append(keep, i)
+			}
+		}
+		if len(keep) != len(gfns) {
+			sub := make([]byte, len(keep)*libxl.PageSize)
+			sp := make([]libxl.PFN, len(keep))
+			for j, i := range keep {
+				copy(sub[j*libxl.PageSize:], data[i*libxl.PageSize:(i+1)*libxl.PageSize])
+				sp[j] = pfns[i]
+			}
+			return r.writePages(sp, sub)
+		}
 	}
 	errs := make([]int32, len(gfns))
 	if err := r.x.CopyFrames(r.dom, gfns, data, true, errs); err != nil {
@@ -157,7 +199,9 @@ func (r *pvhReplica) readPages(pfns []libxl.PFN, dst []byte) error {
 	var gfns []uint64
 	var slots []int
 	for i, p := range pfns {
-		if r.written.Test(p) {
+		if h, ok := r.held[uint64(p)]; ok {
+			copy(dst[i*libxl.PageSize:(i+1)*libxl.PageSize], h)
+		} else if r.written.Test(p) {
 			gfns = append(gfns, uint64(p))
 			slots = append(slots, i)
 		} else {

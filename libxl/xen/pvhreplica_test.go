@@ -23,7 +23,8 @@ type fakeHVM struct {
 }
 
 func newFakeHVM(pages uint64, holes ...uint64) *fakeHVM {
-	f := &fakeHVM{frames: map[uint64][]byte{}, params: map[uint32]uint64{}, once: map[uint32]bool{}}
+	// The replica's build put its xenstore ring at 5, its console at 6.
+	f := &fakeHVM{frames: map[uint64][]byte{}, params: map[uint32]uint64{hvmParamStorePFN: 5, hvmParamConsolePFN: 6}, once: map[uint32]bool{}}
 	for g := range pages {
 		if !slices.Contains(holes, g) {
 			f.frames[g] = make([]byte, libxl.PageSize)
@@ -209,8 +210,18 @@ func TestPVHReplicaActivate(t *testing.T) {
 	if _, err := r.activate(); !errors.Is(err, libxl.ErrBadState) {
 		t.Fatalf("activate before a checkpoint = %v, want ErrBadState", err)
 	}
+	f.frames[5] = page(0xee) // the replica's xenstored's view of its ring
 	if err := r.writePages([]libxl.PFN{5, 6, 7}, slices.Concat(page(5), page(6), page(7))); err != nil {
 		t.Fatal(err)
+	}
+	// The rings are held back from the replica until it is activated,
+	// and read back as written.
+	if !bytes.Equal(f.frames[5], page(0xee)) || !bytes.Equal(f.frames[6], make([]byte, libxl.PageSize)) || !bytes.Equal(f.frames[7], page(7)) {
+		t.Error("the xenstore or console ring reached the replica before its activation")
+	}
+	got := make([]byte, 3*libxl.PageSize)
+	if err := r.readPages([]libxl.PFN{5, 6, 7}, got); err != nil || !bytes.Equal(got, slices.Concat(page(5), page(6), page(7))) {
+		t.Errorf("readPages of the rings = %v, or not as written", err)
 	}
 	if err := r.restoreState(pvhCheckpoint(t)); err != nil {
 		t.Fatal(err)
@@ -241,7 +252,7 @@ func TestPVHReplicaActivate(t *testing.T) {
 
 // A failing step leaves the replica paused under its temporary name.
 func TestPVHReplicaActivateFails(t *testing.T) {
-	for _, step := range []string{"tsc", "param 1", "context", "seed", "unpause"} {
+	for _, step := range []string{"tsc", "clear", "context", "seed", "unpause"} {
 		f := newFakeHVM(16)
 		f.failCall = step
 		r, err := newPVHReplica(f, replicaBase, pvhInfo(16))
