@@ -123,8 +123,9 @@
 //
 // # The route for PVH
 //
-// PVH guests take route (b) (Capabilities().Types lists PVH; the
-// backend option pvh=off drops it):
+// PVH guests take route (b). Capabilities().Types lists PVH only with
+// the backend option pvh=on until the route is proven end to end in the
+// lab (pvhDefault), so start refuses PVH by default:
 //
 //   - Source: Suspend and Resume as for PV (libxl_domain_suspend_only,
 //     which takes the xenstore control/shutdown path for PVH, and
@@ -162,7 +163,7 @@
 //     as xg_sr_save.c does) and libxl's restore (pvstream_test.go,
 //     pvreplica_test.go: go test ./libxl/xen).
 //   - In the xenlab (Xen 4.17.5 hypervisor with shadow paging, 4.17.7
-//     tools, PV guests only: TCG offers no HAP, so no HVM or PVH):
+//     tools; TCG offers no HAP, so PVH runs on shadow paging there):
 //     xen_integration_test.go (build tags xen and integration) runs the
 //     shared contract suite (hvtest.Run) with pv=stream, as the engine
 //     uses the backend, on 96 MB PV guests, and, with pv=direct,
@@ -171,8 +172,17 @@
 //     test/xenlab/kemari's TestEnginePV protects a PV guest with the
 //     engine on this backend and fails it over. test/xenlab/kemari/run.sh
 //     builds and runs them in the lab.
-//   - HVM and PVH: designed in (hvmctx.go, HVMGetContext, the GFN path of
-//     ReadPages) but not run on real Xen anywhere yet.
+//   - PVH (pvh=on): TestContractPVH runs the contract suite on the lab
+//     guest as a PVH domain (type="pvh", same kernel and initrd; the
+//     lab's Xen runs it on shadow paging, TCG has no HAP), and
+//     test/xenlab/kemari's TestEnginePVH protects one and fails it over.
+//     A first lab run found two faults, both fixed since: libxl_domain_info
+//     calls every translated guest HVM (the type now comes from the
+//     domain's libxl config), and RoomFor counted the frame range up to
+//     4 GiB as memory. See test/xenlab/kemari/README.md for what the
+//     later runs showed.
+//   - HVM: the capture's Xen side exists (hvmctx.go, HVMGetContext, the
+//     GFN path of ReadPages); the device model's is not built.
 //
 // Lab finding that matters for route (b) on PV: a few pages (likely the
 // guest's vcpu_info and runstate areas, which Xen writes through its own
