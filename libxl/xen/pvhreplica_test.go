@@ -293,3 +293,20 @@ func TestPVHReplicaRefuses(t *testing.T) {
 		}
 	}
 }
+
+func TestPVHReplicaDestroy(t *testing.T) {
+	f := newFakeHVM(4)
+	r, err := newPVHReplica(f, replicaBase, pvhInfo(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.destroy(); err != nil || f.calls[len(f.calls)-1] != "destroy" {
+		t.Fatalf("destroy = %v, calls %q", err, f.calls)
+	}
+	if err := r.writePages([]libxl.PFN{1}, page(1)); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("write after destroy = %v, want ErrBadState", err)
+	}
+	if err := r.restoreState(pvhCheckpoint(t)); !errors.Is(err, libxl.ErrBadState) {
+		t.Errorf("restoreState after destroy = %v, want ErrBadState", err)
+	}
+}
