@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
 )
@@ -68,6 +69,16 @@ type pvhReplica struct {
 	held   map[uint64][]byte
 	state  *pvhState // the last committed checkpoint's
 	closed bool      // activated or destroyed
+
+	// libxl builds the domain on a goroutine of its own: under TCG it
+	// took ~40 s (vif hotplug included), and the standby's loop, which
+	// calls CreateReplica, must go on answering the primary meanwhile
+	// (lab: the primary gave up on its silent standby at every try).
+	// ready is closed once dom (or cerr) is set; pages written before
+	// wait in early (latest copy wins) and go in with the next call after.
+	ready chan struct{}
+	cerr  error
+	early map[libxl.PFN][]byte
 }
 
 // newPVHReplica creates the paused domain a PVH replica of info is built in.
@@ -83,25 +94,75 @@ func newPVHReplica(x hvmXen, id libxl.DomID, info libxl.DomainInfo) (*pvhReplica
 	}
 	r := &pvhReplica{x: x, id: id, name: info.Name, info: info, pages: info.Pages,
 		tmp:     fmt.Sprintf("%s--kemari-%d-%d", info.Name, os.Getpid(), id-replicaBase),
-		written: libxl.NewBitmap(info.Pages)}
-	dom, err := x.CreateNew(info.Config, r.tmp)
+		written: libxl.NewBitmap(info.Pages), ready: make(chan struct{}), early: map[libxl.PFN][]byte{},
+		rings: map[uint64]bool{}, held: map[uint64][]byte{}}
+	go r.create()
+	return r, nil
+}
+
+// create builds the domain and learns its ring frames.
+func (r *pvhReplica) create() {
+	defer close(r.ready)
+	dom, err := r.x.CreateNew(r.info.Config, r.tmp)
 	if err != nil {
-		return nil, fmt.Errorf("xen: CreateReplica(%q): %w", info.Name, err)
+		r.cerr = fmt.Errorf("xen: CreateReplica(%q): %w", r.info.Name, err)
+		return
 	}
-	r.dom = dom
-	r.rings, r.held = map[uint64]bool{}, map[uint64][]byte{}
 	for _, i := range []uint32{hvmParamStorePFN, hvmParamConsolePFN} {
-		v, err := x.ParamGet(dom, i)
+		v, err := r.x.ParamGet(dom, i)
 		if err != nil {
-			x.Destroy(dom)
-			return nil, fmt.Errorf("xen: CreateReplica(%q): %w", info.Name, err)
+			r.x.Destroy(dom)
+			r.cerr = fmt.Errorf("xen: CreateReplica(%q): %w", r.info.Name, err)
+			return
 		}
 		if v != 0 {
 			r.rings[v] = true
 		}
 	}
-	return r, nil
+	r.dom = dom
 }
+
+// built reports whether the domain exists, writing the early pages into
+// it first; with wait it blocks until libxl is done.
+func (r *pvhReplica) built(wait bool) (bool, error) {
+	if wait {
+		<-r.ready
+	} else {
+		select {
+		case <-r.ready:
+		default:
+			return false, nil
+		}
+	}
+	if r.cerr != nil {
+		return true, r.cerr
+	}
+	if len(r.early) > 0 {
+		pfns := make([]libxl.PFN, 0, len(r.early))
+		for p := range r.early {
+			pfns = append(pfns, p)
+		}
+		slices.Sort(pfns)
+		for len(pfns) > 0 {
+			n := min(len(pfns), 4*mapBatchPages)
+			buf := make([]byte, 0, n*libxl.PageSize)
+			for _, p := range pfns[:n] {
+				buf = append(buf, r.early[p]...)
+			}
+			if err := r.writeNow(pfns[:n], buf); err != nil {
+				return true, err
+			}
+			for _, p := range pfns[:n] {
+				delete(r.early, p)
+			}
+			pfns = pfns[n:]
+		}
+	}
+	return true, nil
+}
+
+// mapBatchPages bounds the early pages written per call.
+const mapBatchPages = 1024
 
 func (r *pvhReplica) check(op string, pfns []libxl.PFN, n int) ([]uint64, error) {
 	if r.closed {
@@ -120,10 +181,29 @@ func (r *pvhReplica) check(op string, pfns []libxl.PFN, n int) ([]uint64, error)
 	return gfns, nil
 }
 
-// writePages writes the pages into the replica's frames. A frame the
+// writePages writes the pages into the replica's frames (or keeps them
+// until libxl has built it).
+func (r *pvhReplica) writePages(pfns []libxl.PFN, data []byte) error {
+	if _, err := r.check("WritePages", pfns, len(data)); err != nil || len(pfns) == 0 {
+		return err
+	}
+	ok, err := r.built(false)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		for i, p := range pfns {
+			r.early[p] = append(r.early[p][:0], data[i*libxl.PageSize:(i+1)*libxl.PageSize]...)
+		}
+		return nil
+	}
+	return r.writeNow(pfns, data)
+}
+
+// writeNow writes the pages into the replica's frames. A frame the
 // replica lacks is populated first, unless the page is zeros (a hole
 // stays one; it reads as zeros).
-func (r *pvhReplica) writePages(pfns []libxl.PFN, data []byte) error {
+func (r *pvhReplica) writeNow(pfns []libxl.PFN, data []byte) error {
 	gfns, err := r.check("WritePages", pfns, len(data))
 	if err != nil || len(gfns) == 0 {
 		return err
@@ -147,7 +227,7 @@ func (r *pvhReplica) writePages(pfns []libxl.PFN, data []byte) error {
 				copy(sub[j*libxl.PageSize:], data[i*libxl.PageSize:(i+1)*libxl.PageSize])
 				sp[j] = pfns[i]
 			}
-			return r.writePages(sp, sub)
+			return r.writeNow(sp, sub)
 		}
 	}
 	errs := make([]int32, len(gfns))
@@ -195,6 +275,20 @@ func (r *pvhReplica) writePages(pfns []libxl.PFN, data []byte) error {
 func (r *pvhReplica) readPages(pfns []libxl.PFN, dst []byte) error {
 	if _, err := r.check("ReadPages", pfns, len(dst)); err != nil {
 		return err
+	}
+	ok, err := r.built(false)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		for i, p := range pfns {
+			if e := r.early[p]; e != nil {
+				copy(dst[i*libxl.PageSize:(i+1)*libxl.PageSize], e)
+			} else {
+				clear(dst[i*libxl.PageSize : (i+1)*libxl.PageSize])
+			}
+		}
+		return nil
 	}
 	var gfns []uint64
 	var slots []int
@@ -256,6 +350,9 @@ func (r *pvhReplica) activate() (libxl.DomID, error) {
 	if r.state == nil {
 		return 0, fmt.Errorf("xen: Activate(%d): %w: no checkpoint restored yet", r.id, libxl.ErrBadState)
 	}
+	if _, err := r.built(true); err != nil {
+		return 0, fmt.Errorf("xen: Activate(%d): %w", r.id, err)
+	}
 	st := r.state
 	if err := r.x.SetTSCInfo(r.dom, st.params.TSC); err != nil {
 		return 0, fmt.Errorf("xen: Activate(%d): %w", r.id, err)
@@ -307,6 +404,10 @@ func (r *pvhReplica) activate() (libxl.DomID, error) {
 // destroy destroys the replica's domain.
 func (r *pvhReplica) destroy() error {
 	r.closed = true
+	<-r.ready
+	if r.cerr != nil {
+		return nil // nothing was built
+	}
 	err := r.x.Destroy(r.dom)
 	if errors.Is(err, libxl.ErrNoDomain) {
 		return nil

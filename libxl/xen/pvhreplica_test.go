@@ -14,6 +14,7 @@ import (
 // fakeHVM is a paused PVH domain as pvhReplica sees it: frames (absent:
 // a hole), params, and the calls made, in order.
 type fakeHVM struct {
+	gate     chan struct{} // if not nil, CreateNew waits for it
 	frames   map[uint64][]byte
 	params   map[uint32]uint64
 	once     map[uint32]bool // params Xen lets be set only once
@@ -42,6 +43,9 @@ func (f *fakeHVM) call(c string) error {
 }
 
 func (f *fakeHVM) CreateNew(cfg []byte, name string) (libxl.DomID, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
 	f.name = name
 	return 7, f.call("create " + name)
 }
@@ -168,6 +172,7 @@ func TestPVHReplicaPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-r.ready
 	if !strings.HasPrefix(f.name, "g--kemari-") {
 		t.Errorf("created as %q, want a temporary name", f.name)
 	}
@@ -207,6 +212,7 @@ func TestPVHReplicaActivate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-r.ready
 	if _, err := r.activate(); !errors.Is(err, libxl.ErrBadState) {
 		t.Fatalf("activate before a checkpoint = %v, want ErrBadState", err)
 	}
@@ -259,6 +265,7 @@ func TestPVHReplicaActivateFails(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		<-r.ready
 		if err := r.restoreState(pvhCheckpoint(t)); err != nil {
 			t.Fatal(err)
 		}
@@ -300,6 +307,7 @@ func TestPVHReplicaDestroy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-r.ready
 	if err := r.destroy(); err != nil || f.calls[len(f.calls)-1] != "destroy" {
 		t.Fatalf("destroy = %v, calls %q", err, f.calls)
 	}
@@ -308,5 +316,39 @@ func TestPVHReplicaDestroy(t *testing.T) {
 	}
 	if err := r.restoreState(pvhCheckpoint(t)); !errors.Is(err, libxl.ErrBadState) {
 		t.Errorf("restoreState after destroy = %v, want ErrBadState", err)
+	}
+}
+
+// Pages written while libxl still builds the domain are kept and go in
+// with the first call after; the loop never waits for the build.
+func TestPVHReplicaEarlyPages(t *testing.T) {
+	f := newFakeHVM(16)
+	f.gate = make(chan struct{})
+	r, err := newPVHReplica(f, replicaBase, pvhInfo(16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.writePages([]libxl.PFN{3, 4}, slices.Concat(page(3), page(4))); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.writePages([]libxl.PFN{3}, page(9)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 3*libxl.PageSize)
+	if err := r.readPages([]libxl.PFN{3, 4, 7}, got); err != nil || !bytes.Equal(got, slices.Concat(page(9), page(4), make([]byte, libxl.PageSize))) {
+		t.Fatalf("readPages before the build = %v, or not the pages kept", err)
+	}
+	close(f.gate)
+	<-r.ready
+	if err := r.writePages([]libxl.PFN{7}, page(7)); err != nil {
+		t.Fatal(err)
+	}
+	for g, want := range map[uint64][]byte{3: page(9), 4: page(4), 7: page(7)} {
+		if !bytes.Equal(f.frames[g], want) {
+			t.Errorf("frame %d not written after the build", g)
+		}
+	}
+	if len(r.early) != 0 {
+		t.Errorf("%d early pages left", len(r.early))
 	}
 }
