@@ -179,8 +179,10 @@
 //     A first lab run found two faults, both fixed since: libxl_domain_info
 //     calls every translated guest HVM (the type now comes from the
 //     domain's libxl config), and RoomFor counted the frame range up to
-//     4 GiB as memory. See test/xenlab/kemari/README.md for what the
-//     later runs showed.
+//     4 GiB as memory. A second found the replica's creation (~40 s
+//     under TCG, vif hotplug included) blocking the standby's loop until
+//     the primary gave up; it is now built on a goroutine of its own. Not
+//     rerun since (test/xenlab/kemari/README.md).
 //   - HVM: the capture's Xen side exists (hvmctx.go, HVMGetContext, the
 //     GFN path of ReadPages); the device model's is not built.
 //
