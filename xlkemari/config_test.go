@@ -159,7 +159,7 @@ func TestConfigStartRefusals(t *testing.T) {
 		{name: "pvh", cfg: "name = \"d\"\ntype = \"pvh\"\nkemari = \"standby=h2\"\n",
 			want: []string{":2:8: d is a pvh domain; the xen backend of this release protects pv domains only (see xl-kemari(1), GUESTS)"}},
 		{name: "hvm", cfg: "name = \"d\"\nbuilder = \"hvm\"\nkemari = \"standby=h2\"\n",
-			want: []string{":2:11: d is a hvm domain; the xen backend"}},
+			want: []string{":2:11: d is a hvm domain; the xen backend", "device model (QEMU) is neither checkpointed nor its emulated NIC's output held (see xl-kemari(1), GUESTS)"}},
 		{name: "rw-disk", cfg: "name = \"d\"\ndisk = [ \"phy:/dev/vg/ro,xvdb,r\", \"phy:/dev/vg/d,xvda,w\" ]\nkemari = \"standby=h2\"\n",
 			want: []string{":2:35: writable disk: d writes to /dev/vg/d, and disk replication on Xen is not implemented yet", "disk=none, unsafe=1 (now disk=replicate)"}},
 		{name: "rw-disk-accepted", cfg: "name = \"d\"\ndisk = [ \"phy:/dev/vg/d,xvda,w\" ]\nkemari = \"standby=h2,disk=none,unsafe=1\"\n", ok: true},

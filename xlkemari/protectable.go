@@ -40,8 +40,12 @@ var (
 func checkProtectable(d protectTarget, backend string, types []libxl.DomainType, prot conf.Protection) error {
 	var errs []error
 	if !typeProtected(types, d.Type) {
-		errs = append(errs, refusal{errDomainType, fmt.Errorf("%s is a %s domain; the %s backend of this release protects %s domains only (see xl-kemari(1), GUESTS)",
-			d.Name, d.Type, backend, typeList(types))})
+		why := ""
+		if d.Type == libxl.TypeHVM && backend == xenBackendName {
+			why = ": an HVM guest's device model (QEMU) is neither checkpointed nor its emulated NIC's output held"
+		}
+		errs = append(errs, refusal{errDomainType, fmt.Errorf("%s is a %s domain; the %s backend of this release protects %s domains only%s (see xl-kemari(1), GUESTS)",
+			d.Name, d.Type, backend, typeList(types), why)})
 	}
 	if err := checkDisks(d.Name, d.Disks, prot); err != nil {
 		errs = append(errs, err)

@@ -20,7 +20,8 @@ type libxlConfig struct {
 		Name string `json:"name"`
 	} `json:"c_info"`
 	BInfo struct {
-		MaxVCPUs int `json:"max_vcpus"`
+		MaxVCPUs int    `json:"max_vcpus"`
+		MaxMemKB uint64 `json:"max_memkb"`
 	} `json:"b_info"`
 	Disks []struct {
 		PdevPath  string `json:"pdev_path"`
@@ -92,4 +93,24 @@ func parseConfig(js []byte, dom libxl.DomID, info *libxl.DomainInfo) error {
 		})
 	}
 	return nil
+}
+
+// configType is the domain type a libxl JSON config names ("pv", "pvh",
+// "hvm"), or "" if it cannot be read.
+func configType(js []byte) string {
+	var c libxlConfig
+	if json.Unmarshal(js, &c) != nil {
+		return ""
+	}
+	return c.CInfo.Type
+}
+
+// configMaxMemKB is the memory a libxl JSON config gives the domain
+// (b_info.max_memkb), or 0 if it cannot be read.
+func configMaxMemKB(js []byte) uint64 {
+	var c libxlConfig
+	if json.Unmarshal(js, &c) != nil {
+		return 0
+	}
+	return c.BInfo.MaxMemKB
 }

@@ -50,3 +50,23 @@ func TestParseConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigTypeAndMemory(t *testing.T) {
+	js, err := os.ReadFile("testdata/domu-pv.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := configType(js); got != "pv" {
+		t.Errorf("configType = %q, want pv", got)
+	}
+	if got := configMaxMemKB(js); got != 196608 {
+		t.Errorf("configMaxMemKB = %d, want 196608", got)
+	}
+	pvh := []byte(`{"c_info":{"type":"pvh","name":"g"},"b_info":{"max_memkb":98304}}`)
+	if configType(pvh) != "pvh" || configMaxMemKB(pvh) != 98304 {
+		t.Errorf("pvh config: type %q, %d KiB", configType(pvh), configMaxMemKB(pvh))
+	}
+	if configType([]byte("{")) != "" || configMaxMemKB([]byte("[]")) != 0 {
+		t.Error("garbage config: want no type, no memory")
+	}
+}

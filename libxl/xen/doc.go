@@ -121,11 +121,38 @@
 // into a fresh replica, never a resync, since a new stream opens with
 // headers a restore in progress cannot take.
 //
+// # The route for PVH
+//
+// PVH guests take route (b). Capabilities().Types lists PVH only with
+// the backend option pvh=on until the route is proven end to end in the
+// lab (pvhDefault), so start refuses PVH by default:
+//
+//   - Source: Suspend and Resume as for PV (libxl_domain_suspend_only,
+//     which takes the xenstore control/shutdown path for PVH, and
+//     libxl_domain_resume with suspend-cancel); SetLogDirty is Xen's
+//     log-dirty (shadow in the lab, HAP on hardware); the first
+//     ReadAndClearDirty after it marks the frames that hold a page
+//     (Context.ProbeFrames), since a PVH guest's frame numbers run up to
+//     its special pages below 4 GiB and are mostly holes; ReadPages maps
+//     the GFNs (holes read as zeros); CaptureState is what libxc's HVM
+//     save writes at a checkpoint's end: the HVM context split per vCPU
+//     (hvmctx.go) and a blob of the TSC info and the non-zero HVM params
+//     of libxc's list (pvhstate.go).
+//   - Sink (pvhreplica.go): CreateReplica has libxl_domain_create_new
+//     build a paused domain from the primary's JSON under a temporary name;
+//     WritePages writes its frames by foreign mapping as epochs commit
+//     (populating a frame the primary's guest added); RestoreState checks
+//     and keeps the checkpoint's state; Activate does what libxc's restore
+//     does at its stream's end (TSC info, params with the xenstore and
+//     console rings zeroed, HVM context, grant-table seed), renames and
+//     unpauses. The guest was captured inside its suspend hypercall with
+//     0 as the result, so it resumes as a migrated guest and reconnects its
+//     xenstore ring and PV frontends to this host's backends.
+//
 // For HVM, what remains is the device model: QEMU's dirty log (QMP
-// xen-set-global-dirty-log) and its device state (xen-save-devices-state),
-// the HVM params that travel with the context, and the Sink (create a
-// paused domain from the libxl JSON, write pages, xc_domain_hvm_setcontext,
-// unpause). PVH has no device model, so only the params and the Sink remain.
+// xen-set-global-dirty-log), its device state (xen-save-devices-state)
+// and the emulated NIC's output (vifX.Y-emu); Capabilities does not list
+// HVM, and CreateReplica refuses it.
 //
 // # What is tested where
 //
@@ -136,7 +163,7 @@
 //     as xg_sr_save.c does) and libxl's restore (pvstream_test.go,
 //     pvreplica_test.go: go test ./libxl/xen).
 //   - In the xenlab (Xen 4.17.5 hypervisor with shadow paging, 4.17.7
-//     tools, PV guests only: TCG offers no HAP, so no HVM or PVH):
+//     tools; TCG offers no HAP, so PVH runs on shadow paging there):
 //     xen_integration_test.go (build tags xen and integration) runs the
 //     shared contract suite (hvtest.Run) with pv=stream, as the engine
 //     uses the backend, on 96 MB PV guests, and, with pv=direct,
@@ -145,8 +172,19 @@
 //     test/xenlab/kemari's TestEnginePV protects a PV guest with the
 //     engine on this backend and fails it over. test/xenlab/kemari/run.sh
 //     builds and runs them in the lab.
-//   - HVM and PVH: designed in (hvmctx.go, HVMGetContext, the GFN path of
-//     ReadPages) but not run on real Xen anywhere yet.
+//   - PVH (pvh=on): TestContractPVH runs the contract suite on the lab
+//     guest as a PVH domain (type="pvh", same kernel and initrd; the
+//     lab's Xen runs it on shadow paging, TCG has no HAP), and
+//     test/xenlab/kemari's TestEnginePVH protects one and fails it over.
+//     A first lab run found two faults, both fixed since: libxl_domain_info
+//     calls every translated guest HVM (the type now comes from the
+//     domain's libxl config), and RoomFor counted the frame range up to
+//     4 GiB as memory. A second found the replica's creation (~40 s
+//     under TCG, vif hotplug included) blocking the standby's loop until
+//     the primary gave up; it is now built on a goroutine of its own. Not
+//     rerun since (test/xenlab/kemari/README.md).
+//   - HVM: the capture's Xen side exists (hvmctx.go, HVMGetContext, the
+//     GFN path of ReadPages); the device model's is not built.
 //
 // Lab finding that matters for route (b) on PV: a few pages (likely the
 // guest's vcpu_info and runstate areas, which Xen writes through its own

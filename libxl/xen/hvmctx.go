@@ -73,6 +73,10 @@ func appendHVM(dst []byte, recs []hvmRecord) []byte {
 	return dst
 }
 
+// hvmPlatformIndex is the Index of the StatePlatform blob with the
+// context's domain-wide records.
+const hvmPlatformIndex = 0
+
 // splitHVM appends to dst one StatePlatform blob (index 0) with the
 // domain-wide records and one StateVCPU blob per vCPU 0..vcpus-1 with that
 // vCPU's records.
@@ -96,7 +100,7 @@ func splitHVM(ctx []byte, vcpus int, dst []libxl.State) ([]libxl.State, error) {
 		}
 		per[r.Instance] = append(per[r.Instance], r)
 	}
-	dst = append(dst, libxl.State{Kind: libxl.StatePlatform, Data: appendHVM(nil, platform)})
+	dst = append(dst, libxl.State{Kind: libxl.StatePlatform, Index: hvmPlatformIndex, Data: appendHVM(nil, platform)})
 	for i, rs := range per {
 		dst = append(dst, libxl.State{Kind: libxl.StateVCPU, Index: uint32(i), Data: appendHVM(nil, rs)})
 	}
@@ -106,12 +110,16 @@ func splitHVM(ctx []byte, vcpus int, dst []libxl.State) ([]libxl.State, error) {
 // joinHVM rebuilds the stream xc_domain_hvm_setcontext takes from the blobs
 // splitHVM made: records ordered by type then instance, as Xen saves them,
 // HEADER first and END last. Blobs of other kinds are ignored (they belong
-// to the device model).
+// to the device model), and so are platform blobs of another index than
+// hvmPlatformIndex (the HVM params and TSC blob, pvhstate.go).
 func joinHVM(st []libxl.State) ([]byte, error) {
 	var recs []hvmRecord
 	platform := false
 	for _, s := range st {
 		if s.Kind != libxl.StatePlatform && s.Kind != libxl.StateVCPU {
+			continue
+		}
+		if s.Kind == libxl.StatePlatform && s.Index != hvmPlatformIndex {
 			continue
 		}
 		rs, err := parseHVM(s.Data)

@@ -26,12 +26,16 @@ type Hypervisor struct {
 	// log-dirty) instead of the libxenguest stream; they cannot be
 	// protected then. For tests of the primitives.
 	pvDirect bool
+	// pvh, if pvhSet, says whether PVH guests are listed in
+	// Capabilities().Types (route (b)); otherwise pvhDefault does.
+	pvh, pvhSet bool
 
 	mu sync.Mutex
 	// Protected by mu.
-	doms        map[libxl.DomID]*domState  // the backend's own per-domain state
-	replicas    map[libxl.DomID]*pvReplica // under restore
-	active      map[libxl.DomID]Domid      // activated replicas' real ids
+	doms        map[libxl.DomID]*domState   // the backend's own per-domain state
+	replicas    map[libxl.DomID]*pvReplica  // under restore
+	hreplicas   map[libxl.DomID]*pvhReplica // PVH replicas not activated yet
+	active      map[libxl.DomID]Domid       // activated replicas' real ids
 	nextReplica libxl.DomID
 	bg          sync.WaitGroup // replicas being destroyed
 	log         *slog.Logger   // SetLogger; nil: nothing logged
@@ -58,21 +62,32 @@ type domState struct {
 	p2m []uint64
 	// stream is a PV guest's route (a) capture, while log-dirty is on.
 	stream *pvStream
+	// hvmType is a translated guest's type (PVH or HVM, which the
+	// hypervisor does not tell apart) as libxl configured the domain whose
+	// xen_domain_handle is handle.
+	hvmType libxl.DomainType
+	handle  [16]byte
 }
 
-// Open opens the Xen backend. One option: pv=stream (the default: PV
+// Open opens the Xen backend. Options: pv=stream (the default: PV
 // guests are captured and replicated by libxenguest's save/restore
 // stream, route (a)) or pv=direct (route (b)'s primitives on PV guests,
-// which cannot protect them; for tests). Unknown options are an error so
-// a typo is not silently ignored.
+// which cannot protect them; for tests); pvh=on or pvh=off, whether PVH
+// guests are protected (route (b); the default is pvhDefault). Unknown
+// options are an error so a typo is not silently ignored.
 func Open(opts libxl.Options) (*Hypervisor, error) {
 	var direct bool
+	var pvh, pvhSet bool
 	for k, v := range opts {
 		switch {
 		case k == "pv" && (v == "stream" || v == "direct"):
 			direct = v == "direct"
 		case k == "pv":
 			return nil, fmt.Errorf("xen: backend option pv=%q: want stream or direct", v)
+		case k == "pvh" && (v == "on" || v == "off"):
+			pvh, pvhSet = v == "on", true
+		case k == "pvh":
+			return nil, fmt.Errorf("xen: backend option pvh=%q: want on or off", v)
 		default:
 			return nil, fmt.Errorf("xen: unknown backend option %q", k)
 		}
@@ -81,7 +96,8 @@ func Open(opts libxl.Options) (*Hypervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Hypervisor{ctx: ctx, pvDirect: direct, doms: map[libxl.DomID]*domState{}, replicas: map[libxl.DomID]*pvReplica{}}, nil
+	return &Hypervisor{ctx: ctx, pvDirect: direct, pvh: pvh, pvhSet: pvhSet, doms: map[libxl.DomID]*domState{}, replicas: map[libxl.DomID]*pvReplica{},
+		hreplicas: map[libxl.DomID]*pvhReplica{}}, nil
 }
 
 // Context returns the backend's binding, for callers that need calls the
@@ -91,14 +107,22 @@ func (h *Hypervisor) Context() *Context { return h.ctx }
 // Name implements libxl.Hypervisor.
 func (h *Hypervisor) Name() string { return "xen" }
 
+// pvhDefault: whether PVH guests are protected without the pvh=on option.
+const pvhDefault = false
+
 // Capabilities implements libxl.Hypervisor. Types lists PV (route (a),
-// libxl.StreamCapture) unless the backend was opened with pv=direct; HVM
-// and PVH are not listed until their Sink exists, so the engine refuses
-// them rather than fail mid-epoch. See the package documentation.
+// libxl.StreamCapture) unless the backend was opened with pv=direct, and
+// PVH (route (b): log-dirty, foreign mapping, HVM context and params;
+// pvhreplica.go). HVM is not listed, so the engine refuses it rather than
+// fail mid-epoch: its device model's dirty log and state are not
+// captured. See the package documentation.
 func (h *Hypervisor) Capabilities() libxl.Capabilities {
 	c := libxl.Capabilities{SuspendCancel: true, LogDirty: true}
 	if !h.pvDirect {
 		c.Types = []libxl.DomainType{libxl.TypePV}
+	}
+	if h.pvhSet && h.pvh || !h.pvhSet && pvhDefault {
+		c.Types = append(c.Types, libxl.TypePVH)
 	}
 	return c
 }
@@ -127,6 +151,13 @@ func (h *Hypervisor) stream(dom libxl.DomID) *pvStream {
 	return nil
 }
 
+// hreplica returns the PVH replica called dom not activated yet, or nil.
+func (h *Hypervisor) hreplica(dom libxl.DomID) *pvhReplica {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.hreplicas[dom]
+}
+
 // replica returns the replica under restore called dom, or nil.
 func (h *Hypervisor) replica(dom libxl.DomID) *pvReplica {
 	h.mu.Lock()
@@ -148,7 +179,7 @@ func (h *Hypervisor) resolve(op string, dom libxl.DomID) (libxl.DomID, error) {
 	if id, ok := h.active[dom]; ok {
 		return libxl.DomID(id), nil
 	}
-	if h.replicas[dom] != nil {
+	if h.replicas[dom] != nil || h.hreplicas[dom] != nil {
 		return dom, fmt.Errorf("xen: %s(%d): %w: a replica under restore becomes a domain only when activated", op, dom, libxl.ErrBadState)
 	}
 	return dom, fmt.Errorf("xen: %s(%d): %w: no such replica", op, dom, libxl.ErrNoDomain)
@@ -190,12 +221,19 @@ func (h *Hypervisor) Close() error {
 	}
 	reps := h.replicas
 	h.replicas = map[libxl.DomID]*pvReplica{}
+	hreps := h.hreplicas
+	h.hreplicas = map[libxl.DomID]*pvhReplica{}
 	h.mu.Unlock()
 	for _, s := range streams {
 		s.end()
 	}
 	var errs []error
 	for _, r := range reps {
+		if err := r.destroy(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, r := range hreps {
 		if err := r.destroy(); err != nil {
 			errs = append(errs, err)
 		}
@@ -245,14 +283,33 @@ func (h *Hypervisor) lookupDomain(dom libxl.DomID) (domain, error) {
 	}
 	d := domain{xc: xi, typ: libxl.TypePV}
 	if xi.Flags&DominfHVMGuest != 0 {
-		// HVM and PVH look alike to the hypervisor; libxl knows.
-		d.typ = libxl.TypeHVM
-		if li, err := h.ctx.DomainInfo(Domid(dom)); err == nil && li.DomainType == DomainTypePVH {
-			d.typ = libxl.TypePVH
-		}
+		d.typ = h.translatedType(dom, xi)
 	}
 	d.suspended = xi.Flags&DominfShutdown != 0 && xi.ShutdownReason() == ShutdownReasonSuspend
 	return d, nil
+}
+
+// translatedType tells PVH from HVM. The hypervisor does not, nor does
+// libxl_domain_info (its domain_type says HVM for both); the domain's
+// libxl configuration does. It is read once per domain (by its handle,
+// so a reused domid is read again); a domain libxl cannot describe is
+// taken for HVM.
+func (h *Hypervisor) translatedType(dom libxl.DomID, xi *XcDominfo) libxl.DomainType {
+	h.mu.Lock()
+	if st := h.doms[dom]; st != nil && st.hvmType != "" && st.handle == xi.Handle {
+		h.mu.Unlock()
+		return st.hvmType
+	}
+	h.mu.Unlock()
+	t := libxl.TypeHVM
+	if js, err := h.ctx.RetrieveDomainConfiguration(Domid(dom)); err == nil && configType(js) == "pvh" {
+		t = libxl.TypePVH
+	}
+	h.mu.Lock()
+	st := h.state(dom)
+	st.hvmType, st.handle = t, xi.Handle
+	h.mu.Unlock()
+	return t
 }
 
 // forget drops the state of a domain that no longer exists, so a reused
@@ -292,6 +349,9 @@ func (s *source) Describe(dom libxl.DomID) (libxl.DomainInfo, error) {
 		// The domain libxl builds when the stream ends: the shape it was
 		// created with, named (as the simulator names its replicas) after
 		// the domain it replicates.
+		return r.info, nil
+	}
+	if r := h.hreplica(dom); r != nil {
 		return r.info, nil
 	}
 	dom, err := h.resolve("Describe", dom)
@@ -478,7 +538,8 @@ func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
 	if err != nil {
 		return err
 	}
-	if _, err := h.lookupDomain(dom); err != nil {
+	d, err := h.lookupDomain(dom)
+	if err != nil {
 		return err
 	}
 	if st := h.stream(dom); st != nil {
@@ -501,10 +562,41 @@ func (s *source) ReadAndClearDirty(dom libxl.DomID, dst *libxl.Bitmap) error {
 		return err
 	}
 	if st.markAll {
-		for p := range pages {
-			dst.Set(libxl.PFN(p))
+		if d.typ != libxl.TypePV {
+			// A translated guest's frames up to the highest are mostly
+			// holes (its special pages sit below 4 GiB): mark the frames
+			// that hold a page.
+			if err := h.markPopulated(dom, pages, dst); err != nil {
+				return err
+			}
+		} else {
+			for p := range pages {
+				dst.Set(libxl.PFN(p))
+			}
 		}
 		st.markAll = false
+	}
+	return nil
+}
+
+// markPopulated sets in dst the frames of HVM/PVH domain dom below pages
+// that hold a page (Context.ProbeFrames). Callers hold mu.
+func (h *Hypervisor) markPopulated(dom libxl.DomID, pages uint64, dst *libxl.Bitmap) error {
+	frames := make([]uint64, 0, 16*mapBatch)
+	errs := make([]int32, 16*mapBatch)
+	for base := uint64(0); base < pages; base += uint64(cap(frames)) {
+		frames = frames[:0]
+		for p := base; p < min(base+uint64(cap(frames)), pages); p++ {
+			frames = append(frames, p)
+		}
+		if err := h.ctx.ProbeFrames(Domid(dom), frames, errs); err != nil {
+			return fmt.Errorf("xen: ReadAndClearDirty(%d): %w", dom, err)
+		}
+		for i, f := range frames {
+			if errs[i] == 0 {
+				dst.Set(libxl.PFN(f))
+			}
+		}
 	}
 	return nil
 }
@@ -592,9 +684,17 @@ func (h *Hypervisor) readPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) er
 		return fmt.Errorf("xen: ReadPages(%d): %w", dom, err)
 	}
 	for j, e := range errs[:len(mapped)] {
-		if e != 0 {
-			return fmt.Errorf("xen: ReadPages(%d): pfn %d (frame %#x): mapping error %d", dom, pfns[slots[j]], mapped[j], e)
+		if e == 0 {
+			continue
 		}
+		if d.typ != libxl.TypePV {
+			// A hole in a translated guest's frames: zeros, as a
+			// replica's frame that was never written.
+			i := slots[j]
+			clear(dst[i*libxl.PageSize : (i+1)*libxl.PageSize])
+			continue
+		}
+		return fmt.Errorf("xen: ReadPages(%d): pfn %d (frame %#x): mapping error %d", dom, pfns[slots[j]], mapped[j], e)
 	}
 	return nil
 }
@@ -668,11 +768,31 @@ func (s *source) CaptureState(dom libxl.DomID, dst []libxl.State) ([]libxl.State
 	if d.typ == libxl.TypePV {
 		return dst, fmt.Errorf("xen: CaptureState(%d): %w: PV state capture needs MFN canonicalisation (libxenguest stream route), not implemented yet", dom, libxl.ErrUnsupported)
 	}
+	// As libxc's HVM save ends a checkpoint (xg_sr_save_x86_hvm.c): the
+	// TSC info, the HVM context, the non-zero params.
+	tsc, err := h.ctx.DomainGetTSCInfo(Domid(dom))
+	if err != nil {
+		return dst, err
+	}
 	ctx, err := h.ctx.HVMGetContext(Domid(dom))
 	if err != nil {
 		return dst, err
 	}
-	return splitHVM(ctx, int(d.xc.MaxVCPUID)+1, dst)
+	ps := hvmParamsState{TSC: tsc}
+	for _, i := range hvmSavedParams {
+		v, err := h.ctx.HVMParamGet(Domid(dom), i)
+		if err != nil {
+			return dst, err
+		}
+		if v != 0 {
+			ps.Params = append(ps.Params, HVMParam{Index: i, Value: v})
+		}
+	}
+	dst, err = splitHVM(ctx, int(d.xc.MaxVCPUID)+1, dst)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, ps.encode()), nil
 }
 
 // Destroy implements libxl.Source with libxl_domain_destroy; a DomID the
@@ -704,24 +824,38 @@ func (h *Hypervisor) destroy(dom libxl.DomID) error {
 
 // sink is the standby side of the backend: PV replicas are built by
 // libxl_domain_create_restore from the committed epochs (route (a),
-// pvreplica.go) and named by DomIDs from replicaBase up until activated.
-// HVM and PVH replicas are not implemented yet (libxl.ErrUnsupported).
+// pvreplica.go), PVH replicas are paused domains written as epochs commit
+// (route (b), pvhreplica.go); both are named by DomIDs from replicaBase
+// up, which stay valid after Activate. HVM replicas are not implemented
+// (libxl.ErrUnsupported).
 type sink Hypervisor
 
-var errNoReplica = fmt.Errorf("%w: the xen backend builds only PV replicas (route (a)) so far", libxl.ErrUnsupported)
+var errNoReplica = fmt.Errorf("%w: the xen backend builds PV and PVH replicas only (HVM's device model is not replicated)", libxl.ErrUnsupported)
 
 // CreateReplica implements libxl.Sink: for a PV domain, a restore that
 // reads the replica's stream; the domain it builds appears under a
-// temporary name, paused, only once Activate ends the stream.
+// temporary name, paused, only once Activate ends the stream. For a PVH
+// domain, a paused domain under a temporary name, at once.
 func (s *sink) CreateReplica(info libxl.DomainInfo) (libxl.DomID, error) {
 	h := (*Hypervisor)(s)
-	if !h.StreamCaptured(info.Type) {
+	pvh := info.Type == libxl.TypePVH
+	if !h.StreamCaptured(info.Type) && !pvh {
 		return libxl.DomIDInvalid, fmt.Errorf("xen: CreateReplica(%s %q): %w", info.Type, info.Name, errNoReplica)
 	}
 	h.mu.Lock()
 	id := replicaBase + h.nextReplica
 	h.nextReplica++
 	h.mu.Unlock()
+	if pvh {
+		r, err := newPVHReplica(ctxHVM{h.ctx}, id, info)
+		if err != nil {
+			return libxl.DomIDInvalid, err
+		}
+		h.mu.Lock()
+		h.hreplicas[r.id] = r
+		h.mu.Unlock()
+		return r.id, nil
+	}
 	r, err := newReplica(ctxRestorer{h.ctx}, id, info)
 	if err != nil {
 		return libxl.DomIDInvalid, err
@@ -744,6 +878,13 @@ func (s *sink) RoomFor(info libxl.DomainInfo) error {
 		return err
 	}
 	need := info.Pages * libxl.PageSize / 1024
+	if info.Type != libxl.TypePV {
+		// A translated guest's frames run up to its special pages below
+		// 4 GiB; its memory is what its configuration gives it.
+		if m := configMaxMemKB(info.Config); m > 0 {
+			need = m
+		}
+	}
 	need += max(need/64, 8<<10)
 	if free < need {
 		return fmt.Errorf("xen: %d MiB free for a replica of %q that needs %d MiB", free>>10, info.Name, need>>10)
@@ -772,6 +913,9 @@ func (s *sink) WritePages(dom libxl.DomID, pfns []libxl.PFN, data []byte) error 
 	if r := (*Hypervisor)(s).replica(dom); r != nil {
 		return r.writePages(pfns, data)
 	}
+	if r := (*Hypervisor)(s).hreplica(dom); r != nil {
+		return r.writePages(pfns, data)
+	}
 	return s.noReplica("WritePages", dom)
 }
 
@@ -781,6 +925,9 @@ func (s *sink) WritePages(dom libxl.DomID, pfns []libxl.PFN, data []byte) error 
 func (s *sink) ReadPages(dom libxl.DomID, pfns []libxl.PFN, dst []byte) error {
 	h := (*Hypervisor)(s)
 	if r := h.replica(dom); r != nil {
+		return r.readPages(pfns, dst)
+	}
+	if r := h.hreplica(dom); r != nil {
 		return r.readPages(pfns, dst)
 	}
 	if id, ok := h.ReplicaDomid(dom); ok {
@@ -800,6 +947,9 @@ func (s *sink) RestoreState(dom libxl.DomID, st []libxl.State) error {
 	if r := (*Hypervisor)(s).replica(dom); r != nil {
 		return r.restoreState(st)
 	}
+	if r := (*Hypervisor)(s).hreplica(dom); r != nil {
+		return r.restoreState(st)
+	}
 	return s.noReplica("RestoreState", dom)
 }
 
@@ -808,6 +958,17 @@ func (s *sink) RestoreState(dom libxl.DomID, st []libxl.State) error {
 // and unpause it. ReplicaDomid then tells its real domain id.
 func (s *sink) Activate(dom libxl.DomID) error {
 	h := (*Hypervisor)(s)
+	if r := h.hreplica(dom); r != nil {
+		id, err := r.activate()
+		if err != nil {
+			return err
+		}
+		h.mu.Lock()
+		delete(h.hreplicas, dom)
+		h.activated(dom, Domid(id))
+		h.mu.Unlock()
+		return nil
+	}
 	r := h.replica(dom)
 	if r == nil {
 		return s.noReplica("Activate", dom)
@@ -841,10 +1002,21 @@ func (s *sink) Destroy(dom libxl.DomID) error {
 	h.mu.Lock()
 	r := h.replicas[dom]
 	delete(h.replicas, dom)
-	if r != nil {
+	hr := h.hreplicas[dom]
+	delete(h.hreplicas, dom)
+	if r != nil || hr != nil {
 		h.bg.Add(1)
 	}
 	h.mu.Unlock()
+	if hr != nil {
+		hr.closed = true
+		go func() {
+			defer h.bg.Done()
+			// Nobody is left to hear of a failure: libxl has logged it.
+			hr.destroy()
+		}()
+		return nil
+	}
 	if r == nil {
 		if dom >= replicaBase {
 			if id, ok := h.ReplicaDomid(dom); ok {

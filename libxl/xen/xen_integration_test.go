@@ -169,6 +169,60 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// TestContractPVH runs the shared contract suite on PVH guests (route
+// (b): Xen's log-dirty, foreign mapping, HVM context and params; a
+// replica built paused by libxl and written frame by frame) from the xl
+// config KEMARI_XEN_PVH_CFG, the lab's guest with type="pvh". A PVH
+// guest's frames run up to its special pages below 4 GiB, so the size the
+// suite expects is what Describe says of a domain of that config, created
+// paused for the purpose.
+func TestContractPVH(t *testing.T) {
+	hvtest.RequiresXen(t)
+	hvtest.RequiresRoot(t)
+	cfg := os.Getenv("KEMARI_XEN_PVH_CFG")
+	if cfg == "" {
+		t.Skip("KEMARI_XEN_PVH_CFG (an xl config of a PVH guest that writes its memory) is not set")
+	}
+	open := func(t *testing.T) libxl.Hypervisor { return openXenWith(t, libxl.Options{"pvh": "on"}) }
+	hv := open(t)
+	name := fmt.Sprintf("hvtest-%d-size", os.Getpid())
+	if out, err := exec.Command("xl", "create", "-p", "-q", cfg, `name="`+name+`"`).CombinedOutput(); err != nil {
+		t.Fatalf("xl create -p %s: %v\n%s", cfg, err, out)
+	}
+	dom, err := hv.Lookup(name)
+	if err != nil {
+		exec.Command("xl", "destroy", name).Run()
+		t.Fatal(err)
+	}
+	info, err := hv.Source().Describe(dom)
+	exec.Command("xl", "destroy", name).Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Type != libxl.TypePVH {
+		t.Fatalf("%s makes a %s domain, want pvh", cfg, info.Type)
+	}
+	t.Logf("a domain of %s: %d frames (highest gfn %#x), %d vCPUs", cfg, info.Pages, info.Pages-1, info.VCPUs)
+	hvtest.Run(t, hvtest.Factory{
+		Open: open,
+		Create: func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID {
+			return createGuestFrom(t, hv, cfg)
+		},
+		Spawn: func(t *testing.T, hv libxl.Hypervisor, pages uint64) libxl.DomID {
+			dom, _ := spawnGuest(t, hv, cfg)
+			return dom
+		},
+		NoTouch: "the xen backend's guests are real Linux kernels: writing chosen pages of one from dom0 would corrupt it",
+		Advance: func(t *testing.T) { <-time.After(time.Second) },
+		Reuse:   true,
+		Pages:   info.Pages,
+		Boot: func(t *testing.T, hv libxl.Hypervisor, dom libxl.DomID) string {
+			boot, _, _ := guestStatus(t)
+			return boot
+		},
+	})
+}
+
 // TestPrimitives checks the Source operations that work on a PV guest, at
 // the guest's real size, and logs what they cost.
 func TestPrimitives(t *testing.T) {

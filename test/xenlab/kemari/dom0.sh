@@ -20,6 +20,10 @@ vcpus = 1
 on_crash = "preserve"
 vif = [ "bridge=xenbr0" ]
 CFG
+# The same guest as a PVH domain: the same kernel and initrd, booted
+# directly (no device model, no bootloader).
+pvhcfg=/run/xenlab/hvtest-pvh.cfg
+{ echo 'type = "pvh"'; cat "$cfg"; } >"$pvhcfg"
 case ${1:-} in
 version)
 	/mnt/host/xl-kemari version
@@ -34,7 +38,9 @@ test)
 	sed 's/^memory = .*/memory = 96/' "$cfg" >/run/xenlab/hvtest-contract.cfg
 	# A replica test holds a guest's worth several times over (capture,
 	# copies, the replica's pages) in a 1 GB dom0.
+	sed 's/^memory = .*/memory = 96/' "$pvhcfg" >/run/xenlab/hvtest-pvh-contract.cfg
 	GOMEMLIMIT=${GOMEMLIMIT:-640MiB} KEMARI_XEN_CFG=$cfg KEMARI_XEN_CONTRACT_CFG=/run/xenlab/hvtest-contract.cfg \
+		KEMARI_XEN_PVH_CFG=/run/xenlab/hvtest-pvh-contract.cfg \
 		/mnt/host/xen.test -test.v -test.timeout 30m -test.run "${2:-.}" 2>&1
 	rc=$?
 	xl list
@@ -44,7 +50,7 @@ engine)
 	cd /tmp || exit 1
 	# Primary capture and replica pages are a guest's worth each in one
 	# process, in a 1 GB dom0: keep the Go heap from doubling them.
-	GOMEMLIMIT=${GOMEMLIMIT:-640MiB} KEMARI_XEN_CFG=$cfg KEMARI_E2E_LOGS=/mnt/out /mnt/host/kemari-engine.test -test.v -test.timeout 30m -test.run "${2:-.}" 2>&1
+	GOMEMLIMIT=${GOMEMLIMIT:-640MiB} KEMARI_XEN_CFG=$cfg KEMARI_XEN_PVH_CFG=$pvhcfg KEMARI_E2E_LOGS=/mnt/out /mnt/host/kemari-engine.test -test.v -test.timeout 30m -test.run "${2:-.}" 2>&1
 	rc=$?
 	xl list
 	exit $rc
