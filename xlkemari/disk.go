@@ -54,7 +54,8 @@ func runDiskServe(e *env, args []string) int {
 	fs := pflag.NewFlagSet("disk serve", pflag.ContinueOnError)
 	fs.SetOutput(e.Stderr)
 	runDir := fs.String("run-dir", "", "directory of the control sockets (default $KEMARI_RUN_DIR or "+defaultRunDir+")")
-	store := fs.String("store", "", "the disk's store (default "+defaultDiskDir+"/<Name>)")
+	store := fs.String("store", "", "the disk's store (default DISK_DIR/<Name>)")
+	diskDir := fs.String("disk-dir", "", "directory of the disk stores (default $KEMARI_DISK_DIR or "+defaultDiskDir+")")
 	timeout := fs.Duration("timeout", 30*time.Second, "kernel request timeout (NBD_ATTR_TIMEOUT)")
 	dead := fs.Duration("dead-timeout", 120*time.Second, "how long the kernel holds the guest's I/O for a front that died (NBD_ATTR_DEAD_CONN_TIMEOUT)")
 	fresh := fs.Bool("fresh", false, "attach a new device even if one is published for <Name> (default: reattach it, as after a restart)")
@@ -71,7 +72,7 @@ func runDiskServe(e *env, args []string) int {
 		return exitUsage
 	}
 	if *store == "" {
-		*store = filepath.Join(defaultDiskDir, name)
+		*store = filepath.Join(resolveDiskDir(e, *diskDir), name)
 	}
 	if *timeout < time.Second || *dead < time.Second {
 		e.errorf("disk serve: --timeout and --dead-timeout must be at least 1s")

@@ -50,6 +50,18 @@ func frontName(target string) (string, error) {
 // guest's disk, on the standby its copy.
 const defaultDiskDir = "/var/lib/xl-kemari/disk"
 
+// resolveDiskDir is --disk-dir, else $KEMARI_DISK_DIR, else
+// defaultDiskDir.
+func resolveDiskDir(e *env, flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if d := e.Getenv("KEMARI_DISK_DIR"); d != "" {
+		return d
+	}
+	return defaultDiskDir
+}
+
 // diskPaths are the rendezvous files of disk name under the run
 // directory: published holds "/dev/nbdN\n" while the device is served,
 // sock is the front's control socket.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/xl-kemari/xl-kemari/diskbuf"
 	"github.com/xl-kemari/xl-kemari/diskbuf/nbd"
+	"github.com/xl-kemari/xl-kemari/libxl"
 )
 
 // fakeNBD plays Linux nbd's side of a device: the sockets handed over
@@ -217,5 +218,107 @@ func TestFrontName(t *testing.T) {
 		if _, err := frontName(bad); err == nil {
 			t.Errorf("frontName(%q) accepted", bad)
 		}
+	}
+}
+
+// TestLeaseDisksReplicate is start's disk path without the engine: the
+// front's device is leased and served from a replicate-mode Primary
+// (a read-only disk beside it gets an empty store); the guest's writes
+// of each epoch, as Barrier returns them, applied to a Replica over the
+// standby's copy (standbyDisks: made at the primary's size), leave the
+// copy equal to the store; when protection ends the front serves again.
+func TestLeaseDisksReplicate(t *testing.T) {
+	_, k, dir, store := newTestFront(t)
+	if err := k.client().WriteAt(sector('A'), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	disks := []libxl.Disk{{Index: 0, Target: "/srv/iso/debian.iso"}, {Index: 1, Target: "web", Writable: true, Script: "block-kemari"}}
+	ld, err := leaseDisks(dir, disks, func() (nbd.Device, func(), error) { return k, func() {}, nil }, nbd.AttachConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.want(t, "reconfigure")
+	if ld.sectors[0] != 0 || ld.sectors[1] != 2048 {
+		t.Fatalf("sectors %v, want [0 2048]", ld.sectors)
+	}
+	// The standby: its copy made at the primary's size, the initial copy
+	// (here the whole store) then the epochs.
+	info := libxl.DomainInfo{Disks: []libxl.Disk{{Target: disks[0].Target}, {Target: "web", Writable: true, Sectors: ld.sectors[1]}}}
+	copyDir := t.TempDir()
+	stores, err := standbyDisks(copyDir)(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := diskbuf.NewReplica(diskbuf.Replicate, stores)
+	whole := make([]byte, 1<<20)
+	if _, err := ld.prim.Device(1).ReadAt(whole, 0); err != nil {
+		t.Fatal(err)
+	}
+	rep.Stage(diskbuf.Write{Disk: 1, Data: whole})
+	rep.Commit(0)
+	ld.prim.Protect()
+	for e := uint64(1); e <= 3; e++ {
+		for i := 0; i < 4; i++ {
+			if err := k.client().WriteAt(sector(byte('a'+e)), int64(4096*(int(e)*8+i)), i == 3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := k.client().WriteZeroes(0, 4096, false, false); err != nil && e == 2 {
+			t.Fatal(err)
+		}
+		for _, w := range ld.prim.Barrier(e) {
+			if err := rep.Stage(w); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ld.prim.Open()
+		if err := rep.Commit(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ld.end(); err != nil {
+		t.Fatal(err)
+	}
+	k.want(t, "reconfigure") // the front serves again
+	if err := k.client().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(store)
+	b, _ := os.ReadFile(filepath.Join(copyDir, "web"))
+	if !bytes.Equal(a, b) {
+		t.Fatal("the standby's copy differs from the primary's store")
+	}
+}
+
+// TestStandbyDisks: the standby's copy is made at the primary's size,
+// a stale one is zeroed, one of another size is refused by name.
+func TestStandbyDisks(t *testing.T) {
+	dir := t.TempDir()
+	info := libxl.DomainInfo{Disks: []libxl.Disk{{Target: "web", Writable: true, Sectors: 8}, {Target: "/srv/x.iso", Sectors: 4}}}
+	if err := os.WriteFile(filepath.Join(dir, "web"), bytes.Repeat([]byte{7}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := standbyDisks(dir)(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "web")); !bytes.Equal(got, make([]byte, 4096)) {
+		t.Error("the stale copy was not zeroed")
+	}
+	if m, ok := st[1].(*diskbuf.MemStore); !ok || m.Size() != 2048 {
+		t.Errorf("read-only disk: store %T", st[1])
+	}
+	st[0].(*os.File).Close()
+	info.Disks[0].Sectors = 16
+	if _, err := standbyDisks(dir)(info); err == nil || !strings.Contains(err.Error(), "disk web: the standby's copy "+filepath.Join(dir, "web")+" is 4096 bytes, the primary's disk 8192") {
+		t.Errorf("size mismatch: %v", err)
+	}
+	os.Remove(filepath.Join(dir, "web"))
+	if st, err := standbyDisks(dir)(info); err != nil {
+		t.Error(err)
+	} else if fi, _ := os.Stat(filepath.Join(dir, "web")); fi.Size() != 8192 {
+		t.Errorf("made a copy of %d bytes, want 8192", fi.Size())
+	} else {
+		st[0].(*os.File).Close()
 	}
 }

@@ -319,6 +319,7 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 	ss := &standbySession{arbiter: l.arb.Configured(), timeout: l.timeout, done: make(chan struct{})}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: l.ecfg, Verify: l.verify, Once: true,
 		Logger: l.log.With("domain", name),
+		Disks:  standbyDisksOn(l.hv, resolveDiskDir(&env{Getenv: l.getenv}, "")),
 		// On Xen: bring the replica's vifs up and announce its addresses.
 		OnActivate: (&netbufFlags{}).onActivate(l.log.With("domain", name), l.hv),
 		Observer: func(o checkpoint.Observation) {

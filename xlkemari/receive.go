@@ -241,6 +241,7 @@ func runReceive(e *env, args []string) int {
 	}
 	ss := &standbySession{arbiter: a.Configured(), timeout: f.timeout, done: make(chan struct{})}
 	s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: ecfg, Verify: *verify, Logger: log,
+		Disks: standbyDisksOn(hv, resolveDiskDir(e, "")),
 		// One primary, --stdio or --listen: after its clean goodbye (stop)
 		// there is nothing left to hold, so Run returns and we exit 0,
 		// unless --stay. (`listen` is the service that outlives them.)
