@@ -22,11 +22,11 @@ import (
 // quiesces every server, Open resumes them) and whose writes it ships
 // with each epoch.
 type leasedDisks struct {
-	prim    *diskbuf.Primary
-	sectors []uint64 // per disk of the domain; 0 for disks not served by a front
-	leases  []*frontLease
-	srvs    []*nbd.Server
-	files   []*os.File
+	prim     *diskbuf.Primary
+	sectors  []uint64 // per disk of the domain; 0 for disks not served by a front
+	leases   []*frontLease
+	srvs     []*nbd.Server
+	files    []*os.File
 	closeDev func()
 }
 
