@@ -189,6 +189,6 @@ func runDiskCall(e *env, op string, args []string) int {
 	if op == "stop" {
 		state = "detached"
 	}
-	fmt.Fprintf(e.Stdout, "%s /dev/nbd%d store=%s size=%d %s heals=%d\n", name, r.Index, r.Store, r.Size, state, r.Heals)
+	fmt.Fprintf(e.Stdout, "%s /dev/nbd%d store=%s size=%d %s heals=%d pid=%d\n", name, r.Index, r.Store, r.Size, state, r.Heals, r.PID)
 	return exitOK
 }

@@ -84,6 +84,7 @@ type frontResponse struct {
 	Size   int64  `json:"size,omitempty"`
 	Leased bool   `json:"leased,omitempty"`
 	Heals  int64  `json:"heals,omitempty"`
+	PID    int    `json:"pid,omitempty"`
 }
 
 // frontConfig is what a front needs.
@@ -324,7 +325,7 @@ func (f *front) handle(c *net.UnixConn) {
 	}
 	c.SetReadDeadline(time.Time{})
 	f.mu.Lock()
-	st := frontResponse{OK: true, Index: f.index, Store: f.cfg.Store, Size: f.srv.Size(), Leased: f.leased}
+	st := frontResponse{OK: true, Index: f.index, Store: f.cfg.Store, Size: f.srv.Size(), Leased: f.leased, PID: os.Getpid()}
 	if f.att != nil {
 		st.Heals = f.att.Heals()
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
@@ -125,7 +126,7 @@ func checkDisks(name string, disks []libxl.Disk, prot conf.Protection) error {
 
 // frontDisk says whether d is served by the NBD disk front.
 func frontDisk(d libxl.Disk) bool {
-	return d.Script == "block-kemari" || d.Script == "/etc/xen/scripts/block-kemari"
+	return filepath.Base(d.Script) == "block-kemari"
 }
 
 // configTarget is the protectTarget of a domain as its xl.cfg describes
