@@ -23,7 +23,7 @@
 set -u
 X=${KEMARI_BIN:-/mnt/host/xl-kemari}
 BK=/mnt/host/block-kemari
-w=/run/kemari-disk
+w=/var/tmp/kemari-disk # not /run: a tmpfs of 10% of dom0
 name=kdisk-$$
 port=$((8500 + $$ % 400))
 fails=0
@@ -213,7 +213,7 @@ done
 
 note "kill the primary"
 kill -9 "$ppid"
-xl destroy "$name"
+KEMARI_RUN_DIR=$w/p xl destroy "$name"
 t0=$(date +%s)
 until grep -q '"kind":"activate"' "$w/standby.jsonl" 2>/dev/null; do
 	[ $(($(date +%s) - t0)) -lt 240 ] || {
@@ -243,8 +243,9 @@ a=$(ask)
 echo "replica: $a"
 last=$(field "$a" acked)
 [ "$(field "$a" mnt)" = no ] || fail "the resumed guest did not unmount xvdb: $a"
-xl destroy "$rid"
+KEMARI_RUN_DIR=$w/s xl destroy "$rid" # block-kemari remove stops the standby's front
 sleep 3
+KEMARI_RUN_DIR=$w/s "$X" disk status kdisk >/dev/null 2>&1 && fail "the standby's front outlived its domain (block-kemari remove)"
 KEMARI_RUN_DIR=$w/s "$X" disk stop kdisk >/dev/null 2>&1
 e2fsck -fn "$w/s/kdisk" >"$w/fsck.log" 2>&1 && pass "e2fsck -fn of the standby's copy is clean" || {
 	fail "e2fsck -fn of the standby's copy"
