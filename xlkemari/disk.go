@@ -110,7 +110,7 @@ func runDiskServe(e *env, args []string) int {
 	}
 	cfg := frontConfig{Name: name, Store: *store, RunDir: resolveRunDir(e, *runDir), Dev: k, Log: log,
 		Reuse:  !*fresh,
-		Attach: nbd.AttachConfig{Timeout: *timeout, DeadConnTimeout: *dead, BackendID: "xl-kemari:" + name},
+		Attach: nbd.AttachConfig{Timeout: *timeout, DeadConnTimeout: *dead, BackendID: frontBackendID(name)},
 		LinkDead: func(index uint32, deadline time.Time) {
 			t := time.NewTimer(time.Until(deadline))
 			defer t.Stop()

@@ -45,6 +45,10 @@ func frontName(target string) (string, error) {
 	return n, nil
 }
 
+// frontBackendID is the NBD_ATTR_BACKEND_IDENTIFIER of disk name's device:
+// every reconfigure must repeat it.
+func frontBackendID(name string) string { return "xl-kemari:" + name }
+
 // defaultDiskDir holds a host's disk stores: the store of disk NAME is
 // DIR/NAME (a file, or a symlink to a block device), on the primary the
 // guest's disk, on the standby its copy.

@@ -24,6 +24,7 @@ type fakeNBD struct {
 	mu      sync.Mutex
 	size    int64
 	flags   uint16
+	backend string
 	clients []*nbd.Client
 	events  chan string // "connect", "reconfigure", "disconnect"
 }
@@ -51,7 +52,7 @@ func (k *fakeNBD) take(fds []int) error {
 func (k *fakeNBD) Connect(c nbd.DeviceConfig) (uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.size, k.flags = int64(c.Size), c.ServerFlags
+	k.size, k.flags, k.backend = int64(c.Size), c.ServerFlags, c.BackendID
 	defer func() { k.events <- "connect" }()
 	return 7, k.take(c.FDs)
 }
@@ -61,6 +62,10 @@ func (k *fakeNBD) Reconfigure(r nbd.Reconfig) error {
 	defer k.mu.Unlock()
 	if r.Index != 7 {
 		return unix.ENODEV
+	}
+	if r.BackendID != k.backend {
+		// Linux 6.1: "must specify backend" / "backend image doesn't match".
+		return unix.EINVAL
 	}
 	defer func() { k.events <- "reconfigure" }()
 	return k.take(r.FDs)
@@ -99,7 +104,7 @@ func newTestFront(t *testing.T) (*front, *fakeNBD, string, string) {
 		t.Fatal(err)
 	}
 	k := newFakeNBD()
-	f, err := newFront(frontConfig{Name: "web", Store: store, RunDir: dir, Dev: k})
+	f, err := newFront(frontConfig{Name: "web", Store: store, RunDir: dir, Dev: k, Attach: nbd.AttachConfig{BackendID: frontBackendID("web")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +150,7 @@ func TestDiskFrontLease(t *testing.T) {
 			t.Fatal(err)
 		}
 		prim.SetGate(srv)
-		if err := l.Serve(k, srv, nbd.AttachConfig{}); err != nil {
+		if err := l.Serve(k, srv, nbd.AttachConfig{BackendID: frontBackendID("web")}); err != nil {
 			t.Fatal(err)
 		}
 		k.want(t, "reconfigure")

@@ -113,7 +113,9 @@ func leaseDisks(runDir string, disks []libxl.Disk, openDev func() (nbd.Device, f
 	}
 	l.closeDev = closeDev
 	for k, s := range todo {
-		if err := s.lease.Serve(dev, l.srvs[k], acfg); err != nil {
+		cfg := acfg
+		cfg.BackendID = frontBackendID(s.lease.name)
+		if err := s.lease.Serve(dev, l.srvs[k], cfg); err != nil {
 			return nil, err
 		}
 	}

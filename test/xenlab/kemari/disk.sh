@@ -45,6 +45,7 @@ trap cleanup EXIT
 
 rm -rf "$w"
 mkdir -p "$w/p" "$w/s" "$w/g"
+chmod 0700 "$w/p" "$w/s" # control sockets: xl-kemari wants private run directories
 modprobe nbd || {
 	echo "FAIL: no nbd module"
 	exit 1
