@@ -140,7 +140,7 @@ done
 exec 3<&-
 gsh "$domid" 'mkdir -p /mnt && mount -t ext4 /dev/xvdb /mnt && echo yes >/state/mnt; echo 0 >/state/acked'
 gsh "$domid" 'printf "#!/bin/sh\necho acked=\$(cat /state/acked) boot=\$(cat /state/boot) ioerr=\$(dmesg | grep -c -i -e \"I/O error\" -e \"EXT4-fs error\") mnt=\$(cat /state/mnt)\n" >/state/svc8; chmod +x /state/svc8; nc -ll -p 8 -e /state/svc8 &'
-gsh "$domid" '( n=0; while :; do n=$((n+1)); echo "rec $n" >>/mnt/log; { fsync /mnt/log 2>/dev/null || sync; } && echo $n >/state/acked; done ) >/dev/null 2>&1 & echo $! >>/state/pids'
+gsh "$domid" '( n=0; while :; do n=$((n+1)); echo "rec $n" >>/mnt/log; fsync /mnt/log && echo $n >/state/acked; done ) >/dev/null 2>&1 & echo $! >>/state/pids'
 gsh "$domid" '( i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/mnt/f$((i%4)) bs=64k count=8 conv=fsync 2>/dev/null; done ) & echo $! >>/state/pids'
 a=$(await_ask 120) || {
 	fail "guest service on port 8"
