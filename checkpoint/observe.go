@@ -46,6 +46,7 @@ type Status struct {
 	State            string    `json:"state"`
 	StateSince       time.Time `json:"state_since"`
 	SyncPercent      float64   `json:"sync_percent"`
+	DiskSyncPercent  float64   `json:"disk_sync_percent,omitempty"` // the initial copy of the disks (replicate mode)
 	UnprotectedSince time.Time `json:"unprotected_since,omitzero"`
 	Epoch            uint64    `json:"epoch"` // primary: acked; standby: committed
 	Checkpoints      uint64    `json:"checkpoints"`

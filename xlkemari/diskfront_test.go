@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xl-kemari/xl-kemari/checkpoint"
 	"github.com/xl-kemari/xl-kemari/diskbuf"
 	"github.com/xl-kemari/xl-kemari/diskbuf/nbd"
 	"github.com/xl-kemari/xl-kemari/libxl"
@@ -325,5 +326,17 @@ func TestStandbyDisks(t *testing.T) {
 		t.Errorf("made a copy of %d bytes, want 8192", fi.Size())
 	} else {
 		st[0].(*os.File).Close()
+	}
+}
+
+// status shows the initial disk copy's progress while it runs.
+func TestStateTextDiskSync(t *testing.T) {
+	for _, c := range []struct {
+		disk float64
+		want string
+	}{{0, "syncing 95%"}, {40, "syncing 95% (disks 40%)"}, {100, "syncing 95%"}} {
+		if got := stateText(checkpoint.Status{Role: "primary", State: "syncing", SyncPercent: 95, DiskSyncPercent: c.disk}); got != c.want {
+			t.Errorf("disk %v%%: %q, want %q", c.disk, got, c.want)
+		}
 	}
 }

@@ -116,6 +116,8 @@ func dash(s string) string {
 // epoch it resumed at.
 func stateText(s checkpoint.Status) string {
 	switch {
+	case s.State == "syncing" && s.Role == "primary" && s.DiskSyncPercent > 0 && s.DiskSyncPercent < 100:
+		return fmt.Sprintf("syncing %.0f%% (disks %.0f%%)", s.SyncPercent, s.DiskSyncPercent)
 	case s.State == "syncing" && s.Role == "primary":
 		return fmt.Sprintf("syncing %.0f%%", s.SyncPercent)
 	case s.State == "active" && s.Role == "standby":
