@@ -5,7 +5,7 @@
 #   A. A PV guest whose second disk (xvdb, ext4 made in dom0) is served
 #      through block-kemari: the hotplug script starts `xl-kemari disk
 #      serve`, which attaches /dev/nbdN over netlink and publishes it. The
-#      guest mounts it and appends records, each fsync'ed before the
+#      guest mounts it and appends records, each synced (sync(1): busybox has no fsync applet) before the
 #      guest counts it acknowledged. The front is SIGKILLed and restarted
 #      under that load: the new front reattaches the same device, and the
 #      guest logged no I/O error.
@@ -140,7 +140,7 @@ done
 exec 3<&-
 gsh "$domid" 'mkdir -p /mnt && mount -t ext4 /dev/xvdb /mnt && echo yes >/state/mnt; echo 0 >/state/acked'
 gsh "$domid" 'printf "#!/bin/sh\necho acked=\$(cat /state/acked) boot=\$(cat /state/boot) ioerr=\$(dmesg | grep -c -i -e \"I/O error\" -e \"EXT4-fs error\") mnt=\$(cat /state/mnt)\n" >/state/svc8; chmod +x /state/svc8; nc -ll -p 8 -e /state/svc8 &'
-gsh "$domid" '( n=0; while :; do n=$((n+1)); echo "rec $n" >>/mnt/log; fsync /mnt/log && echo $n >/state/acked; done ) >/dev/null 2>&1 & echo $! >>/state/pids'
+gsh "$domid" '( n=0; while :; do n=$((n+1)); echo "rec $n" >>/mnt/log; sync && echo $n >/state/acked; done ) >/dev/null 2>&1 & echo $! >>/state/pids'
 gsh "$domid" '( i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/mnt/f$((i%4)) bs=64k count=8 conv=fsync 2>/dev/null; done ) & echo $! >>/state/pids'
 a=$(await_ask 120) || {
 	fail "guest service on port 8"
