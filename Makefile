@@ -22,6 +22,7 @@ SBINDIR ?= $(PREFIX)/sbin
 SHIMDIR ?= /usr/local/sbin# before /usr/sbin in root's PATH; never /usr/sbin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 INITDIR ?= /etc/init.d
+XENSCRIPTDIR ?= /etc/xen/scripts# block-kemari, the disk front's hotplug script
 XEN_PKGS = xenlight xencontrol xenguest xenforeignmemory xentoollog
 XEN     ?= $(shell pkg-config --exists $(XEN_PKGS) 2>/dev/null && echo 1 || echo 0)
 GOTAGS   = $(if $(filter 1,$(XEN)),-tags xen)
@@ -105,6 +106,7 @@ install-files:
 		exit 1; fi
 	install -D -m 0755 bin/xl-kemari $(DESTDIR)$(SBINDIR)/xl-kemari
 	install -D -m 0755 dist/xl $(DESTDIR)$(SHIMDIR)/xl
+	install -D -m 0755 dist/block-kemari $(DESTDIR)$(XENSCRIPTDIR)/block-kemari
 	install -D -m 0644 man/xl-kemari.1 $(DESTDIR)$(PREFIX)/share/man/man1/xl-kemari.1
 	install -D -m 0644 man/xl-kemari.cfg.5 $(DESTDIR)$(PREFIX)/share/man/man5/xl-kemari.cfg.5
 	install -D -m 0644 dist/kemari.toml.example $(DESTDIR)$(PREFIX)/share/doc/xl-kemari/kemari.toml.example

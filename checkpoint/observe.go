@@ -49,12 +49,13 @@ type Observation struct {
 
 // Status is a snapshot of one protection, as `xl kemari status` shows it.
 type Status struct {
-	Role        string    `json:"role"`
-	Domain      string    `json:"domain"`
-	Peer        string    `json:"peer"`
-	State       string    `json:"state"`
-	StateSince  time.Time `json:"state_since"`
-	SyncPercent float64   `json:"sync_percent"`
+	Role            string    `json:"role"`
+	Domain          string    `json:"domain"`
+	Peer            string    `json:"peer"`
+	State           string    `json:"state"`
+	StateSince      time.Time `json:"state_since"`
+	SyncPercent     float64   `json:"sync_percent"`
+	DiskSyncPercent float64   `json:"disk_sync_percent,omitempty"` // the initial copy of the disks (replicate mode)
 	// NotYetProtected (primary): no checkpoint of this protection has been
 	// acknowledged since it started or since the standby was lost. Output
 	// produced before the sync's checkpoint leaves unheld (it is never

@@ -58,6 +58,10 @@ type PrimaryConfig struct {
 	Session [16]byte
 	// SharedDisk says the domain's disks are on shared storage.
 	SharedDisk bool
+	// DiskSectors sizes disk i (512-byte sectors) where the Source
+	// describes it as 0: the Xen backend does not know the size of a disk
+	// served by the NBD front; the front's store does.
+	DiskSectors []uint64
 	// ConnectTimeout bounds one dial plus hello exchange (0: Timeout/3, so
 	// a hung attempt gives way to a new one within the standby's
 	// timeout). An ssh transport, which starts a remote process, needs
@@ -222,6 +226,11 @@ func (p *Primary) Run(ctx context.Context) (err error) {
 	info, err := p.src.Describe(p.cfg.Domain)
 	if err != nil {
 		return fmt.Errorf("checkpoint: describe domain %d: %w", p.cfg.Domain, err)
+	}
+	for i := range info.Disks {
+		if info.Disks[i].Sectors == 0 && i < len(p.cfg.DiskSectors) {
+			info.Disks[i].Sectors = p.cfg.DiskSectors[i]
+		}
 	}
 	p.info = info
 	if sc, ok := p.src.(libxl.StreamCapture); ok && sc.StreamCaptured(info.Type) {

@@ -153,10 +153,19 @@ func (p *Primary) precopy(pc *pconn) ([]libxl.PFN, error) {
 // copy; writes racing with it are shipped again by the final checkpoint).
 func (p *Primary) copyDisks(pc *pconn) error {
 	const chunk = wire.MaxDiskWrite
+	var total, done int64
+	for _, d := range p.info.Disks {
+		total += int64(d.Sectors) * diskbuf.SectorSize
+	}
 	for i, d := range p.info.Disks {
 		size := int64(d.Sectors) * diskbuf.SectorSize
 		for off := int64(0); off < size; off += chunk {
 			n := min(chunk, size-off)
+			done += n
+			if done == total || (done/chunk)%64 == 0 {
+				pct := 100 * float64(done) / float64(total)
+				p.status.update(func(s *Status) { s.DiskSyncPercent = pct })
+			}
 			b := make([]byte, n)
 			if _, err := p.disk.Device(i).ReadAt(b, off); err != nil {
 				return err

@@ -10,6 +10,8 @@ type DiskAccess struct {
 	// Writable is true unless the spec says access=ro (r, ro) or the
 	// device is a CD-ROM, as libxl decides readwrite.
 	Writable bool
+	// Script is the hotplug script (script=), "" if none.
+	Script string
 }
 
 // ParseDiskAccess reads the target and the access mode of one disk spec
@@ -38,6 +40,8 @@ func ParseDiskAccess(spec string) DiskAccess {
 			switch strings.TrimSpace(k) {
 			case "access":
 				d.Writable = writableAccess(v)
+			case "script":
+				d.Script = strings.TrimSpace(v)
 			case "devtype":
 				cdrom = v == "cdrom"
 			case "vdev":

@@ -61,6 +61,9 @@ type Disk struct {
 	Target   string // backing path on the host
 	Sectors  uint64 // size in 512-byte sectors
 	Writable bool
+	// Script is the disk's hotplug script as xl.cfg names it
+	// ("block-kemari" for the NBD disk front; "" for none).
+	Script string
 }
 
 // SectorSize is the unit of disk offsets in this contract.

@@ -51,6 +51,8 @@ func TestAttachRunning(t *testing.T) {
 		Disks: []libxl.Disk{{Index: 0, Target: "/srv/web.img", Writable: true}, {Index: 1, Target: "/srv/iso/debian.iso"}}}
 	ro := pv
 	ro.Disks = []libxl.Disk{{Index: 0, Target: "/srv/web-ro.img"}}
+	front := pv
+	front.Disks = []libxl.Disk{{Index: 0, Target: "web", Writable: true, Script: "block-kemari"}, {Index: 1, Target: "/srv/iso/debian.iso"}}
 	hvm := pv
 	hvm.Type = libxl.TypeHVM
 	prot := func(kv ...string) conf.Protection {
@@ -85,6 +87,8 @@ func TestAttachRunning(t *testing.T) {
 		{name: "unsafe alone refused", info: pv, dom: "web", prot: prot("unsafe"), nb: pass, code: exitConfig, is: errWritableDisk},
 		{name: "disk=none unsafe=1 accepted", info: pv, dom: "web", prot: prot("disk=none", "unsafe"), nb: pass, code: exitOK},
 		{name: "read-only disks need nothing", info: ro, dom: "web", prot: prot(), nb: pass, code: exitOK},
+		{name: "a front disk is leased from its front", info: front, dom: "web", prot: prot(), nb: pass, code: exitFailure,
+			contains: []string{"disk web: no front serves it"}},
 		{name: "--vif refused", info: ro, dom: "web", prot: prot(), nb: netbufFlags{mode: netbufNone, unsafe: true, vifs: []string{"vif9.0"}},
 			code: exitUsage, is: errNetbufFlags, contains: []string{"vif7.0, vif7.1"}},
 		{name: "mem refused", info: ro, dom: "web", prot: prot(), nb: netbufFlags{mode: netbufMem}, code: exitUsage, is: errNetbufFlags},
@@ -94,12 +98,12 @@ func TestAttachRunning(t *testing.T) {
 			hv := &runningHV{info: tc.info, types: []libxl.DomainType{libxl.TypePV}}
 			nb := tc.nb
 			defer nb.close()
-			id, nets, disk, code, err := attachRunning(hv, tc.dom, &nb, tc.prot)
+			id, nets, disk, code, err := attachRunning(hv, tc.dom, &nb, tc.prot, t.TempDir(), nil)
 			if code != tc.code {
 				t.Fatalf("code %d, want %d (err %v)", code, tc.code, err)
 			}
 			if tc.code == exitOK {
-				if err != nil || id != 7 || len(nets) != len(tc.info.NICs) || disk != nil {
+				if err != nil || id != 7 || len(nets) != len(tc.info.NICs) || disk.prim != nil {
 					t.Fatalf("got id %d, %d buffers, disk %v, err %v; want 7, %d, nil, nil", id, len(nets), disk, err, len(tc.info.NICs))
 				}
 				return

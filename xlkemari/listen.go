@@ -334,6 +334,7 @@ func (l *listenService) startDomain(name string) (*domainStandby, error) {
 		// (after: route answers those itself).
 		AnswerTakenOver: true,
 		Logger:          l.log.With("domain", name),
+		Disks:           standbyDisksOn(l.hv, resolveDiskDir(&env{Getenv: l.getenv}, "")),
 		// On Xen: bring the replica's vifs up and announce its addresses.
 		OnActivate: (&netbufFlags{}).onActivate(l.log.With("domain", name), l.hv),
 		Observer: func(o checkpoint.Observation) {

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/xl-kemari/xl-kemari/arbiter"
@@ -84,26 +85,52 @@ func typeList(ts []libxl.DomainType) string {
 	return strings.Join(s, " and ")
 }
 
-// checkDisks refuses a domain with a writable disk unless its protection
-// says disk=none, unsafe=1: disk replication on Xen does not exist yet, so
-// after a failover the replica's memory would meet a disk that either
-// missed the writes it remembers making (a copy on the standby) or holds
-// writes of epochs that were never acknowledged (shared storage). Either
-// can corrupt the guest's file systems. Read-only disks and CD-ROMs are
-// fine: the standby attaches the same paths.
+// checkDisks refuses a domain with a writable disk that xl-kemari does
+// not replicate, unless its protection says disk=none, unsafe=1. A disk
+// is replicated when it is served by the NBD disk front (script=
+// block-kemari, target=NAME: docs/disk.md) and the mode is replicate;
+// any other writable disk would, after a failover, meet the replica's
+// memory with writes missing (a copy on the standby) or with writes of
+// epochs that were never acknowledged (shared storage), which can
+// corrupt the guest's file systems. Shared mode on Xen is not built yet.
+// Read-only disks and CD-ROMs are fine: the standby attaches the same
+// paths.
 func checkDisks(name string, disks []libxl.Disk, prot conf.Protection) error {
-	var rw []string
-	for _, d := range disks {
-		if d.Writable {
-			rw = append(rw, d.Target)
-		}
-	}
-	if len(rw) == 0 || (prot.Disk == "none" && prot.Unsafe) {
+	if prot.Disk == "none" && prot.Unsafe {
 		return nil
 	}
-	return fmt.Errorf("%w: %s writes to %s, and disk replication on Xen is not implemented yet: after a failover the replica's memory would meet a disk that does not match it (writes missing, or writes of unacknowledged epochs present), which can corrupt its file systems. "+
-		"If losing or mixing those writes is acceptable (scratch disks, or a guest that keeps its state in memory), say so in its kemari entry: disk=none, unsafe=1 (now disk=%s)",
-		errWritableDisk, name, strings.Join(rw, ", "), prot.Disk)
+	var rw, bad []string
+	for _, d := range disks {
+		if !d.Writable {
+			continue
+		}
+		rw = append(rw, d.Target)
+		if !frontDisk(d) {
+			bad = append(bad, d.Target)
+		} else if _, err := frontName(d.Target); err != nil {
+			bad = append(bad, d.Target)
+		}
+	}
+	if len(rw) == 0 {
+		return nil
+	}
+	if len(bad) == 0 && (prot.Disk == "replicate" || prot.Disk == "") {
+		return nil
+	}
+	if len(bad) == 0 {
+		return fmt.Errorf("%w: %s: disk=%s is not implemented on Xen yet; its disks (%s) are served by block-kemari, which replicates them with disk=replicate. "+
+			"Or, if losing or mixing their writes is acceptable, disk=none, unsafe=1",
+			errWritableDisk, name, prot.Disk, strings.Join(rw, ", "))
+	}
+	return fmt.Errorf("%w: %s writes to %s, which xl-kemari does not replicate: after a failover the replica's memory would meet a disk that does not match it (writes missing, or writes of unacknowledged epochs present), which can corrupt its file systems. "+
+		"Serve each writable disk through the disk front (xl.cfg: 'format=raw, vdev=xvda, access=rw, script=block-kemari, target=NAME'; see xl-kemari(1), DISKS), "+
+		"or, if losing or mixing those writes is acceptable (scratch disks, or a guest that keeps its state in memory), say so in its kemari entry: disk=none, unsafe=1 (now disk=%s)",
+		errWritableDisk, name, strings.Join(bad, ", "), prot.Disk)
+}
+
+// frontDisk says whether d is served by the NBD disk front.
+func frontDisk(d libxl.Disk) bool {
+	return filepath.Base(d.Script) == "block-kemari"
 }
 
 // configTarget is the protectTarget of a domain as its xl.cfg describes
@@ -117,7 +144,7 @@ func configTarget(d *conf.Domain) (protectTarget, []conf.Pos) {
 	}
 	for i, spec := range d.Disks {
 		a := conf.ParseDiskAccess(spec)
-		t.Disks = append(t.Disks, libxl.Disk{Index: i, Target: a.Target, Writable: a.Writable})
+		t.Disks = append(t.Disks, libxl.Disk{Index: i, Target: a.Target, Writable: a.Writable, Script: a.Script})
 		if i < len(entries) {
 			pos = append(pos, entries[i].Pos)
 		}

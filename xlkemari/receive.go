@@ -245,6 +245,7 @@ func runReceive(e *env, args []string) int {
 		// No --timeout: the primary's derived one, announced (start
 		// leaves --timeout out when it derives its own).
 		AdoptTimeout: !fs.Changed("timeout"),
+		Disks:        standbyDisksOn(hv, resolveDiskDir(e, "")),
 		// One primary, --stdio or --listen: after its clean goodbye (stop)
 		// there is nothing left to hold, so Run returns and we exit 0,
 		// unless --stay. (`listen` is the service that outlives them.)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/xl-kemari/xl-kemari/checkpoint"
 	"github.com/xl-kemari/xl-kemari/conf"
 	"github.com/xl-kemari/xl-kemari/diskbuf"
+	"github.com/xl-kemari/xl-kemari/diskbuf/nbd"
 	"github.com/xl-kemari/xl-kemari/libxl"
 	"github.com/xl-kemari/xl-kemari/libxl/sim"
 	"github.com/xl-kemari/xl-kemari/netbuf"
@@ -213,11 +215,18 @@ func runStart(e *env, args []string) int {
 		f.nb.mode = prot.Netbuf
 	}
 	f.nb.unsafe = f.nb.unsafe || prot.Unsafe
-	dom0, nets, disk, code, err := attachDomain(hv, domName, &f.engineFlags, &f.nb, dom, prot)
+	dom0, nets, disks, code, err := attachDomain(hv, domName, &f.engineFlags, &f.nb, dom, prot, resolveRunDir(e, f.runDir))
 	defer f.nb.close()
 	if err != nil {
 		return fail(code, "start: %v", err)
 	}
+	// Give the disk fronts their devices back when protection ends (or
+	// they take them back when this process dies).
+	defer func() {
+		if err := disks.end(); err != nil {
+			log.Error("disk fronts", "err", err)
+		}
+	}()
 	bar := newProgress(stderr)
 	observe := func(o checkpoint.Observation) {
 		ev.observe(o)
@@ -248,8 +257,8 @@ func runStart(e *env, args []string) int {
 		connectTimeout = max(prot.Timeout, 10*time.Second)
 	}
 	p, err := checkpoint.NewPrimary(checkpoint.PrimaryConfig{Epoch: ecfg, Domain: dom0, Codec: codec,
-		SharedDisk: prot.Disk == "shared", ConnectTimeout: connectTimeout, Logger: log, Observer: observe, DeriveTimeout: derive},
-		hv.Source(), dialer, nets, disk, a)
+		SharedDisk: prot.Disk == "shared", DiskSectors: disks.sectors, ConnectTimeout: connectTimeout, Logger: log, Observer: observe, DeriveTimeout: derive},
+		hv.Source(), dialer, nets, disks.prim, a)
 	if err != nil {
 		return fail(exitConfig, "start: %v", err)
 	}
@@ -345,10 +354,10 @@ func pickProtection(dom *conf.Domain, arg string) (conf.Protection, string, erro
 // attachDomain finds or (on the simulator) creates the domain and puts
 // the output buffers between it and the world. code is the exit code of
 // a failure.
-func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFlags, dom *conf.Domain, prot conf.Protection) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
+func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFlags, dom *conf.Domain, prot conf.Protection, runDir string) (libxl.DomID, []netbuf.Buffer, *leasedDisks, int, error) {
 	h, ok := hv.(*sim.Hypervisor)
 	if !ok {
-		return attachRunning(hv, name, nb, prot)
+		return attachRunning(hv, name, nb, prot, runDir, openNBD)
 	}
 	// The simulator's domain lives in this process: create it, and put
 	// the in-process output buffer between its NICs and the wire.
@@ -384,14 +393,16 @@ func attachDomain(hv libxl.Hypervisor, name string, f *engineFlags, nb *netbufFl
 		}
 		return 0, nil, nil, code, fmt.Errorf("output buffer: %w", err)
 	}
-	return id, nets, disk, exitOK, nil
+	return id, nets, &leasedDisks{prim: disk}, exitOK, nil
 }
 
 // attachRunning finds a running domain of a real hypervisor, refuses what
-// cannot be protected there yet, and holds the output of each of its vifs
+// cannot be protected there yet, holds the output of each of its vifs
 // with a kernel output buffer (--netbuf, default auto: plug, else
-// nfqueue).
-func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.Protection) (libxl.DomID, []netbuf.Buffer, *diskbuf.Primary, int, error) {
+// nfqueue), and leases the device of each disk front (block-kemari
+// disks, served by `disk serve` in RUN_DIR/disk) to serve it from the
+// engine's disk Primary; dev opens the kernel's nbd for that.
+func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.Protection, runDir string, dev func() (nbd.Device, func(), error)) (libxl.DomID, []netbuf.Buffer, *leasedDisks, int, error) {
 	id, err := hv.Lookup(name)
 	if err != nil {
 		return 0, nil, nil, exitNotFound, err
@@ -424,7 +435,29 @@ func attachRunning(hv libxl.Hypervisor, name string, nb *netbufFlags, prot conf.
 		}
 		return 0, nil, nil, code, fmt.Errorf("output buffer: %w", err)
 	}
-	return id, nets, nil, exitOK, nil
+	ld := &leasedDisks{}
+	if prot.Disk != "none" && slices.ContainsFunc(info.Disks, func(d libxl.Disk) bool { return d.Writable && frontDisk(d) }) {
+		ld, err = leaseDisks(runDir, info.Disks, dev, nbd.AttachConfig{})
+		if err != nil {
+			for _, n := range nets {
+				n.Close()
+			}
+			return 0, nil, nil, exitFailure, err
+		}
+	}
+	return id, nets, ld, exitOK, nil
+}
+
+// openNBD opens the kernel's nbd driver (generic netlink).
+func openNBD() (nbd.Device, func(), error) {
+	k, err := nbd.OpenKernel()
+	if err != nil {
+		if errors.Is(err, nbd.ErrNoModule) {
+			return nil, nil, fmt.Errorf("%w (modprobe nbd)", err)
+		}
+		return nil, nil, err
+	}
+	return k, func() { k.Close() }, nil
 }
 
 func vifNames(nics []libxl.NIC) string {

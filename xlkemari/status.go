@@ -123,8 +123,12 @@ func dash(s string) string {
 // epoch it resumed at.
 func stateText(s checkpoint.Status) string {
 	switch {
+	case s.State == "syncing" && s.Role == "primary" && s.NotYetProtected && s.Protection != "" && s.DiskSyncPercent > 0 && s.DiskSyncPercent < 100:
+		return fmt.Sprintf("%s (disks %.0f%%)", s.Protection, s.DiskSyncPercent)
 	case s.State == "syncing" && s.Role == "primary" && s.NotYetProtected && s.Protection != "":
 		return s.Protection
+	case s.State == "syncing" && s.Role == "primary" && s.DiskSyncPercent > 0 && s.DiskSyncPercent < 100:
+		return fmt.Sprintf("syncing %.0f%% (disks %.0f%%)", s.SyncPercent, s.DiskSyncPercent)
 	case s.State == "syncing" && s.Role == "primary":
 		return fmt.Sprintf("syncing %.0f%%", s.SyncPercent)
 	case s.State == "activating":

@@ -166,7 +166,7 @@ func Reattach(ctx context.Context, dev Device, srv *Server, index uint32, cfg At
 			unix.Close(fd)
 		}
 	}()
-	if err := dev.Reconfigure(Reconfig{Index: index, FDs: kfds, Timeout: cfg.Timeout, DeadConnTimeout: cfg.DeadConnTimeout}); err != nil {
+	if err := dev.Reconfigure(Reconfig{Index: index, FDs: kfds, Timeout: cfg.Timeout, DeadConnTimeout: cfg.DeadConnTimeout, BackendID: cfg.BackendID}); err != nil {
 		for _, c := range conns {
 			c.Close()
 		}
@@ -211,7 +211,7 @@ func (a *Attachment) loop(ctx context.Context, srv *Server, c net.Conn) {
 			a.record(fmt.Errorf("heal: %w", err))
 			return
 		}
-		err = a.dev.Reconfigure(Reconfig{Index: a.Index, FDs: kfds, Timeout: a.cfg.Timeout, DeadConnTimeout: a.cfg.DeadConnTimeout})
+		err = a.dev.Reconfigure(Reconfig{Index: a.Index, FDs: kfds, Timeout: a.cfg.Timeout, DeadConnTimeout: a.cfg.DeadConnTimeout, BackendID: a.cfg.BackendID})
 		unix.Close(kfds[0])
 		if err != nil {
 			conns[0].Close()

@@ -147,6 +147,10 @@ type Reconfig struct {
 	Timeout         time.Duration // 0: unchanged
 	DeadConnTimeout time.Duration // 0: unchanged
 	ClientFlags     *uint64       // nil: unchanged
+	// BackendID must repeat the device's NBD_ATTR_BACKEND_IDENTIFIER if
+	// it was connected with one: Linux refuses a reconfigure without it
+	// (EINVAL, "must specify backend", seen on 6.1 in the lab).
+	BackendID string
 }
 
 func encodeReconfigure(r Reconfig) ([]byte, error) {
@@ -163,6 +167,9 @@ func encodeReconfigure(r Reconfig) ([]byte, error) {
 	}
 	if len(r.FDs) > 0 {
 		encodeSockets(ae, r.FDs)
+	}
+	if r.BackendID != "" {
+		ae.String(nlAttrBackendIdentifier, r.BackendID)
 	}
 	return ae.Encode()
 }

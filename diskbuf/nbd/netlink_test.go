@@ -80,6 +80,18 @@ func TestGoldenReconfigureDisconnect(t *testing.T) {
 	if string(data) != string(want) {
 		t.Fatalf("NBD_CMD_RECONFIGURE attributes\n got % x\nwant % x", data, want)
 	}
+	data, err = encodeReconfigure(Reconfig{Index: 2, FDs: []int{9}, BackendID: "xvda"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = hx(`
+		08000100 02000000            INDEX 2
+		10000780 0c000180 08000100 09000000   SOCKETS { ITEM { FD 9 } }
+		09000a00 78766461 00000000   BACKEND_IDENTIFIER "xvda"
+	`)
+	if string(data) != string(want) {
+		t.Fatalf("NBD_CMD_RECONFIGURE attributes with a backend\n got % x\nwant % x", data, want)
+	}
 	d, _ := encodeIndex(11)
 	if want := hx(`08000100 0b000000`); string(d) != string(want) {
 		t.Fatalf("NBD_CMD_DISCONNECT attributes % x", d)

@@ -28,6 +28,7 @@ type libxlConfig struct {
 		Vdev      string `json:"vdev"`
 		Readwrite int    `json:"readwrite"`
 		IsCdrom   int    `json:"is_cdrom"`
+		Script    string `json:"script"`
 	} `json:"disks"`
 	Nics []struct {
 		Devid  int    `json:"devid"`
@@ -90,6 +91,7 @@ func parseConfig(js []byte, dom libxl.DomID, info *libxl.DomainInfo) error {
 			Index:    i,
 			Target:   d.PdevPath,
 			Writable: d.Readwrite != 0 && d.IsCdrom == 0,
+			Script:   d.Script,
 		})
 	}
 	return nil

@@ -34,6 +34,7 @@ mode() { # path: the mode string of ./path in the package
 }
 for want in "usr/sbin/xl-kemari -rwxr-xr-x" "usr/lib/xl-kemari/bin/xl -rwxr-xr-x" \
 	"etc/xen/kemari.toml -rw-r--r--" "etc/default/xl-kemari -rw-r--r--" "etc/init.d/xl-kemari -rwxr-xr-x" \
+	"etc/xen/scripts/block-kemari -rwxr-xr-x" \
 	"lib/systemd/system/xl-kemari-listen.service -rw-r--r--" "lib/systemd/system/xl-kemari@.service -rw-r--r--" \
 	"lib/systemd/system/xl-kemari-autostart.service -rw-r--r--" \
 	"usr/share/man/man1/xl-kemari.1.gz -rw-r--r--" "usr/share/man/man5/xl-kemari.cfg.5.gz -rw-r--r--" \
@@ -47,7 +48,7 @@ grep -q '^lrwxrwxrwx ./usr/lib/xl-kemari/bin/xl-kemari ' "$tmp/list" || fail "no
 ok "paths and modes"
 
 dpkg-deb -e "$DEB" "$tmp/DEBIAN"
-printf '/etc/default/xl-kemari\n/etc/init.d/xl-kemari\n/etc/xen/kemari.toml\n' >"$tmp/want-conffiles"
+printf '/etc/default/xl-kemari\n/etc/init.d/xl-kemari\n/etc/xen/kemari.toml\n/etc/xen/scripts/block-kemari\n' >"$tmp/want-conffiles"
 diff -u "$tmp/want-conffiles" "$tmp/DEBIAN/conffiles" || fail "conffiles"
 ok "conffiles"
 

@@ -6,6 +6,7 @@
 #   kemari-lab.sh version          xl-kemari version, ldd
 #   kemari-lab.sh test [REGEX]     /mnt/host/xen.test -test.run REGEX
 #   kemari-lab.sh engine [REGEX]   /mnt/host/kemari-engine.test -test.run REGEX
+#   kemari-lab.sh disk             kemari-disk.sh (disk.sh: the NBD disk front)
 set -u
 cfg=/run/xenlab/hvtest.cfg
 mkdir -p /run/xenlab
@@ -55,8 +56,16 @@ engine)
 	xl list
 	exit $rc
 	;;
+disk)
+	# The NBD disk front: block-kemari, a front restart, start's lease,
+	# failover to a standby on this host, fsck of its copy (disk.sh).
+	GOMEMLIMIT=${GOMEMLIMIT:-640MiB} /mnt/host/kemari-disk.sh
+	rc=$?
+	xl list
+	exit $rc
+	;;
 *)
-	echo "usage: kemari-lab.sh version|test|engine [REGEX]" >&2
+	echo "usage: kemari-lab.sh version|test|engine|disk [REGEX]" >&2
 	exit 2
 	;;
 esac

@@ -9,6 +9,7 @@
 #   test/xenlab/kemari/run.sh version
 #   test/xenlab/kemari/run.sh test 'TestPrimitives'
 #   test/xenlab/kemari/run.sh engine 'TestEnginePV'
+#   test/xenlab/kemari/run.sh disk             (disk.sh: the NBD disk front)
 set -eu
 cd "$(dirname "$0")/../../.."
 what=${1:-test}
@@ -17,6 +18,8 @@ go build -tags xen -o bin/xl-kemari ./xlkemari
 go test -c -tags 'xen integration' -o bin/xen.test ./libxl/xen
 go test -c -tags 'xen integration' -o bin/kemari-engine.test ./test/xenlab/kemari
 install -m 0755 test/xenlab/kemari/dom0.sh bin/kemari-lab.sh
+install -m 0755 test/xenlab/kemari/disk.sh bin/kemari-disk.sh
+install -m 0755 dist/block-kemari bin/block-kemari
 results=${KEMARI_LAB_RESULTS:-bin/xenlab-results/kemari}
 mkdir -p "$results"
 log=$results/$what.log
