@@ -116,3 +116,19 @@ func configMaxMemKB(js []byte) uint64 {
 	}
 	return c.BInfo.MaxMemKB
 }
+
+// renamedConfig returns the libxl JSON configJSON with its c_info.name
+// replaced by name, for op (the caller, named in errors): a replica is
+// built under a name of its own.
+func renamedConfig(op string, configJSON []byte, name string) ([]byte, error) {
+	var cfg map[string]any
+	if err := json.Unmarshal(configJSON, &cfg); err != nil {
+		return nil, fmt.Errorf("xen: %s: config JSON: %w", op, err)
+	}
+	ci, _ := cfg["c_info"].(map[string]any)
+	if ci == nil {
+		return nil, fmt.Errorf("xen: %s: config JSON has no c_info", op)
+	}
+	ci["name"] = name
+	return json.Marshal(cfg)
+}

@@ -3,6 +3,7 @@ package xen
 import (
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/xl-kemari/xl-kemari/libxl"
@@ -68,5 +69,23 @@ func TestConfigTypeAndMemory(t *testing.T) {
 	}
 	if configType([]byte("{")) != "" || configMaxMemKB([]byte("[]")) != 0 {
 		t.Error("garbage config: want no type, no memory")
+	}
+}
+
+// TestRenamedConfig: a replica's configuration is the primary's under the
+// replica's name, every other field kept; JSON without c_info is refused
+// naming the caller.
+func TestRenamedConfig(t *testing.T) {
+	js, err := renamedConfig("Op", []byte(`{"c_info":{"name":"web","type":"pvh"},"b_info":{"max_memkb":1024}}`), "web--kemari")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"b_info":{"max_memkb":1024},"c_info":{"name":"web--kemari","type":"pvh"}}`; string(js) != want {
+		t.Fatalf("got %s, want %s", js, want)
+	}
+	for _, bad := range []string{`{}`, `[`, `{"c_info":3}`} {
+		if _, err := renamedConfig("Op", []byte(bad), "x"); err == nil || !strings.Contains(err.Error(), "xen: Op: config JSON") {
+			t.Errorf("%s: %v, want an error naming Op", bad, err)
+		}
 	}
 }

@@ -25,7 +25,6 @@ static int kemari_map_probe(xenforeignmemory_handle *fm, uint32_t domid, size_t 
 import "C"
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"unsafe"
@@ -166,16 +165,7 @@ func (c *Context) ProbeFrames(id Domid, frames []uint64, errs []int32) error {
 // (synchronous): the guest's kernel is loaded, its devices attached, and
 // the domain left paused, never run. Its id is returned.
 func (c *Context) DomainCreateNew(configJSON []byte, name string) (Domid, error) {
-	var cfg map[string]any
-	if err := json.Unmarshal(configJSON, &cfg); err != nil {
-		return DomidInvalid, fmt.Errorf("xen: DomainCreateNew: config JSON: %w", err)
-	}
-	ci, _ := cfg["c_info"].(map[string]any)
-	if ci == nil {
-		return DomidInvalid, fmt.Errorf("xen: DomainCreateNew: config JSON has no c_info")
-	}
-	ci["name"] = name
-	js, err := json.Marshal(cfg)
+	js, err := renamedConfig("DomainCreateNew", configJSON, name)
 	if err != nil {
 		return DomidInvalid, err
 	}

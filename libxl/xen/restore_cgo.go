@@ -10,7 +10,6 @@ package xen
 import "C"
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"runtime"
@@ -26,16 +25,7 @@ import (
 // when the stream ends or breaks, finishes building the domain from the
 // last complete one. The domain is left paused; its id is returned.
 func (c *Context) DomainCreateRestore(configJSON []byte, name string, r *os.File) (Domid, error) {
-	var cfg map[string]any
-	if err := json.Unmarshal(configJSON, &cfg); err != nil {
-		return DomidInvalid, fmt.Errorf("xen: DomainCreateRestore: config JSON: %w", err)
-	}
-	ci, _ := cfg["c_info"].(map[string]any)
-	if ci == nil {
-		return DomidInvalid, fmt.Errorf("xen: DomainCreateRestore: config JSON has no c_info")
-	}
-	ci["name"] = name
-	js, err := json.Marshal(cfg)
+	js, err := renamedConfig("DomainCreateRestore", configJSON, name)
 	if err != nil {
 		return DomidInvalid, err
 	}
