@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -382,17 +381,6 @@ func (s *Standby) handle(e sevent) ([]epoch.Action, error) {
 	if e.err != nil {
 		var fe *wire.FrameError
 		if errors.As(e.err, &fe) {
-			if errors.Is(e.err, io.EOF) && !s.conn.hello && !singleConn(s.ln) {
-				// Closed before a single octet of its stream: a
-				// primary's dial that timed out after the kernel had
-				// accepted it (the primary dials again), a port probe.
-				// No session was attempted, so none failed: a one-shot
-				// standby keeps listening.
-				s.log.Info("a connection closed before its stream header")
-				s.conn.c.Close()
-				s.conn = nil
-				return s.m.Step(epoch.Event{Kind: epoch.EvDisconnected, Now: now}), nil
-			}
 			// Fatal to the stream (protocol §4.2), whatever the machine's
 			// state: the reader stopped at it.
 			return s.fail(fmt.Errorf("bad frame from primary: %w", e.err), now), nil

@@ -211,14 +211,3 @@ func (l *OneConnListener) Close() error {
 
 // String implements Listener.
 func (l *OneConnListener) String() string { return l.name }
-
-// Single reports that the listener yields one connection only, whose
-// stream is the whole session (the standby then counts even an empty one
-// as a failed session).
-func (l *OneConnListener) Single() bool { return true }
-
-// singleConn reports whether ln yields one connection only.
-func singleConn(ln Listener) bool {
-	s, ok := ln.(interface{ Single() bool })
-	return ok && s.Single()
-}

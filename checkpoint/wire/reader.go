@@ -91,7 +91,7 @@ func (r *Reader) ReadHeader() (version, flags uint32, err error) {
 	r.off += int64(n)
 	switch {
 	case err != nil && n < HeaderSize:
-		r.err = &FrameError{Err: fmt.Errorf("%w: stream header has %d of %d octets: %w", ErrTruncated, n, HeaderSize, err)}
+		r.err = &FrameError{Err: fmt.Errorf("%w: stream header has %d of %d octets: %v", ErrTruncated, n, HeaderSize, err)}
 	case string(h[:8]) != Magic:
 		r.err = &FrameError{Err: fmt.Errorf("%w: %q", ErrBadMagic, h[:8])}
 	default:
