@@ -134,10 +134,10 @@ type Event struct {
 	// Fences (EvConnected): the standby would have answered TAKEN_OVER
 	// had it activated a replica of the domain (HELLO flag FENCES), so
 	// none runs there from it.
-	Fences bool
-	Verified   bool // EvEpochEnd: counts, digests and memory digest matched
-	Initial    bool // EvEpochBegin/EvEpochEnd: a pre-copy round (epoch 0), not a checkpoint
-	Resync     bool // EvEpochBegin: the epoch carries every change since the last committed one (RESYNC), so it may follow a gap
+	Fences   bool
+	Verified bool // EvEpochEnd: counts, digests and memory digest matched
+	Initial  bool // EvEpochBegin/EvEpochEnd: a pre-copy round (epoch 0), not a checkpoint
+	Resync   bool // EvEpochBegin: the epoch carries every change since the last committed one (RESYNC), so it may follow a gap
 	// Retire (EvHello, standby): the primary rebuilds a replica of the
 	// session the standby holds (its output is still held, so the held
 	// replica covers every output released) and the standby can keep
