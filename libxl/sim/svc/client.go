@@ -163,6 +163,12 @@ func (c *Client) exchange(ctx context.Context, msg []byte, req Request, tries *i
 		if err := c.conn.SetReadDeadline(deadline); err != nil {
 			return Reply{}, fmt.Errorf("svc: client: %w", err)
 		}
+		// ctx may have ended since the check above, its AfterFunc's
+		// deadline then overwritten by this try's: look again, now that
+		// a later end can only move the deadline into the past.
+		if err := ctx.Err(); err != nil {
+			return Reply{}, fmt.Errorf("svc: client %d seq %d after %d tries: %w", req.Client, req.Seq, *tries, err)
+		}
 		for {
 			n, _, err := c.conn.ReadFromUDPAddrPort(c.buf[:])
 			if err != nil {
