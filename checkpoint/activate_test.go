@@ -23,6 +23,7 @@ type prepSink struct {
 	calls []string
 	read  chan struct{}
 	once  sync.Once
+	done  chan struct{} // closed by Activate
 }
 
 func (p *prepSink) note(s string) {
@@ -45,6 +46,7 @@ func (p *prepSink) PrepareActivate(dom libxl.DomID) error {
 
 func (p *prepSink) Activate(dom libxl.DomID) error {
 	p.note("activate")
+	defer close(p.done)
 	return p.Sink.Activate(dom)
 }
 
@@ -61,7 +63,7 @@ func TestStandbyPreparesWhileVerifying(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer hv.Close()
-		ps := &prepSink{Sink: hv.Sink(), read: make(chan struct{})}
+		ps := &prepSink{Sink: hv.Sink(), read: make(chan struct{}), done: make(chan struct{})}
 		net := checkpoint.NewPipeNetwork()
 		s, err := checkpoint.NewStandby(checkpoint.StandbyConfig{Epoch: fuzzEpoch, Once: true, Verify: true}, ps, net, nil)
 		if err != nil {
@@ -96,7 +98,12 @@ func TestStandbyPreparesWhileVerifying(t *testing.T) {
 			t.Fatalf("replies %q: want ACK 1", p.replies())
 		}
 		p.c.Close() // the primary is gone; the standby activates after its timeout
-		time.Sleep(5 * time.Duration(fuzzEpoch.Timeout))
+		// Activate, or a deadline on the bubble's clock: a standby that
+		// prepared after verifying never gets there.
+		select {
+		case <-ps.done:
+		case <-time.After(5 * time.Duration(fuzzEpoch.Timeout)):
+		}
 		synctest.Wait()
 		ps.mu.Lock()
 		calls := slices.Clone(ps.calls)
